@@ -1,0 +1,269 @@
+"""The wire contract between gateways and the cloud (fixed: one definition, imported by cloud and sims).
+
+A gateway publishes a :class:`Batch` of :class:`Reading` on ``rpm/v1/gw/{gateway_id}/readings``; the
+cloud answers with an :class:`Ack` on ``rpm/v1/gw/{gateway_id}/acks`` after its database commit. The
+gateway's retained :class:`GatewayStatus` lives on ``rpm/v1/gw/{gateway_id}/status``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from gateway.metrics import FLAGS, METRICS, Kind
+
+PROTOCOL_VERSION = 1
+TOPIC_PREFIX = "rpm/v1"
+READINGS_FILTER = f"{TOPIC_PREFIX}/gw/+/readings"
+INGEST_SHARE_GROUP = "ingest"
+INGEST_SUBSCRIPTION = f"$share/{INGEST_SHARE_GROUP}/{READINGS_FILTER}"
+MAX_READINGS_PER_BATCH = 5000
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+"""Gateway, patient and batch ids: safe in an MQTT topic level (no ``/``, ``+``, ``#``)."""
+
+
+def readings_topic(gateway_id: str) -> str:
+    return f"{TOPIC_PREFIX}/gw/{gateway_id}/readings"
+
+
+def acks_topic(gateway_id: str) -> str:
+    return f"{TOPIC_PREFIX}/gw/{gateway_id}/acks"
+
+
+def status_topic(gateway_id: str) -> str:
+    return f"{TOPIC_PREFIX}/gw/{gateway_id}/status"
+
+
+def alerts_topic(patient_id: str) -> str:
+    return f"{TOPIC_PREFIX}/alerts/{patient_id}"
+
+
+_TOPIC_GATEWAY = re.compile(rf"^{TOPIC_PREFIX}/gw/([^/]+)/(readings|acks|status)$")
+
+
+def gateway_id_from_topic(topic: str) -> str | None:
+    match = _TOPIC_GATEWAY.match(topic)
+    return match.group(1) if match else None
+
+
+class Transport(StrEnum):
+    BLE = "ble"
+    USB = "usb"
+
+
+class ClockJudgement(StrEnum):
+    """How the gateway judged the device's clock when it computed ``measured_at``."""
+
+    DEVICE = "device"
+    """Device time taken as it is (the clock agreed with the gateway's, or could not be compared)."""
+    CORRECTED = "corrected"
+    """Device time shifted by the offset measured between device and gateway clocks at connect."""
+    GATEWAY = "gateway"
+    """Device time unknown or implausible: the gateway's receive time was used (flag ``clock_unset``)."""
+
+
+class ContractModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, str_max_length=4096)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+class Device(ContractModel):
+    uid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    """Stable identity: ``ble:<address>``, ``usb:<vid>:<pid>:<serial>``, ``ant:<device number>``."""
+    transport: Transport
+    profile: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    model: str | None = None
+    serial: str | None = None
+    manufacturer: str | None = None
+
+
+class Clock(ContractModel):
+    judgement: ClockJudgement
+    offset_s: float | None = None
+    """Device clock minus gateway clock at connect, in seconds, where it was measured."""
+
+
+class Value(ContractModel):
+    value: float | list[float]
+    unit: str
+    original_value: float | list[float] | None = None
+    original_unit: str | None = None
+
+
+def compute_reading_id(
+    device_uid: str,
+    kind: str,
+    user_index: int | None,
+    *,
+    sequence: int | None = None,
+    device_time: datetime | None = None,
+    raw_values: dict[str, Any] | None = None,
+    discriminator: str | None = None,
+) -> str:
+    """The deterministic id of one device record.
+
+    Built from the device's identity and the record's own identity: its sequence number where the
+    device has one, else the device's own raw time and values (never the corrected time, which moves
+    when the clock estimate moves). ``discriminator`` covers records with neither (a live heart-rate
+    window: its start). Reading the same record from device memory twice gives the same id.
+    """
+    if sequence is not None:
+        record: dict[str, Any] = {"seq": sequence}
+    else:
+        record = {
+            "t": device_time.isoformat() if device_time else None,
+            "v": raw_values or {},
+            "d": discriminator,
+        }
+        if record["t"] is None and not record["v"] and discriminator is None:
+            raise ValueError("a reading id needs a sequence number, a device time, values or a discriminator")
+    key = json.dumps([device_uid, kind, user_index, record], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Reading(ContractModel):
+    id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    device: Device
+    user_index: Annotated[int, Field(ge=0, le=254)] | None = None
+    kind: Kind
+    measured_at: UtcDatetime
+    """Corrected time of measurement, UTC."""
+    received_at: UtcDatetime | None = None
+    """When the gateway received it, UTC."""
+    device_time: datetime | None = None
+    """The device's own (naive, local) time, as the device reported it."""
+    clock: Clock
+    sequence: Annotated[int, Field(ge=0)] | None = None
+    values: dict[str, Value]
+    flags: list[str] = Field(default_factory=list)
+    raw: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2})*$", max_length=8192)] = ""
+    """Hex of the original frame, for audit."""
+
+    @field_validator("device_time")
+    @classmethod
+    def _device_time_naive(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            raise ValueError("device_time is the device's own naive local time; it must carry no UTC offset")
+        return value
+
+    @field_validator("flags")
+    @classmethod
+    def _known_flags(cls, flags: list[str]) -> list[str]:
+        unknown = sorted(set(flags) - FLAGS)
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}")
+        return flags
+
+    @model_validator(mode="after")
+    def _values_match_catalogue(self) -> Reading:
+        if not self.values and "measurement_unsuccessful" not in self.flags:
+            raise ValueError("a reading without values must carry the flag measurement_unsuccessful")
+        for name, value in self.values.items():
+            metric = METRICS.get(name)
+            if metric is None:
+                raise ValueError(f"values.{name}: unknown metric")
+            if metric.kind != self.kind:
+                raise ValueError(f"values.{name}: metric belongs to kind {metric.kind}, not {self.kind}")
+            if value.unit != metric.unit:
+                raise ValueError(f"values.{name}: unit must be canonical {metric.unit!r}, got {value.unit!r}")
+            numbers = value.value if isinstance(value.value, list) else [value.value]
+            if metric.is_list != isinstance(value.value, list):
+                raise ValueError(f"values.{name}: {'a list' if metric.is_list else 'a single number'} expected")
+            if metric.limits is not None:
+                low, high = metric.limits
+                for number in numbers:
+                    if not (low <= number <= high) or not math.isfinite(number):
+                        raise ValueError(f"values.{name}: {number} {metric.unit} is outside {low}..{high}")
+        return self
+
+
+class Batch(ContractModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    gateway_id: Identifier
+    batch_id: Identifier
+    sent_at: UtcDatetime
+    readings: Annotated[list[Reading], Field(min_length=1, max_length=MAX_READINGS_PER_BATCH)]
+
+
+class Rejection(ContractModel):
+    id: str
+    reason: str
+
+
+class Ack(ContractModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    batch_id: str
+    accepted: list[str] = Field(default_factory=list)
+    """Ids now safely stored (including ones stored before: a replay is confirmed, not rejected)."""
+    rejected: list[Rejection] = Field(default_factory=list)
+
+
+class DeviceStatus(ContractModel):
+    uid: str
+    profile: str
+    last_seen: UtcDatetime | None = None
+    battery: Annotated[int, Field(ge=0, le=100)] | None = None
+    clock_offset_s: float | None = None
+    error: str | None = None
+
+
+class GatewayStatus(ContractModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    gateway_id: Identifier
+    online: bool
+    at: UtcDatetime
+    version: str | None = None
+    devices: list[DeviceStatus] = Field(default_factory=list)
+    outbox_depth: int = 0
+    outbox_oldest_age_s: float | None = None
+    outbox_full: bool = False
+    quarantined: int = 0
+    uplink_error: str | None = None
+
+
+class Alert(ContractModel):
+    """What the cloud publishes on ``rpm/v1/alerts/{patient_id}`` for care-team consumers."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    alert_id: str
+    patient_id: str
+    rule: str
+    severity: Literal["info", "warning", "critical"]
+    status: Literal["open", "updated", "acknowledged", "resolved"]
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    reading_id: str | None = None
+    measured_at: UtcDatetime | None = None
+    late: bool = False
+    flags: list[str] = Field(default_factory=list)
+    at: UtcDatetime
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

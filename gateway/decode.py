@@ -1,0 +1,111 @@
+"""``rpm-gateway decode --profile PROFILE HEX``: decode one captured frame and print one JSON object.
+
+The output form is fixed by ``specs/metrics.md``: values in canonical units (with the original where
+converted), the device's own time, user index, sequence number and flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gateway.codecs.common import DecodeError, Measurement
+from gateway.normalise import canonical_values
+
+# profile → "module:function"; each function takes the frame bytes (and, where it says so, model=)
+# and returns a Measurement or raises DecodeError. Imported lazily so one codec's import error cannot
+# take the others down.
+PROFILES: dict[str, str] = {
+    "ble.blood_pressure": "gateway.codecs.blood_pressure:decode_measurement",
+    "ble.intermediate_cuff_pressure": "gateway.codecs.blood_pressure:decode_intermediate_cuff_pressure",
+    "ble.glucose": "gateway.codecs.glucose:decode_measurement",
+    "ble.weight_scale": "gateway.codecs.weight_scale:decode_measurement",
+    "ble.heart_rate": "gateway.codecs.heart_rate:decode_measurement",
+    "serial.astm": "gateway.codecs.astm:decode_frame_reading",
+    "serial.ad_scale": "gateway.codecs.ad_scale:decode_line_reading",
+    "serial.ant_hrm": "gateway.codecs.ant:decode_message_reading",
+    "serial.taidoc": "gateway.codecs.taidoc:decode_frame_reading",
+}
+# Profiles whose decoder takes a model name (it selects the record layout).
+MODEL_PROFILES = {"serial.taidoc"}
+
+
+class UnknownProfileError(DecodeError):
+    pass
+
+
+def decoder_for(profile: str) -> Callable[..., Measurement]:
+    try:
+        target = PROFILES[profile]
+    except KeyError:
+        raise UnknownProfileError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}") from None
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def parse_hex(text: str) -> bytes:
+    cleaned = "".join(text.split()).replace(":", "").replace("-", "")
+    if cleaned.lower().startswith("0x"):
+        cleaned = cleaned[2:]
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise DecodeError(f"not hex: {text!r}") from None
+
+
+def measurement_json(profile: str, measurement: Measurement) -> dict[str, Any]:
+    values = {}
+    for name, value in canonical_values(measurement).items():
+        rendered: dict[str, Any] = {"value": value.value, "unit": value.unit}
+        if value.original_unit is not None:
+            rendered["original_value"] = value.original_value
+            rendered["original_unit"] = value.original_unit
+        values[name] = rendered
+    result: dict[str, Any] = {
+        "profile": profile,
+        "kind": measurement.kind,
+        "values": values,
+        "device_time": measurement.device_time.isoformat() if measurement.device_time else None,
+        "user_index": measurement.user_index,
+        "sequence": measurement.sequence,
+        "flags": list(measurement.flags),
+    }
+    if measurement.details:
+        result["details"] = {k: _jsonable(v) for k, v in measurement.details.items()}
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def decode_to_json(profile: str, hex_text: str, model: str | None = None) -> dict[str, Any]:
+    decoder = decoder_for(profile)
+    data = parse_hex(hex_text)
+    measurement = decoder(data, model=model) if profile in MODEL_PROFILES else decoder(data)
+    return measurement_json(profile, measurement)
+
+
+def run(profile: str, hex_text: str, model: str | None = None) -> int:
+    """The CLI's decode command: JSON on stdout and 0, or one line on stderr and 2."""
+    try:
+        result = decode_to_json(profile, hex_text, model)
+    except DecodeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a unit the catalogue cannot convert
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0

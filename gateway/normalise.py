@@ -1,0 +1,131 @@
+"""From a codec's :class:`Measurement` (device units, device time) to a contract :class:`Reading`
+(canonical units, corrected UTC time, deterministic id). Policy, not bytes: codecs stay pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, tzinfo
+
+from gateway.codecs.common import Measurement, Quantity
+from gateway.contract import Clock, ClockJudgement, Device, Reading, Value, compute_reading_id
+from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.metrics import METRICS
+
+# A device clock within this of the gateway's is taken as right: small drift is not worth a correction
+# that would move times a patient remembers.
+CLOCK_TOLERANCE = timedelta(minutes=2)
+# Device times before this are an unset clock (devices reset to 2000-01-01 or their firmware date).
+EARLIEST_PLAUSIBLE = datetime(2010, 1, 1)
+# A corrected time further than this in the future is implausible.
+FUTURE_TOLERANCE = timedelta(minutes=10)
+
+
+def canonical_value(metric_name: str, quantity: Quantity) -> Value:
+    """Convert to the metric's canonical unit, keeping the original where it differs."""
+    metric = METRICS[metric_name]
+    if isinstance(quantity.value, tuple):
+        converted: float | list[float] = [round(metric.to_canonical(v, quantity.unit), 6) for v in quantity.value]
+        original: float | list[float] = list(quantity.value)
+    else:
+        converted = round(metric.to_canonical(quantity.value, quantity.unit), 6)
+        original = quantity.value
+    if quantity.unit == metric.unit:
+        return Value(value=converted, unit=metric.unit)
+    return Value(value=converted, unit=metric.unit, original_value=original, original_unit=quantity.unit)
+
+
+def canonical_values(measurement: Measurement) -> dict[str, Value]:
+    return {name: canonical_value(name, q) for name, q in measurement.values.items()}
+
+
+def plausibility_flags(values: dict[str, Value]) -> list[str]:
+    for name, value in values.items():
+        plausible = METRICS[name].plausible
+        if plausible is None:
+            continue
+        numbers = value.value if isinstance(value.value, list) else [value.value]
+        if any(not (plausible[0] <= n <= plausible[1]) for n in numbers):
+            return ["out_of_plausible_range"]
+    return []
+
+
+def judge_time(
+    device_time: datetime | None,
+    clock: ClockCheck | None,
+    received_at: datetime,
+    local_tz: tzinfo | None = None,
+) -> tuple[datetime, Clock, bool]:
+    """Return (measured_at UTC, clock judgement, clock_unset) for a device time.
+
+    The device time is local wall-clock time in the gateway's zone. Where the device clock was read at
+    connect and differs by more than the tolerance, the offset is subtracted. Unknown or implausible
+    times fall back to the gateway's receive time and say so.
+    """
+    tz = local_tz or received_at.astimezone().tzinfo or UTC
+    offset = None
+    if clock is not None and clock.device_now is not None:
+        offset = clock.device_now - clock.gateway_now.astimezone(tz).replace(tzinfo=None)
+    offset_s = None if offset is None else round(offset.total_seconds(), 3)
+    clock_unset = clock is not None and clock.unset
+    if device_time is None or device_time < EARLIEST_PLAUSIBLE or clock_unset:
+        return received_at.astimezone(UTC), Clock(judgement=ClockJudgement.GATEWAY, offset_s=offset_s), True
+    judgement = ClockJudgement.DEVICE
+    local = device_time
+    if offset is not None and abs(offset) > CLOCK_TOLERANCE:
+        local = device_time - offset
+        judgement = ClockJudgement.CORRECTED
+    measured_at = local.replace(tzinfo=tz).astimezone(UTC)
+    if measured_at > received_at + FUTURE_TOLERANCE:
+        return received_at.astimezone(UTC), Clock(judgement=ClockJudgement.GATEWAY, offset_s=offset_s), True
+    return measured_at, Clock(judgement=judgement, offset_s=offset_s), False
+
+
+def to_reading(
+    device: DeviceInfo,
+    measurement: Measurement,
+    clock: ClockCheck | None,
+    received_at: datetime,
+    *,
+    local_tz: tzinfo | None = None,
+    discriminator: str | None = None,
+) -> Reading:
+    """Build the contract reading. ``discriminator`` identifies records that have neither a sequence
+    number nor a device time (e.g. a heart-rate window: its start)."""
+    values = canonical_values(measurement)
+    measured_at, clock_info, clock_unset = judge_time(measurement.device_time, clock, received_at, local_tz)
+    raw_values = {
+        name: (list(q.value) if isinstance(q.value, tuple) else q.value, q.unit)
+        for name, q in measurement.values.items()
+    }
+    reading_id = compute_reading_id(
+        device.uid,
+        measurement.kind,
+        measurement.user_index,
+        sequence=measurement.sequence,
+        device_time=measurement.device_time,
+        raw_values=raw_values,
+        discriminator=discriminator if measurement.device_time is None and measurement.sequence is None
+        else None,
+    )
+    flags = list(dict.fromkeys([*measurement.flags, *plausibility_flags(values), *(
+        ["clock_unset"] if clock_unset else [])]))
+    return Reading(
+        id=reading_id,
+        device=Device(
+            uid=device.uid,
+            transport=device.transport,
+            profile=device.profile,
+            model=device.model,
+            serial=device.serial,
+            manufacturer=device.manufacturer,
+        ),
+        user_index=measurement.user_index,
+        kind=measurement.kind,
+        measured_at=measured_at,
+        received_at=received_at,
+        device_time=measurement.device_time,
+        clock=clock_info,
+        sequence=measurement.sequence,
+        values=values,
+        flags=flags,
+        raw=measurement.raw.hex(),
+    )
