@@ -1,0 +1,51 @@
+"""Cloud settings: one pydantic-settings class, read from ``RPM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RPM_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/rpm"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+
+    # Ingest
+    ingest_batch_max: int = Field(2000, gt=0)
+    ingest_batch_ms: int = Field(50, ge=0)
+    ingest_queue_max: int = Field(20_000, gt=0)
+    """Messages held between the MQTT callback and the writer; past it the worker stops reading."""
+    late_after_s: float = Field(6 * 3600, gt=0)
+    """A reading measured longer ago than this when it arrives is 'late': stored, evaluated, never paged."""
+
+    # API and auth
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    jwt_dev_key: str | None = None
+    """HS256 key for development tokens (``rpm-cloud token``); unset in production."""
+    jwt_issuer: str = "rpm-dev"
+    jwt_audience: str = "rpm-api"
+    jwt_jwks_url: str | None = None
+    jwt_leeway_s: int = 30
+
+    # Storage policy (TimescaleDB)
+    retention_days: int | None = None
+    compress_after_days: int = 7
+
+    # Alerts delivery
+    webhook_timeout_s: float = 5.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> CloudSettings:
+    return CloudSettings()
