@@ -1,0 +1,102 @@
+"""Apply ordered plain-SQL migrations from ``cloud/db/migrations`` and record them.
+
+Safe to run twice (applied versions are skipped) and from two processes at once (a session-level
+advisory lock serialises them). Each migration runs in its own transaction.
+
+A file whose first line is ``-- requires: timescaledb`` runs only where that extension is available;
+the schema is complete without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from cloud.settings import get_settings
+
+log = logging.getLogger(__name__)
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Arbitrary but fixed: every migrating process takes the same lock.
+ADVISORY_LOCK_ID = 0x52504D_0001
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+
+    @property
+    def requires(self) -> str | None:
+        first = self.path.read_text().split("\n", 1)[0]
+        if first.startswith("-- requires:"):
+            return first.split(":", 1)[1].strip()
+        return None
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        version, _, name = path.stem.partition("_")
+        migrations.append(Migration(version, name, path))
+    versions = [m.version for m in migrations]
+    if len(versions) != len(set(versions)):
+        raise RuntimeError(f"duplicate migration versions in {directory}: {versions}")
+    return migrations
+
+
+def extension_available(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (name,)).fetchone()
+    return row is not None
+
+
+def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply what is pending; return the versions applied by this call."""
+    applied_now: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in discover(directory):
+                if migration.version in done:
+                    continue
+                if migration.requires and not extension_available(conn, migration.requires):
+                    log.info("skipping migration %s: extension %s not available", migration.version,
+                             migration.requires)
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.path.read_text())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+                log.info("applied migration %s_%s", migration.version, migration.name)
+                applied_now.append(migration.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
+    return applied_now
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", default=None, help="default: RPM_DATABASE_URL")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    url = args.database_url or get_settings().database_url
+    try:
+        applied = apply_migrations(url)
+    except psycopg.OperationalError as err:
+        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
+        return 2
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0

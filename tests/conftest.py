@@ -1,0 +1,185 @@
+"""The test harness: real PostgreSQL and a real MQTT broker for every test that needs them.
+
+PostgreSQL: ``RPM_TEST_DATABASE_URL`` if set; else 127.0.0.1:5432 if it answers; else an embedded
+server from the ``pgserver`` wheel. Each test session gets its own database (dropped after);
+``fresh_database_url`` gives a test its own database, cloned from a migrated template.
+
+MQTT: ``RPM_TEST_MQTT_URL`` if set; else a private ``mosquitto`` on a free port when the binary
+exists; else the ``amqtt`` broker in-process (MQTT 3.1.1 only).
+
+``RPM_TEST_FORCE_EMBEDDED=1`` ignores local services, to rehearse a fresh machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+log = logging.getLogger("tests.harness")
+FORCE_EMBEDDED = os.environ.get("RPM_TEST_FORCE_EMBEDDED") == "1"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL with the right to create databases."""
+    from cloud.embedded import EmbeddedPostgres, port_open
+
+    explicit = os.environ.get("RPM_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if not FORCE_EMBEDDED and port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgserver")).start()
+    log.warning("no PostgreSQL running: using an embedded one at %s", server.url)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        conn.execute(statement)
+    return _with_database(admin_url, name)
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def _migrated_template(pg_admin_url: str) -> Iterator[str]:
+    from cloud.db.migrate import apply_migrations
+
+    name = f"rpm_test_tmpl_{uuid.uuid4().hex[:10]}"
+    url = _create_database(pg_admin_url, name)
+    apply_migrations(url)
+    try:
+        yield name
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
+    """A migrated database for the whole test session (tests use unique ids to stay apart)."""
+    name = f"rpm_test_{uuid.uuid4().hex[:10]}"
+    url = _create_database(pg_admin_url, name, template=_migrated_template)
+    try:
+        yield url
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def fresh_database_url(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
+    """A migrated database of this test's own, dropped after it."""
+    name = f"rpm_test_{uuid.uuid4().hex[:10]}"
+    url = _create_database(pg_admin_url, name, template=_migrated_template)
+    try:
+        yield url
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """An unmigrated database of this test's own (for migration tests)."""
+    name = f"rpm_test_{uuid.uuid4().hex[:10]}"
+    url = _create_database(pg_admin_url, name)
+    try:
+        yield url
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    host: str
+    port: int
+    kind: str
+    """``mosquitto`` (private process), ``amqtt`` (in-process) or ``external``."""
+    supports_v5: bool
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def _probe_v5(host: str, port: int) -> bool:
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    result: dict[str, bool] = {}
+    done = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(client, userdata, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
+        result["ok"] = not reason_code.is_failure
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(host, port, 5)
+        client.loop_start()
+        done.wait(5)
+    except OSError:
+        return False
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return result.get("ok", False)
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Iterator[BrokerInfo]:
+    from cloud.embedded import start_amqtt, start_broker
+
+    explicit = os.environ.get("RPM_TEST_MQTT_URL")
+    if explicit:
+        parts = urlsplit(explicit)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+        yield BrokerInfo(host, port, "external", _probe_v5(host, port))
+        return
+    broker = start_amqtt() if FORCE_EMBEDDED else start_broker()
+    try:
+        yield BrokerInfo(broker.host, broker.port, broker.kind, broker.supports_v5)
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = Path(__file__).parent / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
