@@ -137,7 +137,9 @@ def _probe_v5(host: str, port: int) -> bool:
 
     result: dict[str, bool] = {}
     done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"probe-{uuid.uuid4().hex[:8]}"
+    )
 
     def on_connect(client, userdata, flags, reason_code, properties=None):  # type: ignore[no-untyped-def]
         result["ok"] = not reason_code.is_failure
