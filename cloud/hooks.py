@@ -39,7 +39,7 @@ class Notification:
 Hook = Callable[[Any, Sequence[StoredReading]], Sequence[Notification] | None]
 
 # "module:function", run in this order. The alerts/twin package registers itself here.
-IN_TRANSACTION_HOOKS: list[str] = []
+IN_TRANSACTION_HOOKS: list[str] = ["cloud.twin.hook:on_readings_stored", "cloud.alerts.hook:on_readings_stored"]
 
 
 @cache

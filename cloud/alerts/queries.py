@@ -1,0 +1,233 @@
+"""SQL for alerts, alert events, webhooks and the delivery outbox (migration 0300_alerts.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+
+ALERT_COLUMNS = (
+    "id, patient_id, rule_id, severity, status, message, metric, value, reading_id, measured_at, late, flags,"
+    " trigger_count, normal_streak, reopen_count, opened_at, updated_at, acknowledged_at, acknowledged_by,"
+    " resolved_at, resolved_by"
+)
+
+
+def _one(conn: Any, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, params).fetchone()
+
+
+def _all(conn: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, params).fetchall()
+
+
+def lock_open_alerts(conn: Any, patient_ids: list[str]) -> list[dict[str, Any]]:
+    return _all(conn, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE patient_id = ANY(%s) AND status <> 'resolved'"
+                      " ORDER BY id FOR UPDATE", (patient_ids,))
+
+
+def lock_open_alert(conn: Any, patient_id: str, rule_id: str) -> dict[str, Any] | None:
+    return _one(conn, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE patient_id = %s AND rule_id = %s"
+                      " AND status <> 'resolved' FOR UPDATE", (patient_id, rule_id))
+
+
+def lock_alert(conn: Any, alert_id: int) -> dict[str, Any] | None:
+    return _one(conn, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+
+
+def get_alert(conn: Any, alert_id: int) -> dict[str, Any] | None:
+    return _one(conn, f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,))
+
+
+def recently_resolved(conn: Any, patient_ids: list[str], since: datetime) -> list[dict[str, Any]]:
+    return _all(conn, f"SELECT DISTINCT ON (patient_id, rule_id) {ALERT_COLUMNS} FROM alerts"
+                      " WHERE patient_id = ANY(%s) AND status = 'resolved' AND resolved_at >= %s"
+                      " ORDER BY patient_id, rule_id, resolved_at DESC", (patient_ids, since))
+
+
+def insert_alert(conn: Any, patient_id: str, rule_id: str, f: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    return _one(
+        conn,
+        f"""
+        INSERT INTO alerts (patient_id, rule_id, severity, status, message, metric, value, reading_id, measured_at,
+                            late, flags, opened_at, updated_at)
+        VALUES (%s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (patient_id, rule_id) WHERE status <> 'resolved' DO NOTHING
+        RETURNING {ALERT_COLUMNS}
+        """,
+        (patient_id, rule_id, f["severity"], f["message"], f["metric"], f["value"], f["reading_id"],
+         f["measured_at"], f["late"], f["flags"], now, now),
+    )
+
+
+def reopen_alert(conn: Any, alert_id: int, f: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    return _one(
+        conn,
+        f"""
+        UPDATE alerts SET status = 'open', severity = %s, message = %s, metric = %s, value = %s, reading_id = %s,
+               measured_at = %s, late = %s, flags = %s, trigger_count = trigger_count + 1, normal_streak = 0,
+               reopen_count = reopen_count + 1, updated_at = %s, resolved_at = NULL, resolved_by = NULL,
+               acknowledged_at = NULL, acknowledged_by = NULL
+         WHERE id = %s AND status = 'resolved'
+        RETURNING {ALERT_COLUMNS}
+        """,
+        (f["severity"], f["message"], f["metric"], f["value"], f["reading_id"], f["measured_at"], f["late"],
+         f["flags"], now, alert_id),
+    )
+
+
+def update_triggered(conn: Any, alert_id: int, f: dict[str, Any], now: datetime) -> dict[str, Any]:
+    row = _one(
+        conn,
+        f"""
+        UPDATE alerts SET severity = %s, message = %s, metric = %s, value = %s, reading_id = %s, measured_at = %s,
+               late = %s, flags = %s, trigger_count = trigger_count + 1, normal_streak = 0, updated_at = %s
+         WHERE id = %s
+        RETURNING {ALERT_COLUMNS}
+        """,
+        (f["severity"], f["message"], f["metric"], f["value"], f["reading_id"], f["measured_at"], f["late"],
+         f["flags"], now, alert_id),
+    )
+    assert row is not None  # the caller holds the row lock
+    return row
+
+
+def count_trigger(conn: Any, alert_id: int, now: datetime) -> dict[str, Any]:
+    row = _one(conn, f"UPDATE alerts SET trigger_count = trigger_count + 1, normal_streak = 0, updated_at = %s"
+                     f" WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, alert_id))
+    assert row is not None
+    return row
+
+
+def set_streak(conn: Any, alert_id: int, streak: int, now: datetime) -> dict[str, Any]:
+    row = _one(conn, f"UPDATE alerts SET normal_streak = %s, updated_at = %s WHERE id = %s RETURNING {ALERT_COLUMNS}",
+               (streak, now, alert_id))
+    assert row is not None
+    return row
+
+
+def resolve_alert(conn: Any, alert_id: int, by: str, now: datetime) -> dict[str, Any]:
+    row = _one(conn, f"UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, updated_at = %s"
+                     f" WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, alert_id))
+    assert row is not None
+    return row
+
+
+def acknowledge_alert(conn: Any, alert_id: int, by: str, now: datetime) -> dict[str, Any]:
+    row = _one(conn, f"UPDATE alerts SET status = 'acknowledged', acknowledged_at = %s, acknowledged_by = %s,"
+                     f" updated_at = %s WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, alert_id))
+    assert row is not None
+    return row
+
+
+def insert_event(conn: Any, alert_id: int, at: datetime, event: str, actor: str, reading_id: str | None,
+                 detail: Any) -> None:
+    conn.execute(
+        "INSERT INTO alert_events (alert_id, at, event, actor, reading_id, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+        (alert_id, at, event, actor, reading_id, detail),
+    )
+
+
+def alert_events(conn: Any, alert_id: int) -> list[dict[str, Any]]:
+    return _all(conn, "SELECT id, alert_id, at, event, actor, reading_id, detail FROM alert_events"
+                      " WHERE alert_id = %s ORDER BY id", (alert_id,))
+
+
+def list_alerts(conn: Any, *, patient_id: str | None, statuses: Sequence[str] | None, severities: Sequence[str] | None,
+                since: datetime | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    return _all(
+        conn,
+        f"""
+        SELECT {ALERT_COLUMNS} FROM alerts
+         WHERE (%(patient)s::text IS NULL OR patient_id = %(patient)s)
+           AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))
+           AND (%(severities)s::text[] IS NULL OR severity = ANY(%(severities)s))
+           AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s)
+           AND (%(before)s::bigint IS NULL OR id < %(before)s)
+         ORDER BY id DESC LIMIT %(limit)s
+        """,
+        {"patient": patient_id, "statuses": list(statuses) if statuses else None,
+         "severities": list(severities) if severities else None, "since": since, "before": before_id,
+         "limit": limit},
+    )
+
+
+def webhooks_for(conn: Any, patient_ids: list[str]) -> list[dict[str, Any]]:
+    return _all(conn, "SELECT id, url, secret, patient_id, events FROM webhooks"
+                      " WHERE enabled AND (patient_id IS NULL OR patient_id = ANY(%s)) ORDER BY id", (patient_ids,))
+
+
+def insert_deliveries(conn: Any, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO alert_deliveries (channel, webhook_id, topic, alert_id, status, payload, next_attempt_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+
+def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int) -> list[dict[str, Any]]:
+    """Take due deliveries for this sender: pushing their next attempt to ``lease_until`` keeps other
+    senders off them while the HTTP call runs outside any transaction."""
+    return _all(
+        conn,
+        """
+        WITH due AS (
+            SELECT id FROM alert_deliveries
+             WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= %s
+             ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE alert_deliveries d SET next_attempt_at = %s, attempts = d.attempts + 1
+              FROM due WHERE d.id = due.id
+            RETURNING d.id, d.channel, d.webhook_id, d.topic, d.alert_id, d.status, d.payload, d.attempts
+        )
+        SELECT c.*, w.url, w.secret FROM claimed c LEFT JOIN webhooks w ON w.id = c.webhook_id ORDER BY c.id
+        """,
+        (now, limit, lease_until),
+    )
+
+
+def mark_delivered(conn: Any, delivery_id: int, now: datetime) -> None:
+    conn.execute("UPDATE alert_deliveries SET delivered_at = %s, last_error = NULL WHERE id = %s", (now, delivery_id))
+
+
+def mark_failed_attempt(conn: Any, delivery_id: int, error: str, retry_at: datetime | None, now: datetime) -> None:
+    conn.execute(
+        "UPDATE alert_deliveries SET last_error = %s, next_attempt_at = COALESCE(%s, next_attempt_at),"
+        " failed_at = CASE WHEN %s::timestamptz IS NULL THEN %s END WHERE id = %s",
+        (error[:500], retry_at, retry_at, now, delivery_id),
+    )
+
+
+def add_webhook(conn: Any, url: str, secret: str, patient_id: str | None, events: list[str]) -> int:
+    row = conn.execute("INSERT INTO webhooks (url, secret, patient_id, events) VALUES (%s, %s, %s, %s) RETURNING id",
+                       (url, secret, patient_id, events)).fetchone()
+    return int(row[0])
+
+
+def missing_data_candidates(conn: Any, kind: str, profiles: list[str], now: datetime) -> list[dict[str, Any]]:
+    """Patients expected to send ``kind`` (an active assignment of a device whose profile is one of
+    ``profiles`` or that has sent that kind for them), with when they were first assigned and the time
+    of their latest reading of that kind."""
+    return _all(
+        conn,
+        """
+        SELECT a.patient_id, min(a.created_at) AS assigned_at,
+               (SELECT max(r.measured_at) FROM readings r
+                 WHERE r.patient_id = a.patient_id AND r.kind = %(kind)s AND r.measured_at <= %(now)s) AS last_at
+          FROM device_assignments a JOIN devices d ON d.uid = a.device_uid
+         WHERE a.valid_from <= %(now)s AND (a.valid_to IS NULL OR a.valid_to > %(now)s)
+           AND (d.profile = ANY(%(profiles)s)
+                OR EXISTS (SELECT 1 FROM readings r WHERE r.device_uid = a.device_uid
+                             AND r.patient_id = a.patient_id AND r.kind = %(kind)s))
+         GROUP BY a.patient_id
+         ORDER BY a.patient_id
+        """,
+        {"now": now, "kind": kind, "profiles": profiles},
+    )
