@@ -4,7 +4,8 @@ Safe to run twice (applied versions are skipped) and from two processes at once 
 advisory lock serialises them). Each migration runs in its own transaction.
 
 A file whose first line is ``-- requires: timescaledb`` runs only where that extension is available;
-the schema is complete without it.
+the schema is complete without it. Storage policy from the settings reaches the SQL as session
+settings ``rpm.retention_days`` and ``rpm.compress_after_days`` (read with ``current_setting``).
 """
 
 from __future__ import annotations
@@ -54,10 +55,19 @@ def extension_available(conn: psycopg.Connection, name: str) -> bool:
     return row is not None
 
 
-def apply_migrations(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def apply_migrations(
+    database_url: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    retention_days: int | None = None,
+    compress_after_days: int = 7,
+) -> list[str]:
     """Apply what is pending; return the versions applied by this call."""
     applied_now: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('rpm.retention_days', %s, false)",
+                     ("" if retention_days is None else str(retention_days),))
+        conn.execute("SELECT set_config('rpm.compress_after_days', %s, false)", (str(compress_after_days),))
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_ID,))
         try:
             conn.execute(
@@ -92,9 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    url = args.database_url or get_settings().database_url
+    settings = get_settings()
+    url = args.database_url or settings.database_url
     try:
-        applied = apply_migrations(url)
+        applied = apply_migrations(url, retention_days=settings.retention_days,
+                                   compress_after_days=settings.compress_after_days)
     except psycopg.OperationalError as err:
         print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
         return 2

@@ -1,0 +1,1 @@
+"""Cloud ingest: MQTT consumer, validation, batch writer, dead letters, acks (``rpm-cloud ingest``)."""
