@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class UsbDeviceMatch(BaseModel):
-    """A user-supplied entry for the table of supported USB serial devices."""
+    """A user-supplied entry for the table of supported USB serial devices (``[[usb.devices]]``).
+
+    A port matches by ``vid``/``pid`` (and ``description``, a case-insensitive regular expression, where
+    ids are shared) or by a fixed ``port`` path.
+    """
 
     model_config = ConfigDict(extra="forbid")
     vid: int | None = None
@@ -15,7 +21,25 @@ class UsbDeviceMatch(BaseModel):
     port: str | None = None
     """A fixed port path (e.g. a pty in tests, or /dev/ttyUSB0 for a bridge without useful ids)."""
     profile: str
-    baudrate: int | None = None
+    driver: str | None = None
+    """``module:Class`` to run instead of the profile's driver."""
+    baudrate: int | None = Field(None, gt=0)
+    bytesize: Literal[7, 8] | None = None
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Driver-specific settings (e.g. an A&D scale's ``zero_kg``)."""
+
+    @field_validator("vid", "pid", mode="before")
+    @classmethod
+    def _hex_ids(cls, value: Any) -> Any:
+        # USB ids are written in hex everywhere (lsusb, udev): accept "0fcf" as well as 0x0fcf.
+        if isinstance(value, str):
+            try:
+                return int(value, 16)
+            except ValueError:
+                raise ValueError(f"not a hex USB id: {value!r}") from None
+        return value
 
 
 class UsbConfig(BaseModel):
@@ -23,5 +47,7 @@ class UsbConfig(BaseModel):
     enabled: bool = True
     poll_interval_s: float = Field(2.0, gt=0)
     devices: list[UsbDeviceMatch] = Field(default_factory=list)
-    ant_network_key: str | None = None
+    ant_network_key: str | None = Field(None, pattern=r"^([0-9A-Fa-f]{2}[ :]?){7}[0-9A-Fa-f]{2}$")
     """The ANT+ network key (16 hex digits), distributed by ANT Wireless; never hard-coded."""
+    retry_after_error_s: float = Field(5.0, ge=0)
+    """A port whose session failed (not unplugged) is tried again after this long."""
