@@ -93,6 +93,10 @@ SUPPORTED_DEVICES: tuple[SupportedDevice, ...] = (
                     baudrate=115200),
     SupportedDevice("Dynastream ANTUSB (CP210x)", "serial.ant_hrm", DRIVERS["serial.ant_hrm"], vid=0x0FCF,
                     pid=0x1004, baudrate=57600),
+    # TaiDoc (FORA) BP monitors and 2-in-1 meters: Silicon Labs CP2110 bridge at 19200 8N1. The
+    # driver asks for the model first and reads nothing from a device it does not know.
+    SupportedDevice("TaiDoc/FORA meter (CP2110)", "serial.taidoc", "gateway.drivers.taidoc:TaidocDriver",
+                    vid=0x10C4, pid=0xEA80, baudrate=19200),
 )
 
 
