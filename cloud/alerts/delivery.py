@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,14 +75,20 @@ def _twin_data(change: Change) -> dict[str, Any]:
     }
 
 
-def record_changes(conn: Any, changes: Sequence[Change], now: datetime, *, mqtt_via_outbox: bool) -> list[Notification]:
-    """Twin events, webhook outbox rows and MQTT messages for these changes (in the caller's transaction)."""
-    if not changes:
-        return []
+def record_changes(conn: Any, changes: Sequence[Change], now: datetime, *, mqtt_via_outbox: bool,
+                   twin_events: Mapping[str, Sequence[tuple[str, dict]]] | None = None) -> list[Notification]:
+    """Twin events, webhook outbox rows and MQTT messages for these changes (in the caller's transaction).
+
+    ``twin_events``: other events to append to the twins in the same write (the batch's baselines).
+    """
     events: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+    for patient_id, extra in (twin_events or {}).items():
+        events[patient_id].extend(extra)
     for change in changes:
         events[change.alert["patient_id"]].append((_TWIN_EVENT[change.event], _twin_data(change)))
     twin.append_events(conn, events, now)
+    if not changes:
+        return []
 
     webhooks = queries.webhooks_for(conn, sorted(events))
     notifications: list[Notification] = []

@@ -8,6 +8,7 @@ baseline without enough data). Defaults and their sources: specs/clinical-thresh
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -74,8 +75,14 @@ def _threshold(rule: Rule, facts: ReadingFacts) -> Verdict | None:
 
 def _window(points: list[Point], start: datetime, end: datetime, *, include_end: bool,
             exclude: str | None = None) -> list[Point]:
-    return [p for p in points if start < p.measured_at and (p.measured_at <= end if include_end else
-                                                               p.measured_at < end) and p.reading_id != exclude]
+    """Points in ``(start, end]`` (or ``(start, end)``) of a time-ordered history."""
+    low = bisect_right(points, start, key=_time)
+    high = (bisect_right if include_end else bisect_left)(points, end, key=_time)
+    return [p for p in points[low:high] if p.reading_id != exclude]
+
+
+def _time(point: Point) -> datetime:
+    return point.measured_at
 
 
 def _average(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | None:

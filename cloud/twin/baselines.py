@@ -7,6 +7,7 @@ the window (14-30 days by default), so three readings never make a baseline.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -74,18 +75,31 @@ def load_history(conn: Any, patient_ids: Sequence[str], metrics: Iterable[str], 
     return history
 
 
+def _time(point: Point) -> datetime:
+    return point.measured_at
+
+
+def _median(values: np.ndarray) -> float:
+    # np.median's generic reduction machinery costs more than the sort on these small arrays.
+    ordered = np.sort(values)
+    n = len(ordered)
+    return float((ordered[(n - 1) // 2] + ordered[n // 2]) / 2)
+
+
 def compute_baseline(points: Sequence[Point], as_of: datetime, *, window_days: int = DEFAULT_WINDOW_DAYS,
                      min_days: int = DEFAULT_MIN_DAYS, min_readings: int = DEFAULT_MIN_READINGS,
                      exclude_reading: str | None = None) -> Baseline | None:
-    """Median/MAD of the points in ``(as_of - window_days, as_of]``; None without enough data."""
-    start = as_of - timedelta(days=window_days)
-    chosen = [p for p in points if start < p.measured_at <= as_of and p.reading_id != exclude_reading]
+    """Median/MAD of the time-ordered points in ``(as_of - window_days, as_of]``; None without enough data."""
+    # Points are in time order: cut the window by bisection rather than scanning the whole history.
+    low = bisect_right(points, as_of - timedelta(days=window_days), key=_time)
+    high = bisect_right(points, as_of, key=_time)
+    chosen = [p for p in points[low:high] if p.reading_id != exclude_reading]
     if len(chosen) < min_readings:
         return None
     span_days = (as_of - min(p.measured_at for p in chosen)).total_seconds() / 86400
     if span_days < min_days:
         return None
     values = np.fromiter((p.value for p in chosen), dtype=float, count=len(chosen))
-    median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median)))
+    median = _median(values)
+    mad = _median(np.abs(values - median))
     return Baseline(median, mad, len(chosen), span_days, window_days, as_of)

@@ -53,14 +53,19 @@ def append_events(conn: Any, events_by_patient: Mapping[str, Sequence[TwinEvent]
     if not wanted:
         return {}
     versions: dict[str, int] = {}
+    rows: list[tuple[str, int, str, dict]] = []
+    twins: list[tuple[str, int, dict]] = []
     with conn.transaction():
         locked = queries.lock_twins(conn, list(wanted))
         for patient_id in sorted(wanted):
             version, state = locked[patient_id]
             ready = [(event_type, _json_ready(data)) for event_type, data in wanted[patient_id]]
-            new_state = apply_events(state or empty_state(patient_id), ready)
-            queries.append(conn, patient_id, version + 1, [(t, d, at) for t, d in ready], new_state, at)
+            # The state was just read from the database: fold into it directly.
+            new_state = apply_events(state or empty_state(patient_id), ready, in_place=True)
+            rows.extend((patient_id, version + 1 + i, t, d) for i, (t, d) in enumerate(ready))
             versions[patient_id] = version + len(ready)
+            twins.append((patient_id, versions[patient_id], new_state))
+        queries.append(conn, rows, twins, at)
     return versions
 
 

@@ -178,9 +178,11 @@ def _apply_in_place(state: dict[str, Any], event_type: str, data: Mapping[str, A
         raise UnknownTwinEvent(f"unknown twin event type {event_type!r}")
 
 
-def apply_events(state: dict[str, Any], events: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Return the state after the events, in order (the input is not modified)."""
-    state = copy.deepcopy(state)
+def apply_events(state: dict[str, Any], events: Iterable[tuple[str, Mapping[str, Any]]], *,
+                 in_place: bool = False) -> dict[str, Any]:
+    """Return the state after the events, in order (the input is modified only with ``in_place``)."""
+    if not in_place:
+        state = copy.deepcopy(state)
     for event_type, data in events:
         _apply_in_place(state, event_type, data)
     return state

@@ -65,21 +65,25 @@ def weight(device_uid: str, at: datetime, kg: float) -> Reading:
 
 def insert_readings(conn: Any, readings: Sequence[Reading], patient_id: str | None, *,
                     late: bool = False, gateway_id: str = "gw-test") -> list[StoredReading]:
-    for r in readings:
-        conn.execute(
+    return insert_for_patients(conn, [(r, patient_id) for r in readings], late=late, gateway_id=gateway_id)
+
+
+def insert_for_patients(conn: Any, pairs: Sequence[tuple[Reading, str | None]], *, late: bool = False,
+                        gateway_id: str = "gw-test") -> list[StoredReading]:
+    with conn.cursor() as cur:
+        cur.executemany(
             "INSERT INTO readings (id, patient_id, device_uid, gateway_id, batch_id, kind, measured_at, received_at,"
             " clock_judgement, sequence, flags, late) VALUES (%s, %s, %s, %s, 'b1', %s, %s, %s, 'device', %s, %s, %s)",
-            (r.id, patient_id, r.device.uid, gateway_id, str(r.kind), r.measured_at, r.received_at, r.sequence,
-             list(r.flags), late),
+            [(r.id, p, r.device.uid, gateway_id, str(r.kind), r.measured_at, r.received_at, r.sequence,
+              list(r.flags), late) for r, p in pairs],
         )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO observations (reading_id, patient_id, kind, metric, measured_at, value, unit, flags)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [(r.id, patient_id, str(r.kind), m, r.measured_at, v.value, v.unit, list(r.flags))
-                 for m, v in r.values.items()],
-            )
-    return [StoredReading(r, patient_id, gateway_id, late) for r in readings]
+        cur.executemany(
+            "INSERT INTO observations (reading_id, patient_id, kind, metric, measured_at, value, unit, flags)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(r.id, p, str(r.kind), m, r.measured_at, v.value, v.unit, list(r.flags))
+             for r, p in pairs for m, v in r.values.items()],
+        )
+    return [StoredReading(r, p, gateway_id, late) for r, p in pairs]
 
 
 def ingest(conn: Any, readings: Sequence[Reading], patient_id: str | None, *, late: bool = False) -> list[Notification]:

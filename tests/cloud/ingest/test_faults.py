@@ -1,0 +1,120 @@
+"""Ingest under faults, against real processes: the database stopped mid-stream, a broker burst, two
+workers sharing one gateway's stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from ingest_traffic import Gateway, bp_reading, wait_until
+
+from cloud.settings import CloudSettings
+
+pytestmark = pytest.mark.integration
+
+
+def stored_ids(url: str, gateway_id: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM readings WHERE gateway_id = %s", (gateway_id,))]
+
+
+@pytest.fixture
+def private_postgres(tmp_path):  # type: ignore[no-untyped-def]
+    """A PostgreSQL server of this test's own, so the test can stop and restart it."""
+    from cloud.db.migrate import apply_migrations
+    from cloud.embedded import EmbeddedPostgres, EmbeddedServiceError
+
+    try:
+        server = EmbeddedPostgres(tmp_path / "pg").start()
+    except EmbeddedServiceError as err:
+        pytest.skip(f"cannot run a private PostgreSQL: {err}")
+    apply_migrations(server.url)
+    yield server
+    server.stop()
+
+
+def test_database_stopped_and_restarted_mid_stream_loses_nothing(private_postgres, mqtt_broker, start_worker,
+                                                                 gateway) -> None:
+    settings = CloudSettings(database_url=private_postgres.url, mqtt_url=mqtt_broker.url, ingest_batch_ms=10)
+    worker = start_worker(settings)
+    batches = [gateway.batch([bp_reading("ble:fault:01"), bp_reading("ble:fault:02")]) for _ in range(150)]
+    sent = threading.Event()
+
+    def stream() -> None:
+        for batch in batches:
+            gateway.publish(batch)
+            time.sleep(0.01)  # a steady stream spanning the outage, not a synchronisation
+        sent.set()
+
+    publisher = threading.Thread(target=stream)
+    publisher.start()
+    wait_until(lambda: worker.stats.commits > 0, what="the first commits")
+    private_postgres.stop()
+    wait_until(lambda: worker.stats.database_errors > 0, timeout=20, what="the worker noticing the outage")
+    acked_during_outage = len(gateway.acks)
+    private_postgres.start()
+    publisher.join(30)
+    assert sent.is_set()
+    wait_until(lambda: len({a.batch_id for a in gateway.acks}) == len(batches), timeout=30, what="every ack")
+
+    expected = {r.id for b in batches for r in b.readings}
+    ids = stored_ids(private_postgres.url, gateway.gateway_id)
+    assert len(ids) == len(expected) and set(ids) == expected
+    assert acked_during_outage < len(batches)  # the outage really held acks back
+
+
+def test_burst_of_20000_qos1_messages_is_stored_without_loss(ingest_settings, mqtt_broker, start_worker,
+                                                            unique_id) -> None:
+    if mqtt_broker.kind != "mosquitto":
+        pytest.skip("the burst test needs a private mosquitto with the deploy config (max_queued_messages)")
+    settings = ingest_settings.model_copy(update={"ingest_batch_ms": 20})
+    worker = start_worker(settings)
+    gateways = [Gateway(mqtt_broker.host, mqtt_broker.port, f"gw-{unique_id}-{i}") for i in range(4)]
+    try:
+        per_gateway = 5000
+        payloads = {gw.gateway_id: [gw.batch([bp_reading(f"ble:burst:{i}")]).model_dump_json()
+                                    for i in range(per_gateway)] for gw in gateways}
+
+        def burst(gw: Gateway) -> None:
+            infos = [gw.client.publish(f"rpm/v1/gw/{gw.gateway_id}/readings", p, qos=1)
+                     for p in payloads[gw.gateway_id]]
+            for info in infos:
+                info.wait_for_publish(60)
+
+        threads = [threading.Thread(target=burst, args=(gw,)) for gw in gateways]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        wait_until(lambda: worker.stats.messages >= 4 * per_gateway, timeout=60, what="the whole burst")
+        with psycopg.connect(settings.database_url) as conn:
+            stored = conn.execute("SELECT count(*) FROM readings WHERE gateway_id LIKE %s",
+                                  (f"gw-{unique_id}-%",)).fetchone()[0]  # type: ignore[index]
+        assert stored == 4 * per_gateway
+        assert worker.stats.dead_letters == 0
+    finally:
+        for gw in gateways:
+            gw.close()
+
+
+def test_two_workers_on_one_interleaved_gateway_store_no_duplicates(ingest_settings, mqtt_broker, start_worker,
+                                                                   gateway) -> None:
+    if not mqtt_broker.supports_v5:
+        pytest.skip("two workers need a shared subscription (MQTT v5)")
+    first, second = start_worker(ingest_settings), start_worker(ingest_settings)
+    readings = [bp_reading("ble:pair:01") for _ in range(400)]
+    # Every reading goes out twice in different batches, so both workers see copies of the same ids.
+    batches = [gateway.batch(readings[i:i + 20]) for i in range(0, 400, 20)]
+    batches += [gateway.batch(list(reversed(readings[i:i + 20]))) for i in range(10, 390, 20)]
+    for batch in batches:
+        gateway.publish(batch)
+    wait_until(lambda: len({a.batch_id for a in gateway.acks}) == len(batches), timeout=30, what="every ack")
+    ids = stored_ids(ingest_settings.database_url, gateway.gateway_id)
+    assert sorted(ids) == sorted(r.id for r in readings)
+    with psycopg.connect(ingest_settings.database_url) as conn:
+        per_reading = conn.execute("SELECT count(*) FROM observations WHERE reading_id = ANY(%s)",
+                                   ([r.id for r in readings],)).fetchone()[0]  # type: ignore[index]
+    assert per_reading == 3 * len(readings)
+    assert first.stats.messages > 0 and second.stats.messages > 0, "the shared subscription split the load"
