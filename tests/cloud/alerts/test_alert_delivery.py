@@ -4,18 +4,16 @@ MQTT messages for changes made outside ingest (an acknowledgement) sent from the
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from scripted_patient import add_patient, alerts_in, bp, ingest, now
+from webhook_receiver import FAST, Receiver, free_port, wait_for
 
 from cloud.alerts import service
 from cloud.alerts.delivery import SIGNATURE_HEADER, Backoff, deliver_due, verify
@@ -23,46 +21,6 @@ from cloud.alerts.scheduler import mqtt_publisher
 from gateway.contract import Alert, alerts_topic
 
 pytestmark = pytest.mark.integration
-FAST = Backoff(base_s=0.05, factor=2.0, max_s=0.2, max_attempts=50, lease_s=5)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
-
-
-class Receiver:
-    """A real local HTTP endpoint that records what it is sent."""
-
-    def __init__(self, port: int) -> None:
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
