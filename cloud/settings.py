@@ -45,6 +45,10 @@ class CloudSettings(BaseSettings):
     # Alerts delivery
     webhook_timeout_s: float = 5.0
 
+    # Clinician API
+    api_pool_max: int = Field(8, gt=0)
+    """Database connections the API holds (requests run in a thread pool of about this size)."""
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> CloudSettings:

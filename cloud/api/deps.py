@@ -1,0 +1,129 @@
+"""Dependencies injected as ``Annotated`` types: a database connection from the pool, the caller
+(verified bearer token), and authorisation to one patient's data for one scope.
+
+Authorisation is a dependency, not an ``if`` in every handler:
+
+- ``patient`` sees only their own record; ``clinician`` and ``care_team`` see a patient while an
+  active consent (not revoked, not expired) of the patient grants one of their care teams the scope
+  asked (readings, alerts, twin), checked on every request so a revocation applies to the next one;
+  ``admin`` configures (care teams, devices, the audit log) and sees no clinical data; ``gateway``
+  tokens get nothing from the HTTP API.
+- A patient the caller may not see answers 404 exactly like one that does not exist.
+- Every patient whose data a request touches is noted in ``request.state.audit_patients``; the audit
+  middleware writes one audit row per patient with the request's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import psycopg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from cloud.api import queries
+from cloud.api.problems import ApiProblem, forbidden, not_found
+from cloud.api.tokens import Principal
+
+CLINICAL_ROLES = ("clinician", "care_team")
+_bearer = HTTPBearer(auto_error=False, description="OAuth2 bearer token (JWT)")
+
+
+def get_conn(request: Request) -> Iterator[psycopg.Connection]:
+    with request.app.state.pool.connection() as conn:
+        yield conn
+
+
+DbConn = Annotated[psycopg.Connection, Depends(get_conn)]
+
+
+def get_principal(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiProblem(401, "a bearer token is required", slug="unauthenticated",
+                         headers={"WWW-Authenticate": "Bearer"})
+    principal = request.app.state.verifier.verify(credentials.credentials)
+    request.state.principal = principal
+    if principal.role == "gateway":
+        raise forbidden("gateway tokens have no access to the HTTP API")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_roles(*roles: str) -> Callable[[Principal], Principal]:
+    def dependency(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in roles:
+            raise forbidden(f"this needs one of the roles: {', '.join(roles)}")
+        return principal
+    return dependency
+
+
+ClinicalPrincipal = Annotated[Principal, Depends(require_roles(*CLINICAL_ROLES))]
+PanelPrincipal = Annotated[Principal, Depends(require_roles("patient", *CLINICAL_ROLES))]
+AdminPrincipal = Annotated[Principal, Depends(require_roles("admin"))]
+
+
+@dataclass(frozen=True, slots=True)
+class PatientAccess:
+    patient_id: str
+    principal: Principal
+    scopes: frozenset[str]
+    """What the caller may see of this patient (all three for the patient themself)."""
+
+    @property
+    def is_own_record(self) -> bool:
+        return self.principal.role == "patient"
+
+    def require_clinical(self) -> None:
+        """Changes (acknowledging, setting thresholds, assigning) are for the care team, not the patient."""
+        if self.principal.role not in CLINICAL_ROLES:
+            raise forbidden("only a clinician or care team member may change this")
+
+
+def note_audit(request: Request, patient_id: str | None) -> None:
+    if patient_id is None:
+        return
+    noted = getattr(request.state, "audit_patients", None)
+    if noted is None:
+        noted = request.state.audit_patients = []
+    if patient_id not in noted:
+        noted.append(patient_id)
+
+
+def authorise_patient(conn: psycopg.Connection, request: Request, principal: Principal, patient_id: str,
+                      scope: str) -> PatientAccess:
+    """The caller's access to ``patient_id`` for ``scope``, or a 404 problem (audited either way)."""
+    note_audit(request, patient_id)
+    if principal.role == "patient":
+        if principal.patient_id == patient_id and queries.patient_exists(conn, patient_id):
+            return PatientAccess(patient_id, principal, frozenset(queries.SCOPES))
+    elif principal.role in CLINICAL_ROLES and principal.care_teams:
+        scopes = queries.consented_scopes(conn, patient_id, principal.care_teams)
+        if scope in scopes:
+            return PatientAccess(patient_id, principal, frozenset(scopes))
+    raise not_found("patient")
+
+
+def patient_scope(scope: str) -> Callable[..., PatientAccess]:
+    def dependency(patient_id: str, request: Request, principal: CurrentPrincipal, conn: DbConn) -> PatientAccess:
+        return authorise_patient(conn, request, principal, patient_id, scope)
+    dependency.__name__ = f"patient_{scope}_access"
+    return dependency
+
+
+def own_record(patient_id: str, request: Request, principal: CurrentPrincipal, conn: DbConn) -> PatientAccess:
+    """Consents and the access trail are the patient's alone."""
+    note_audit(request, patient_id)
+    if principal.role == "patient" and principal.patient_id == patient_id and queries.patient_exists(conn, patient_id):
+        return PatientAccess(patient_id, principal, frozenset(queries.SCOPES))
+    raise not_found("patient")
+
+
+ReadingsAccess = Annotated[PatientAccess, Depends(patient_scope("readings"))]
+AlertsAccess = Annotated[PatientAccess, Depends(patient_scope("alerts"))]
+TwinAccess = Annotated[PatientAccess, Depends(patient_scope("twin"))]
+OwnRecord = Annotated[PatientAccess, Depends(own_record)]

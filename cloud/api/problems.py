@@ -1,0 +1,112 @@
+"""RFC 9457 problem details (``application/problem+json``) for every error the API answers.
+
+Each boundary translates errors once: the domain's typed errors (alerts, twin, tokens) and
+FastAPI's validation errors become problems here; nothing else in the API formats an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud.alerts import AlertNotFound, AlertStateError, InvalidOverride, RuleNotFound
+from cloud.api.tokens import TokenError
+from cloud.twin.service import PatientNotFound
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, detail: str, *, slug: str | None = None, title: str | None = None,
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.slug = status, detail, slug
+        self.title = title or HTTPStatus(status).phrase
+        self.headers = headers
+        self.extra = extra or {}
+
+
+def not_found(what: str = "resource") -> ApiProblem:
+    # The same answer whether it does not exist or the caller may not see it: no existence leak.
+    return ApiProblem(404, f"no such {what}", slug="not-found")
+
+
+def forbidden(detail: str) -> ApiProblem:
+    return ApiProblem(403, detail, slug="forbidden")
+
+
+def problem_response(request: Request, status: int, detail: str, *, slug: str | None = None, title: str | None = None,
+                     headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"/problems/{slug}" if slug else "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [{"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg")),
+             "type": str(error.get("type"))} for error in exc.errors()]
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiProblem)
+    async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers,
+                                extra=exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(request, 422, "the request is not valid", slug="validation",
+                                extra={"errors": _validation_errors(exc)})
+
+    @app.exception_handler(TokenError)
+    async def _token(request: Request, exc: TokenError) -> JSONResponse:
+        return problem_response(request, 401, f"invalid bearer token: {exc}", slug="unauthenticated",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    @app.exception_handler(AlertNotFound)
+    @app.exception_handler(RuleNotFound)
+    @app.exception_handler(PatientNotFound)
+    async def _missing(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(request, 404, "no such resource", slug="not-found")
+
+    @app.exception_handler(AlertStateError)
+    async def _state(request: Request, exc: AlertStateError) -> JSONResponse:
+        return problem_response(request, 409, str(exc), slug="conflict")
+
+    @app.exception_handler(InvalidOverride)
+    async def _override(request: Request, exc: InvalidOverride) -> JSONResponse:
+        return problem_response(request, 422, str(exc), slug="invalid-threshold")
+
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(request, 503, "the database is unavailable; retry later", slug="unavailable",
+                                headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(request, 500, "internal error", slug="internal")

@@ -1,0 +1,488 @@
+"""SQL behind the clinician API (tables from 0001_core, 0300_alerts, 0310_twins, 0400_access).
+
+Always parameterised. Functions take a psycopg connection (autocommit from the API's pool) and return
+plain rows; the routes stay thin and the maths lives in :mod:`cloud.api.summaries`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from cloud.twin.state import EXCLUDED_FLAGS
+
+EXCLUDED = sorted(EXCLUDED_FLAGS)
+"""Flags that make a value not the patient's (failed measurement, control solution): left out of maths."""
+SCOPES = ("readings", "alerts", "twin")
+_ACTIVE = "c.revoked_at IS NULL AND c.granted_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
+
+
+def _dicts(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, params).fetchall()
+
+
+def _dict(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, params).fetchone()
+
+
+# --- access and audit ------------------------------------------------------------------------------
+
+def patient_exists(conn: Any, patient_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM patients WHERE id = %s", (patient_id,)).fetchone() is not None
+
+
+def consented_scopes(conn: Any, patient_id: str, care_teams: Sequence[str]) -> set[str]:
+    """Scopes the patient's active consents grant any of these care teams (empty: no access)."""
+    row = conn.execute(
+        f"SELECT array_agg(DISTINCT s) FROM consents c, unnest(c.scopes) AS s"
+        f" WHERE c.patient_id = %s AND c.care_team_id = ANY(%s) AND {_ACTIVE}",
+        (patient_id, list(care_teams)),
+    ).fetchone()
+    return set(row[0] or ()) if row else set()
+
+
+def write_audit(conn: Any, rows: Sequence[tuple[str, str, list[str], str, str | None, str, int | None, str]]) -> None:
+    """Append ``(subject, role, care_teams, action, patient_id, outcome, status, request_id)`` rows."""
+    if not rows:
+        return
+    if len(rows) == 1:
+        conn.execute(
+            "INSERT INTO audit_log (subject, role, care_teams, action, patient_id, outcome, status, request_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows[0])
+        return
+    # One statement for many patients (a panel): the audit costs one round trip, not one per patient.
+    subject, role, teams, action, _, outcome, status, request_id = rows[0]
+    conn.execute(
+        "INSERT INTO audit_log (subject, role, care_teams, action, patient_id, outcome, status, request_id)"
+        " SELECT %s, %s, %s, %s, p, %s, %s, %s FROM unnest(%s::text[]) AS p",
+        (subject, role, teams, action, outcome, status, request_id, [r[4] for r in rows]),
+    )
+
+
+def audit_trail(conn: Any, *, patient_id: str | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    return _dicts(
+        conn,
+        "SELECT id, at, subject, role, care_teams, action, patient_id, outcome, status, request_id FROM audit_log"
+        " WHERE (%(patient)s::text IS NULL OR patient_id = %(patient)s)"
+        " AND (%(before)s::bigint IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
+        {"patient": patient_id, "before": before_id, "limit": limit},
+    )
+
+
+# --- care teams and consents -------------------------------------------------------------------------
+
+def list_care_teams(conn: Any) -> list[dict[str, Any]]:
+    return _dicts(conn, "SELECT id, name, created_at FROM care_teams ORDER BY id", ())
+
+
+def create_care_team(conn: Any, team_id: str, name: str) -> dict[str, Any] | None:
+    """None when the id is taken."""
+    return _dict(conn, "INSERT INTO care_teams (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+                       " RETURNING id, name, created_at", (team_id, name))
+
+
+def add_member(conn: Any, team_id: str, subject: str, role: str) -> dict[str, Any]:
+    row = _dict(conn, "INSERT INTO care_team_members (care_team_id, subject, role) VALUES (%s, %s, %s)"
+                      " ON CONFLICT (care_team_id, subject) DO UPDATE SET role = EXCLUDED.role"
+                      " RETURNING care_team_id, subject, role, added_at", (team_id, subject, role))
+    assert row is not None
+    return row
+
+
+def list_members(conn: Any, team_id: str) -> list[dict[str, Any]]:
+    return _dicts(conn, "SELECT care_team_id, subject, role, added_at FROM care_team_members"
+                        " WHERE care_team_id = %s ORDER BY subject", (team_id,))
+
+
+def care_team_exists(conn: Any, team_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM care_teams WHERE id = %s", (team_id,)).fetchone() is not None
+
+
+_CONSENT_COLUMNS = ("id, patient_id, care_team_id, scopes, granted_at, granted_by, expires_at, revoked_at, revoked_by,"
+                    " (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())) AS active")
+
+
+def list_consents(conn: Any, patient_id: str) -> list[dict[str, Any]]:
+    return _dicts(conn, f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE patient_id = %s ORDER BY id DESC",
+                  (patient_id,))
+
+
+def grant_consent(conn: Any, patient_id: str, care_team_id: str, scopes: Sequence[str], expires_at: datetime | None,
+                  by: str) -> dict[str, Any]:
+    row = _dict(conn, f"INSERT INTO consents (patient_id, care_team_id, scopes, expires_at, granted_by)"
+                      f" VALUES (%s, %s, %s, %s, %s) RETURNING {_CONSENT_COLUMNS}",
+                (patient_id, care_team_id, list(scopes), expires_at, by))
+    assert row is not None
+    return row
+
+
+def revoke_consent(conn: Any, patient_id: str, consent_id: int, by: str) -> dict[str, Any] | None:
+    """Revoke (idempotent: a revoked consent keeps its first revocation). None when it is not the patient's."""
+    return _dict(conn, f"UPDATE consents SET revoked_at = coalesce(revoked_at, now()),"
+                       f" revoked_by = coalesce(revoked_by, %s)"
+                       f" WHERE id = %s AND patient_id = %s RETURNING {_CONSENT_COLUMNS}",
+                 (by, consent_id, patient_id))
+
+
+# --- patients ------------------------------------------------------------------------------------------
+
+# The panel reads the twin (latest value per metric, reading days) and counts open alerts; JSON is built
+# by PostgreSQL so 10 000 patients do not go through Python objects one field at a time.
+_PANEL = f"""
+WITH visible AS (
+    SELECT c.patient_id, bool_or('readings' = ANY(c.scopes)) AS readings, bool_or('alerts' = ANY(c.scopes)) AS alerts
+      FROM consents c
+     WHERE c.care_team_id = ANY(%(teams)s) AND {_ACTIVE}
+     GROUP BY c.patient_id
+    UNION ALL
+    SELECT %(own)s::text, true, true WHERE %(own)s::text IS NOT NULL
+), open_alerts AS (
+    SELECT a.patient_id,
+           count(*) FILTER (WHERE a.severity = 'critical') AS critical,
+           count(*) FILTER (WHERE a.severity = 'warning') AS warning,
+           count(*) FILTER (WHERE a.severity = 'info') AS info
+      FROM alerts a JOIN visible v ON v.patient_id = a.patient_id AND v.alerts
+     WHERE a.status <> 'resolved'
+     GROUP BY a.patient_id
+), rows AS (
+    SELECT p.id, p.display_name, v.readings, v.alerts,
+           coalesce(oa.critical, 0) AS critical, coalesce(oa.warning, 0) AS warning, coalesce(oa.info, 0) AS info,
+           (SELECT count(*) FROM jsonb_array_elements_text(coalesce(t.state -> 'reading_days', '[]')) AS d
+             WHERE d >= %(first_day)s) AS adherence_days,
+           CASE WHEN v.readings THEN (
+               SELECT jsonb_object_agg(m.key, jsonb_build_object('value', m.value -> 'value', 'unit', m.value -> 'unit',
+                                                                  'measured_at', m.value -> 'measured_at'))
+                 FROM jsonb_each(coalesce(t.state -> 'latest', '{{}}')) AS m) END AS latest,
+           CASE WHEN v.readings THEN t.state -> 'categories' END AS categories
+      FROM visible v JOIN patients p ON p.id = v.patient_id LEFT JOIN twins t ON t.patient_id = p.id
+)
+SELECT id, json_build_object(
+           'patient_id', id, 'display_name', display_name,
+           'open_alerts', CASE WHEN alerts THEN json_build_object('critical', critical, 'warning', warning,
+                                                                 'info', info) END,
+           'adherence', CASE WHEN readings THEN json_build_object('days_with_readings', adherence_days,
+                                                                 'period_days', 30, 'required_days', 16,
+                                                                 'meets_16_day_rule', adherence_days >= 16) END,
+           'latest', coalesce(latest, CASE WHEN readings THEN '{{}}'::jsonb END),
+           'categories', categories)::text
+  FROM rows
+ ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, id
+ LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+
+def panel_json(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, first_day: str, limit: int,
+               offset: int) -> list[tuple[str, str]]:
+    """Each visible patient as (id, JSON text), triage order: open critical, warning, info alerts, then the
+    fewest days with readings (at risk of missing the 16-day rule), then id."""
+    rows = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
+                                 "limit": limit, "offset": offset}).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def patient_row(conn: Any, patient_id: str) -> dict[str, Any] | None:
+    return _dict(conn, "SELECT id, display_name, birth_date, sex, timezone, created_at FROM patients WHERE id = %s",
+                 (patient_id,))
+
+
+def open_alert_counts(conn: Any, patient_id: str) -> dict[str, int]:
+    rows = conn.execute("SELECT severity, count(*) FROM alerts WHERE patient_id = %s AND status <> 'resolved'"
+                        " GROUP BY severity", (patient_id,)).fetchall()
+    counts = {"critical": 0, "warning": 0, "info": 0}
+    counts.update({severity: n for severity, n in rows})
+    return counts
+
+
+def twin_state(conn: Any, patient_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT state FROM twins WHERE patient_id = %s", (patient_id,)).fetchone()
+    return row[0] if row else None
+
+
+# --- readings ------------------------------------------------------------------------------------------
+
+_READING_COLUMNS = """
+r.id, r.patient_id, r.kind, r.measured_at, r.device_time, r.clock_judgement, r.clock_offset_s, r.user_index,
+r.flags, r.late, r.received_at, r.gateway_id, r.sequence,
+json_build_object('uid', r.device_uid, 'transport', d.transport, 'profile', d.profile, 'model', d.model,
+                  'serial', d.serial, 'manufacturer', d.manufacturer) AS device,
+(SELECT json_object_agg(o.metric, json_build_object('value', coalesce(to_json(o.value), to_json(o.value_list)),
+                                                    'unit', o.unit, 'original_value', o.original_value,
+                                                    'original_unit', o.original_unit))
+   FROM observations o WHERE o.reading_id = r.id) AS values
+"""
+
+
+def readings_page(conn: Any, patient_id: str, *, kinds: Sequence[str] | None, metric: str | None,
+                  since: datetime | None, until: datetime | None, after: tuple[datetime, str] | None,
+                  limit: int) -> list[dict[str, Any]]:
+    """Newest first; ``after`` is the (measured_at, id) of the last row of the previous page."""
+    return _dicts(
+        conn,
+        f"""
+        SELECT {_READING_COLUMNS}
+          FROM readings r LEFT JOIN devices d ON d.uid = r.device_uid
+         WHERE r.patient_id = %(patient)s
+           AND (%(kinds)s::text[] IS NULL OR r.kind = ANY(%(kinds)s))
+           AND (%(since)s::timestamptz IS NULL OR r.measured_at >= %(since)s)
+           AND (%(until)s::timestamptz IS NULL OR r.measured_at < %(until)s)
+           AND (%(metric)s::text IS NULL OR EXISTS (SELECT 1 FROM observations o
+                                                     WHERE o.reading_id = r.id AND o.metric = %(metric)s))
+           AND (%(after_t)s::timestamptz IS NULL OR (r.measured_at, r.id) < (%(after_t)s, %(after_id)s))
+         ORDER BY r.measured_at DESC, r.id DESC
+         LIMIT %(limit)s
+        """,
+        {"patient": patient_id, "kinds": list(kinds) if kinds else None, "since": since, "until": until,
+         "metric": metric, "after_t": after[0] if after else None, "after_id": after[1] if after else None,
+         "limit": limit},
+    )
+
+
+def readings_with_values(conn: Any, patient_id: str, *, metrics: Sequence[str] | None, kinds: Sequence[str] | None,
+                         ranges: Sequence[tuple[str, datetime]], limit: int) -> list[dict[str, Any]]:
+    """Readings in the shape :func:`cloud.twin.fhir.observations_from_row` takes (values by metric)."""
+    conditions = ["r.patient_id = %s"]
+    params: list[Any] = [patient_id]
+    if kinds is not None or metrics is not None:
+        # Either: a panel code names a kind of reading, a value code the metric it holds.
+        conditions.append("(r.kind = ANY(%s) OR EXISTS (SELECT 1 FROM observations o"
+                          " WHERE o.reading_id = r.id AND o.metric = ANY(%s)))")
+        params += [list(kinds or ()), list(metrics or ())]
+    for op, instant in ranges:
+        # op comes from a fixed set (FHIR date prefixes mapped in the route), never from the caller's text.
+        assert op in ("<", "<=", ">", ">=")
+        conditions.append(f"r.measured_at {op} %s")
+        params.append(instant)
+    params.append(limit)
+    return _dicts(
+        conn,
+        f"""
+        SELECT r.id, r.patient_id, r.device_uid, r.kind, r.measured_at, r.flags,
+               coalesce((SELECT json_object_agg(o.metric, json_build_object('value', o.value, 'unit', o.unit))
+                           FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{{}}') AS values
+          FROM readings r
+         WHERE {' AND '.join(conditions)}
+         ORDER BY r.measured_at DESC, r.id DESC
+         LIMIT %s
+        """,
+        params,
+    )
+
+
+# --- trends and summaries ------------------------------------------------------------------------------
+
+PERCENTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def trend(conn: Any, patient_id: str, metric: str, bucket: str, since: datetime, until: datetime,
+          tz: str) -> list[dict[str, Any]]:
+    """Buckets (local to ``tz``) with count, mean, min, max and percentiles, oldest first."""
+    assert bucket in ("hour", "day", "week", "month")
+    return _dicts(
+        conn,
+        """
+        SELECT date_trunc(%(bucket)s, o.measured_at, %(tz)s) AS bucket_start,
+               count(*) AS count, avg(o.value) AS mean, min(o.value) AS min, max(o.value) AS max,
+               stddev_samp(o.value) AS sd,
+               percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY o.value) AS percentiles
+          FROM observations o
+         WHERE o.patient_id = %(patient)s AND o.metric = %(metric)s
+           AND o.measured_at >= %(since)s AND o.measured_at < %(until)s
+           AND o.value IS NOT NULL AND NOT (o.flags && %(excluded)s::text[])
+         GROUP BY 1 ORDER BY 1
+        """,
+        {"bucket": bucket, "tz": tz, "patient": patient_id, "metric": metric, "since": since, "until": until,
+         "percentiles": list(PERCENTILES), "excluded": EXCLUDED},
+    )
+
+
+def glucose_stats(conn: Any, patient_id: str, since: datetime, until: datetime, tz: str) -> dict[str, Any]:
+    """Counts per International Consensus range, mean and SD of glucose (mg/dL) in [since, until)."""
+    row = _dict(
+        conn,
+        """
+        SELECT count(*) AS count, avg(value) AS mean, stddev_samp(value) AS sd,
+               count(*) FILTER (WHERE value < 54) AS below_54,
+               count(*) FILTER (WHERE value >= 54 AND value < 70) AS from_54_to_69,
+               count(*) FILTER (WHERE value >= 70 AND value <= 180) AS from_70_to_180,
+               count(*) FILTER (WHERE value > 180 AND value <= 250) AS from_181_to_250,
+               count(*) FILTER (WHERE value > 250) AS above_250,
+               count(DISTINCT date_trunc('day', measured_at, %(tz)s)) AS days_with_data,
+               min(measured_at) AS first, max(measured_at) AS last
+          FROM observations
+         WHERE patient_id = %(patient)s AND metric = 'glucose' AND measured_at >= %(since)s AND measured_at < %(until)s
+           AND value IS NOT NULL AND NOT (flags && %(excluded)s::text[])
+        """,
+        {"patient": patient_id, "since": since, "until": until, "tz": tz, "excluded": EXCLUDED},
+    )
+    assert row is not None
+    return row
+
+
+def bp_pairs(conn: Any, patient_id: str, since: datetime, until: datetime, tz: str) -> list[dict[str, Any]]:
+    """One row per cuff reading with systolic, diastolic, pulse and the local hour of measurement."""
+    return _dicts(
+        conn,
+        """
+        SELECT r.id, r.measured_at, extract(hour FROM r.measured_at AT TIME ZONE %(tz)s)::int AS local_hour,
+               max(o.value) FILTER (WHERE o.metric = 'systolic') AS systolic,
+               max(o.value) FILTER (WHERE o.metric = 'diastolic') AS diastolic,
+               max(o.value) FILTER (WHERE o.metric = 'pulse_rate') AS pulse_rate
+          FROM readings r JOIN observations o ON o.reading_id = r.id
+         WHERE r.patient_id = %(patient)s AND r.kind = 'blood_pressure'
+           AND r.measured_at >= %(since)s AND r.measured_at < %(until)s AND NOT (r.flags && %(excluded)s::text[])
+         GROUP BY r.id, r.measured_at ORDER BY r.measured_at
+        """,
+        {"patient": patient_id, "since": since, "until": until, "tz": tz, "excluded": EXCLUDED},
+    )
+
+
+def metric_series(conn: Any, patient_id: str, metric: str, since: datetime,
+                  until: datetime) -> list[tuple[datetime, float]]:
+    return [
+        (t, v) for t, v in conn.execute(
+            "SELECT measured_at, value FROM observations WHERE patient_id = %s AND metric = %s"
+            " AND measured_at >= %s AND measured_at < %s AND value IS NOT NULL AND NOT (flags && %s::text[])"
+            " ORDER BY measured_at",
+            (patient_id, metric, since, until, EXCLUDED),
+        ).fetchall()
+    ]
+
+
+def reading_days(conn: Any, patient_id: str, since: datetime, until: datetime) -> list[str]:
+    """Distinct UTC days with at least one patient reading (any kind), ISO dates."""
+    rows = conn.execute(
+        "SELECT DISTINCT (measured_at AT TIME ZONE 'UTC')::date FROM readings WHERE patient_id = %s"
+        " AND measured_at >= %s AND measured_at < %s AND NOT (flags && %s::text[]) ORDER BY 1",
+        (patient_id, since, until, EXCLUDED),
+    ).fetchall()
+    return [r[0].isoformat() for r in rows]
+
+
+# --- alerts --------------------------------------------------------------------------------------------
+
+def alerts_for_care_teams(conn: Any, care_teams: Sequence[str], *, statuses: Sequence[str] | None,
+                          severities: Sequence[str] | None, since: datetime | None, before_id: int | None,
+                          limit: int) -> list[dict[str, Any]]:
+    """Alerts of every patient whose active consent covers ``alerts`` for one of these teams, newest first."""
+    return _dicts(
+        conn,
+        f"""
+        SELECT a.* FROM alerts a
+         WHERE a.patient_id IN (SELECT c.patient_id FROM consents c
+                                 WHERE c.care_team_id = ANY(%(teams)s) AND 'alerts' = ANY(c.scopes) AND {_ACTIVE})
+           AND (%(statuses)s::text[] IS NULL OR a.status = ANY(%(statuses)s))
+           AND (%(severities)s::text[] IS NULL OR a.severity = ANY(%(severities)s))
+           AND (%(since)s::timestamptz IS NULL OR a.opened_at >= %(since)s)
+           AND (%(before)s::bigint IS NULL OR a.id < %(before)s)
+         ORDER BY a.id DESC LIMIT %(limit)s
+        """,
+        {"teams": list(care_teams), "statuses": list(statuses) if statuses else None,
+         "severities": list(severities) if severities else None, "since": since, "before": before_id,
+         "limit": limit},
+    )
+
+
+def alert_patient(conn: Any, alert_id: int) -> str | None:
+    row = conn.execute("SELECT patient_id FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+    return row[0] if row else None
+
+
+# --- devices -------------------------------------------------------------------------------------------
+
+_ASSIGNMENT = """
+(SELECT coalesce(json_agg(json_build_object('id', a.id, 'user_index', a.user_index, 'patient_id', a.patient_id,
+                                            'valid_from', a.valid_from, 'valid_to', a.valid_to) ORDER BY a.id), '[]')
+   FROM device_assignments a WHERE a.device_uid = d.uid AND (a.valid_to IS NULL OR a.valid_to > now())
+   {extra}) AS assignments
+"""
+
+
+def list_devices(conn: Any, *, limit: int, offset: int) -> list[dict[str, Any]]:
+    return _dicts(conn, f"SELECT d.*, {_ASSIGNMENT.format(extra='')} FROM devices d ORDER BY d.uid"
+                        f" LIMIT %s OFFSET %s", (limit, offset))
+
+
+def patient_devices(conn: Any, patient_id: str) -> list[dict[str, Any]]:
+    return _dicts(
+        conn,
+        f"SELECT d.*, {_ASSIGNMENT.format(extra='AND a.patient_id = %(p)s')} FROM devices d"
+        f" WHERE EXISTS (SELECT 1 FROM device_assignments a WHERE a.device_uid = d.uid AND a.patient_id = %(p)s"
+        f" AND (a.valid_to IS NULL OR a.valid_to > now())) ORDER BY d.uid",
+        {"p": patient_id},
+    )
+
+
+def unassigned_queue(conn: Any, *, limit: int) -> list[dict[str, Any]]:
+    """Devices (and user indexes) with readings stored but no patient: what needs assigning."""
+    return _dicts(
+        conn,
+        """
+        SELECT r.device_uid, r.user_index, count(*) AS readings, min(r.measured_at) AS first_measured_at,
+               max(r.measured_at) AS last_measured_at, array_agg(DISTINCT r.kind) AS kinds,
+               max(d.model) AS model, max(d.profile) AS profile, max(r.gateway_id) AS gateway_id
+          FROM readings r LEFT JOIN devices d ON d.uid = r.device_uid
+         WHERE r.patient_id IS NULL
+         GROUP BY r.device_uid, r.user_index
+         ORDER BY max(r.measured_at) DESC LIMIT %s
+        """,
+        (limit,),
+    )
+
+
+def device_exists(conn: Any, uid: str) -> bool:
+    return conn.execute("SELECT 1 FROM devices WHERE uid = %s", (uid,)).fetchone() is not None
+
+
+def current_assignees(conn: Any, uid: str, user_index: int | None) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT patient_id FROM device_assignments WHERE device_uid = %s"
+        " AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())",
+        (uid, user_index),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def assign_device(conn: Any, uid: str, user_index: int | None, patient_id: str, valid_from: datetime | None,
+                  by: str) -> dict[str, Any]:
+    """Close the device's (user index's) open assignment at ``valid_from``, open the new one, and give
+    the queued readings measured since then to the patient. Call inside a transaction."""
+    start = valid_from
+    conn.execute(
+        "UPDATE device_assignments SET valid_to = coalesce(%s, now()) WHERE device_uid = %s"
+        " AND user_index IS NOT DISTINCT FROM %s AND valid_to IS NULL AND valid_from < coalesce(%s, now())",
+        (start, uid, user_index, start),
+    )
+    row = _dict(
+        conn,
+        "INSERT INTO device_assignments (device_uid, user_index, patient_id, valid_from, created_by)"
+        " VALUES (%s, %s, %s, coalesce(%s, '-infinity'::timestamptz), %s)"
+        " RETURNING id, device_uid, user_index, patient_id, valid_from, valid_to, created_at, created_by",
+        (uid, user_index, patient_id, start, by),
+    )
+    assert row is not None
+    claimed = conn.execute(
+        "UPDATE readings SET patient_id = %s WHERE patient_id IS NULL AND device_uid = %s"
+        " AND (%s::smallint IS NULL OR user_index IS NOT DISTINCT FROM %s::smallint)"
+        " AND measured_at >= coalesce(%s, '-infinity'::timestamptz) RETURNING id",
+        (patient_id, uid, user_index, user_index, start),
+    ).fetchall()
+    ids = [r[0] for r in claimed]
+    if ids:
+        conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)", (patient_id, ids))
+    return {**row, "readings_claimed": len(ids)}
+
+
+def unassign_device(conn: Any, uid: str, user_index: int | None) -> list[dict[str, Any]]:
+    """End the device's (user index's) open assignments now; stored readings keep their patient."""
+    return _dicts(
+        conn,
+        "UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval '1 microsecond')"
+        " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())"
+        " RETURNING id, device_uid, user_index, patient_id, valid_from, valid_to",
+        (uid, user_index),
+    )

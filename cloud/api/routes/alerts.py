@@ -1,0 +1,112 @@
+"""Alerts: list and filter, one alert with its history, acknowledge, resolve, comment (through
+``cloud.alerts.service``, which records each change in the twin and queues its delivery)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from cloud.alerts import service
+from cloud.api import queries
+from cloud.api.deps import CLINICAL_ROLES, CurrentPrincipal, DbConn, PatientAccess, authorise_patient, note_audit
+from cloud.api.problems import ApiProblem, forbidden, not_found
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+AlertId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+class Status(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+class Severity(StrEnum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+
+class Note(BaseModel):
+    note: str | None = Field(None, max_length=2000)
+
+
+class Comment(BaseModel):
+    text: str = Field(min_length=1, max_length=4000)
+
+
+@router.get("", summary="Alerts newest first, filtered; page with before_id")
+def list_alerts(
+    request: Request, principal: CurrentPrincipal, conn: DbConn,
+    patient_id: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[list[Status] | None, Query()] = None,
+    severity: Annotated[list[Severity] | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="opened at or after")] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    statuses = [s.value for s in status] if status else None
+    severities = [s.value for s in severity] if severity else None
+    if principal.role == "admin":
+        raise forbidden("alerts are clinical data")
+    if principal.role == "patient" and patient_id is None:
+        patient_id = principal.patient_id
+    if patient_id is not None:
+        access = authorise_patient(conn, request, principal, patient_id, "alerts")
+        rows = service.list_alerts(conn, patient_id=access.patient_id, status=statuses, severity=severities,
+                                   since=since, before_id=before_id, limit=limit)
+    else:
+        rows = queries.alerts_for_care_teams(conn, principal.care_teams, statuses=statuses, severities=severities,
+                                             since=since, before_id=before_id, limit=limit)
+        for row in rows:
+            note_audit(request, row["patient_id"])
+    next_before = rows[-1]["id"] if len(rows) == limit else None
+    return {"alerts": rows, "next_before_id": next_before}
+
+
+def _alert_access(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId) -> PatientAccess:
+    patient_id = queries.alert_patient(conn, alert_id)
+    if patient_id is None:
+        raise not_found("alert")
+    try:
+        return authorise_patient(conn, request, principal, patient_id, "alerts")
+    except ApiProblem:
+        raise not_found("alert") from None
+
+
+def _clinical(access: PatientAccess) -> None:
+    if access.principal.role not in CLINICAL_ROLES:
+        raise forbidden("only a clinician or care team member may change an alert")
+
+
+
+
+@router.get("/{alert_id}", summary="One alert and its history")
+def get_alert(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId) -> dict[str, Any]:
+    _alert_access(request, principal, conn, alert_id)
+    return {**service.get_alert(conn, alert_id), "history": service.alert_history(conn, alert_id)}
+
+
+@router.post("/{alert_id}/acknowledge", summary="Mark the alert seen; it stays open until it resolves")
+def acknowledge(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
+                body: Note | None = None) -> dict[str, Any]:
+    _clinical(_alert_access(request, principal, conn, alert_id))
+    return service.acknowledge(conn, alert_id, principal.subject, body.note if body else None)
+
+
+@router.post("/{alert_id}/resolve", summary="Close the alert by hand")
+def resolve(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
+            body: Note | None = None) -> dict[str, Any]:
+    _clinical(_alert_access(request, principal, conn, alert_id))
+    return service.resolve(conn, alert_id, principal.subject, body.note if body else None)
+
+
+@router.post("/{alert_id}/comments", status_code=201, summary="Add a note to the alert's history")
+def comment(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
+            body: Comment) -> dict[str, Any]:
+    _clinical(_alert_access(request, principal, conn, alert_id))
+    return service.comment(conn, alert_id, principal.subject, body.text)

@@ -1,0 +1,82 @@
+"""Devices: the list (administrators), a patient's devices, the unassigned queue (readings stored
+with no patient yet), assigning a device and user index to a patient, and unassigning."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from cloud.api import queries
+from cloud.api.deps import CLINICAL_ROLES, AdminPrincipal, CurrentPrincipal, DbConn, ReadingsAccess, authorise_patient
+from cloud.api.problems import ApiProblem, forbidden, not_found
+from cloud.twin import service as twin
+
+router = APIRouter(tags=["devices"])
+DeviceUid = Annotated[str, Path(min_length=1, max_length=300)]
+UserIndex = Annotated[int | None, Query(ge=0, le=255, description="user of a multi-user device; none: all")]
+
+
+class Assignment(BaseModel):
+    patient_id: str = Field(min_length=1, max_length=200)
+    user_index: int | None = Field(None, ge=0, le=255)
+    valid_from: datetime | None = Field(None, description="readings measured since then belong to the patient")
+
+
+@router.get("/v1/devices", summary="All devices with their current assignments (administrators)")
+def list_devices(principal: AdminPrincipal, conn: DbConn, limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+                 offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    return {"devices": queries.list_devices(conn, limit=limit, offset=offset)}
+
+
+@router.get("/v1/devices/unassigned", summary="Devices and user indexes whose readings wait for a patient")
+def unassigned(principal: CurrentPrincipal, conn: DbConn,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> dict[str, Any]:
+    if principal.role not in ("admin", *CLINICAL_ROLES):
+        raise forbidden("the unassigned queue is for administrators and care teams")
+    return {"unassigned": queries.unassigned_queue(conn, limit=limit)}
+
+
+@router.get("/v1/patients/{patient_id}/devices", summary="Devices assigned to this patient")
+def patient_devices(access: ReadingsAccess, conn: DbConn) -> dict[str, Any]:
+    return {"patient_id": access.patient_id, "devices": queries.patient_devices(conn, access.patient_id)}
+
+
+@router.post("/v1/devices/{device_uid}/assignments", status_code=201,
+             summary="Assign the device (and user index) to a patient; queued readings follow")
+def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
+           body: Assignment) -> dict[str, Any]:
+    if principal.role == "patient":
+        raise forbidden("a care team or an administrator assigns devices")
+    if principal.role != "admin":
+        authorise_patient(conn, request, principal, body.patient_id, "readings")
+    elif not queries.patient_exists(conn, body.patient_id):
+        raise not_found("patient")
+    if body.valid_from is not None and body.valid_from.tzinfo is None:
+        raise ApiProblem(422, "valid_from needs a time zone", slug="validation")
+    if not queries.device_exists(conn, device_uid):
+        raise not_found("device")
+    with conn.transaction():
+        row = queries.assign_device(conn, device_uid, body.user_index, body.patient_id, body.valid_from,
+                                    principal.subject)
+        twin.record_device_assigned(conn, body.patient_id, device_uid, user_index=body.user_index,
+                                    valid_from=body.valid_from, by=principal.subject)
+    return row
+
+
+@router.delete("/v1/devices/{device_uid}/assignments", summary="End the device's (user index's) assignment now")
+def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
+             user_index: UserIndex = None) -> dict[str, Any]:
+    if principal.role == "patient":
+        raise forbidden("a care team or an administrator unassigns devices")
+    assignees = queries.current_assignees(conn, device_uid, user_index)
+    if principal.role != "admin":
+        for patient_id in assignees:
+            authorise_patient(conn, request, principal, patient_id, "readings")
+    if not assignees:
+        raise not_found("assignment")
+    with conn.transaction():
+        ended = queries.unassign_device(conn, device_uid, user_index)
+    return {"device_uid": device_uid, "user_index": user_index, "ended": ended}

@@ -1,0 +1,34 @@
+"""Liveness, readiness (database reachable and migrated) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cloud.api.problems import ApiProblem
+
+router = APIRouter(tags=["health"])
+REQUIRED_MIGRATION = "0400"
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> dict[str, str]:
+    try:
+        with request.app.state.pool.connection(timeout=2.0) as conn:
+            row = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (REQUIRED_MIGRATION,)).fetchone()
+    except Exception as exc:  # any failure to reach the database means not ready
+        raise ApiProblem(503, f"database not reachable: {type(exc).__name__}", slug="not-ready") from exc
+    if row is None:
+        raise ApiProblem(503, f"database not migrated (needs {REQUIRED_MIGRATION}); run rpm-cloud migrate",
+                         slug="not-ready")
+    return {"status": "ready"}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,100 @@
+"""A patient's readings: by kind, metric and time range, newest first, cursor pagination; values in
+canonical units with device, flags and device time; CSV (one row per value) and NDJSON export."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.encoders import jsonable_encoder
+
+from cloud.api import queries
+from cloud.api.deps import DbConn, ReadingsAccess
+from cloud.api.problems import ApiProblem
+from gateway.metrics import METRICS, Kind
+
+router = APIRouter(prefix="/v1/patients/{patient_id}/readings", tags=["readings"])
+EXPORT_MAX = 100_000
+
+
+class ExportFormat(StrEnum):
+    json = "json"
+    csv = "csv"
+    ndjson = "ndjson"
+
+
+def encode_cursor(measured_at: datetime, reading_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([measured_at.isoformat(), reading_id]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        measured_at, reading_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        instant = datetime.fromisoformat(measured_at)
+        if instant.tzinfo is None or not isinstance(reading_id, str):
+            raise ValueError("cursor fields")
+        return instant, reading_id
+    except (ValueError, TypeError) as exc:
+        raise ApiProblem(400, "the cursor is not one this API gave out", slug="bad-cursor") from exc
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ApiProblem(422, f"{name} needs a time zone (e.g. 2026-01-31T08:00:00Z)", slug="validation")
+    return value
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["reading_id", "measured_at", "kind", "metric", "value", "unit", "original_value", "original_unit",
+                     "device_uid", "device_model", "user_index", "device_time", "clock_judgement", "flags"])
+    for row in rows:
+        for metric, value in sorted((row["values"] or {}).items()):
+            number = value["value"]
+            writer.writerow([row["id"], row["measured_at"].isoformat(), row["kind"], metric,
+                             ";".join(map(str, number)) if isinstance(number, list) else number, value["unit"],
+                             value.get("original_value"), value.get("original_unit"), row["device"]["uid"],
+                             row["device"].get("model"), row["user_index"],
+                             row["device_time"].isoformat() if row["device_time"] else "", row["clock_judgement"],
+                             ";".join(row["flags"])])
+    return out.getvalue()
+
+
+@router.get("", summary="Readings newest first (JSON page, or CSV / NDJSON export)")
+def list_readings(
+    access: ReadingsAccess, conn: DbConn,
+    kind: Annotated[list[Kind] | None, Query()] = None,
+    metric: Annotated[str | None, Query(description="only readings holding this metric, e.g. glucose")] = None,
+    since: Annotated[datetime | None, Query(description="measured at or after (ISO 8601 with zone)")] = None,
+    until: Annotated[datetime | None, Query(description="measured before")] = None,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=EXPORT_MAX)] = 100,
+    format: Annotated[ExportFormat, Query()] = ExportFormat.json,
+) -> Response:
+    if metric is not None and metric not in METRICS:
+        raise ApiProblem(422, f"unknown metric {metric!r}; known: {', '.join(METRICS)}", slug="validation")
+    if format is ExportFormat.json and limit > 1000:
+        raise ApiProblem(422, "a JSON page holds at most 1000 readings; use format=csv or ndjson to export",
+                         slug="validation")
+    after = decode_cursor(cursor) if cursor else None
+    rows = queries.readings_page(conn, access.patient_id, kinds=[k.value for k in kind] if kind else None,
+                                 metric=metric, since=_aware(since, "since"), until=_aware(until, "until"),
+                                 after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if format is ExportFormat.csv:
+        return Response(_csv(rows), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{access.patient_id}-readings.csv"'})
+    if format is ExportFormat.ndjson:
+        lines = (json.dumps(jsonable_encoder(row)) for row in rows)
+        return Response("".join(line + "\n" for line in lines), media_type="application/x-ndjson")
+    next_cursor = encode_cursor(rows[-1]["measured_at"], rows[-1]["id"]) if more and rows else None
+    body = {"patient_id": access.patient_id, "readings": rows, "next_cursor": next_cursor}
+    return Response(json.dumps(jsonable_encoder(body)), media_type="application/json")

@@ -1,0 +1,47 @@
+"""A patient's alert rules in force, and the care team's per-patient overrides (recorded in the twin
+as ``threshold_changed`` by ``cloud.alerts.service``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.alerts import service
+from cloud.api.deps import AlertsAccess, DbConn
+
+router = APIRouter(prefix="/v1/patients/{patient_id}/thresholds", tags=["thresholds"])
+RuleId = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+class RuleOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    thresholds: dict[str, float] | None = Field(None, description='by metric, e.g. {"systolic": 170}')
+    severity: str | None = Field(None, pattern="^(info|warning|critical)$")
+    params: dict[str, Any] | None = None
+    margin: float | None = Field(None, ge=0, le=1000)
+    resolve_after: int | None = Field(None, ge=1, le=100)
+    note: str | None = Field(None, max_length=2000)
+
+
+@router.get("", summary="The rules in force for this patient (catalogue with overrides applied)")
+def rules_in_force(access: AlertsAccess, conn: DbConn) -> dict[str, Any]:
+    return {"patient_id": access.patient_id,
+            "rules": [rule.as_dict() for rule in service.get_rules(conn, access.patient_id)]}
+
+
+@router.put("/{rule_id}", summary="Override a rule for this patient (only the fields given)")
+def set_override(access: AlertsAccess, conn: DbConn, rule_id: RuleId, body: RuleOverride) -> dict[str, Any]:
+    access.require_clinical()
+    rule = service.set_rule_override(conn, access.patient_id, rule_id, by=access.principal.subject,
+                                     **body.model_dump(exclude_none=True))
+    return rule.as_dict()
+
+
+@router.delete("/{rule_id}", summary="Back to the catalogue default for this patient")
+def clear_override(access: AlertsAccess, conn: DbConn, rule_id: RuleId) -> dict[str, Any]:
+    access.require_clinical()
+    return service.clear_rule_override(conn, access.patient_id, rule_id, by=access.principal.subject).as_dict()
