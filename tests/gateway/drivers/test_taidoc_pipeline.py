@@ -1,0 +1,113 @@
+"""A blood-pressure reading from the simulated TaiDoc cuff through the whole pipeline: driver over a pty,
+normalisation, a contract batch over the real broker, the real ingest worker into PostgreSQL, and the
+blood-pressure crisis alert opened in ingest's transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+# tests/ is on sys.path and holds folders named cloud/, gateway/ and firmware_sims/ without __init__.py: put the
+# repository first so those names are the project's packages (as tests/cloud/*/conftest.py do).
+_REPO = str(Path(__file__).resolve().parents[3])
+if sys.path[0] != _REPO:
+    sys.path.insert(0, _REPO)
+for _name in [n for n in sys.modules if n.split(".")[0] in ("cloud", "firmware_sims", "gateway")]:
+    if getattr(sys.modules[_name], "__file__", None) is None:
+        del sys.modules[_name]
+
+from cloud.ingest.consumer import IngestWorker  # noqa: E402
+from cloud.settings import CloudSettings  # noqa: E402
+from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter  # noqa: E402
+from gateway.codecs.common import Measurement  # noqa: E402
+from gateway.contract import Ack, Batch, Reading, acks_topic, readings_topic  # noqa: E402
+from gateway.device_state import DeviceStateStore  # noqa: E402
+from gateway.drivers.base import ClockCheck, DeviceInfo  # noqa: E402
+from gateway.drivers.taidoc import TaidocDriver  # noqa: E402
+from gateway.normalise import to_reading  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def test_bp_crisis_reading_from_the_cuff_is_stored_and_opens_the_crisis_alert(
+    fresh_database_url: str, mqtt_broker, unique_id: str, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    serial = "3128" + uuid.uuid4().hex[:12].upper()
+    uid = f"usb:10c4:ea80:{serial}"
+    patient = f"p-{unique_id}"
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO patients (id, display_name) VALUES (%s, 'TaiDoc patient')", (patient,))
+        conn.execute("INSERT INTO devices (uid, transport, profile) VALUES (%s, 'usb', 'serial.taidoc')", (uid,))
+        conn.execute("INSERT INTO device_assignments (device_uid, patient_id) VALUES (%s, %s)", (uid, patient))
+
+    # The cuff holds one ordinary reading and, newest, a hypertensive crisis.
+    meter = TaidocMeter(serial=serial)
+    now = datetime.now().replace(second=0, microsecond=0)
+    meter.store(BpRecord(now - timedelta(minutes=30), systolic=128, diastolic=82, pulse=70))
+    meter.store(BpRecord(now - timedelta(minutes=5), systolic=192, diastolic=124, pulse=96))
+
+    readings: list[Reading] = []
+
+    async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+        readings.append(to_reading(device, measurement, clock, datetime.now(UTC)))
+
+    state = DeviceStateStore(tmp_path / "state.sqlite")
+    with PtyTaidoc(meter) as sim:
+        driver = TaidocDriver(sim.path, DeviceInfo(uid="usb:10c4:ea80:pending", transport="usb",
+                                                   profile="serial.taidoc"), sink, state)
+        asyncio.run(asyncio.wait_for(driver.run(), 20))
+    state.close()
+    assert [r.values["systolic"].value for r in readings] == [128, 192]
+    assert all(r.device.uid == uid for r in readings)
+
+    settings = CloudSettings(database_url=fresh_database_url, mqtt_url=mqtt_broker.url, ingest_batch_ms=20)
+    worker = IngestWorker(settings, client_id=f"ingest-{unique_id}")
+    worker.start()
+    gateway_id = f"gw-{unique_id}"
+    acks: list[Ack] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway_id,
+                         protocol=mqtt.MQTTv5 if mqtt_broker.supports_v5 else mqtt.MQTTv311)
+    client.on_message = lambda c, u, message: acks.append(Ack.model_validate_json(message.payload))
+    client.on_subscribe = lambda *args: subscribed.set()
+    try:
+        worker.wait_ready()
+        client.connect(mqtt_broker.host, mqtt_broker.port, 30)
+        client.subscribe(acks_topic(gateway_id), qos=1)
+        client.loop_start()
+        assert subscribed.wait(10), "gateway did not subscribe to its acks"
+        batch = Batch(gateway_id=gateway_id, batch_id=f"b-{unique_id}", sent_at=datetime.now(UTC), readings=readings)
+        client.publish(readings_topic(gateway_id), batch.model_dump_json(), qos=1).wait_for_publish(10)
+        ack = wait_for(lambda: next((a for a in acks if a.batch_id == batch.batch_id), None), what="the ack")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        worker.stop(drain_timeout_s=1)
+
+    assert sorted(ack.accepted) == sorted(r.id for r in readings) and not ack.rejected
+    with psycopg.connect(fresh_database_url) as conn:
+        stored = conn.execute(
+            "SELECT r.patient_id, r.device_uid, o.value FROM readings r JOIN observations o ON o.reading_id = r.id"
+            " WHERE r.id = %s AND o.metric = 'systolic'", (readings[1].id,)).fetchone()
+        alerts = conn.execute(
+            "SELECT rule_id, severity, status, reading_id FROM alerts WHERE patient_id = %s", (patient,)).fetchall()
+    assert stored == (patient, uid, 192)
+    assert ("bp_crisis", "critical", "open", readings[1].id) in alerts
