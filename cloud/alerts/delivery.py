@@ -137,10 +137,11 @@ Publish = Callable[[str, bytes], bool]
 def deliver_due(conn: Any, *, http: httpx.Client, publish: Publish | None = None, backoff: Backoff | None = None,
                 now: datetime | None = None, limit: int = 100) -> DeliveryReport:
     """Send the deliveries that are due. ``conn`` must be in autocommit mode (no transaction is held
-    open across an HTTP call)."""
+    open across an HTTP call). Without ``publish`` the MQTT rows are left for a sender that has it."""
     backoff = backoff or Backoff()
     now = now or datetime.now(UTC)
-    claimed = queries.claim_deliveries(conn, now, now + timedelta(seconds=backoff.lease_s), limit)
+    channels = ["webhook", "mqtt"] if publish is not None else ["webhook"]
+    claimed = queries.claim_deliveries(conn, now, now + timedelta(seconds=backoff.lease_s), limit, channels)
     delivered = retrying = failed = 0
     for row in claimed:
         error = _send(row, http, publish)
@@ -164,8 +165,7 @@ def deliver_due(conn: Any, *, http: httpx.Client, publish: Publish | None = None
 def _send(row: dict[str, Any], http: httpx.Client, publish: Publish | None) -> str | None:
     body = bytes(row["payload"])
     if row["channel"] == "mqtt":
-        if publish is None:
-            return "no MQTT connection"
+        assert publish is not None  # only claimed with a publisher
         return None if publish(row["topic"], body) else "MQTT publish not acknowledged"
     headers = {
         "Content-Type": "application/json",

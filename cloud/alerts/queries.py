@@ -172,7 +172,8 @@ def insert_deliveries(conn: Any, rows: list[tuple[Any, ...]]) -> None:
         )
 
 
-def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int) -> list[dict[str, Any]]:
+def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int,
+                     channels: Sequence[str]) -> list[dict[str, Any]]:
     """Take due deliveries for this sender: pushing their next attempt to ``lease_until`` keeps other
     senders off them while the HTTP call runs outside any transaction."""
     return _all(
@@ -180,7 +181,7 @@ def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int
         """
         WITH due AS (
             SELECT id FROM alert_deliveries
-             WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= %s
+             WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= %s AND channel = ANY(%s)
              ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED
         ), claimed AS (
             UPDATE alert_deliveries d SET next_attempt_at = %s, attempts = d.attempts + 1
@@ -189,7 +190,7 @@ def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int
         )
         SELECT c.*, w.url, w.secret FROM claimed c LEFT JOIN webhooks w ON w.id = c.webhook_id ORDER BY c.id
         """,
-        (now, limit, lease_until),
+        (now, list(channels), limit, lease_until),
     )
 
 

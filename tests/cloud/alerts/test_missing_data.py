@@ -60,3 +60,24 @@ def test_override_can_switch_missing_data_off_or_change_its_hours(conn, unique_i
     add_patient(conn, other, assigned_at=t - timedelta(days=4))
     service.set_rule_override(conn, other, "missing_blood_pressure", enabled=False, by="dr.x")
     assert evaluate_missing_data(conn, t) == 0
+
+
+def test_rpm_cloud_scheduler_once_opens_missing_data_alerts_and_delivers(fresh_database_url, unique_id):
+    from cloud.cli import main
+
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        add_patient(conn, unique_id, assigned_at=now() - timedelta(days=3))
+    assert main(["scheduler", "--once", "--no-mqtt", "--database-url", fresh_database_url]) == 0
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        [alert] = service.list_alerts(conn, patient_id=unique_id)
+        assert alert["rule_id"] == "missing_blood_pressure"
+        # Without MQTT the outbox keeps the message, untouched, for a scheduler that has a broker.
+        attempts, delivered = conn.execute("SELECT attempts, delivered_at FROM alert_deliveries").fetchone()
+        assert attempts == 0 and delivered is None
+
+
+def test_rpm_cloud_scheduler_reports_an_unreachable_database(capsys):
+    from cloud.cli import main
+
+    assert main(["scheduler", "--once", "--no-mqtt", "--database-url", "postgresql://nobody@127.0.0.1:1/x"]) == 2
+    assert "cannot reach the database" in capsys.readouterr().out
