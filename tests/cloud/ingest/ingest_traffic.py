@@ -48,7 +48,8 @@ def bp_reading(device_uid: str, *, systolic: float = 128, diastolic: float = 82,
 class Gateway:
     """One simulated gateway: publishes on its readings topic (QoS 1) and records the acks it gets."""
 
-    def __init__(self, host: str, port: int, gateway_id: str, *, v5: bool = True) -> None:
+    def __init__(self, host: str, port: int, gateway_id: str, *, v5: bool = True,
+                 password: str | None = None) -> None:
         self.gateway_id = gateway_id
         self.acks: list[Ack] = []
         self._lock = threading.Lock()
@@ -56,6 +57,8 @@ class Gateway:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{gateway_id}-{uuid.uuid4().hex[:4]}",
                                   protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
         self.client.max_inflight_messages_set(1000)
+        if password is not None:
+            self.client.username_pw_set(gateway_id, password)
 
         def on_message(client: Any, userdata: Any, message: Any) -> None:
             with self._lock:
@@ -86,3 +89,12 @@ class Gateway:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+QUEUEING_BEGIN, QUEUEING_END = "# --- queueing", "# --- end queueing"
+
+
+def deploy_queueing_section(config_text: str) -> str:
+    """The queueing section of deploy/mosquitto/mosquitto.conf (what keeps a burst from being dropped)."""
+    start = config_text.index(QUEUEING_BEGIN)
+    return config_text[start:config_text.index(QUEUEING_END, start)]
