@@ -191,6 +191,10 @@ class SerialLink:
         """Bytes received but not yet read (left in the buffer)."""
         return bytes(self._buffer)
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of the buffer (a reader took more than its share)."""
+        self._buffer[:0] = data
+
     def discard_input(self) -> None:
         self._buffer.clear()
 
