@@ -237,3 +237,17 @@ def test_an_error_record_is_skipped_with_a_note_and_the_download_moves_on(state)
     assert sink.systolics() == [121, 143]
     assert any("record 1 skipped" in n for n in result.notes)
     assert run_session(meter, state, sink).measurements == 0
+
+
+def test_unset_clock_is_reported_and_set_after_the_download(state) -> None:
+    reset_to = datetime(2000, 1, 1, 0, 5)
+    meter = TaidocMeter(serial=SERIAL, clock_offset=reset_to - datetime.now())
+    meter.store(BpRecord(datetime(2000, 1, 1, 0, 2), systolic=135, diastolic=85, pulse=66))
+    sink = CollectingSink()
+    result = run_session(meter, state, sink)
+    device, measurement, clock = sink.items[0]
+    assert clock is not None and clock.unset
+    reading = to_reading(device, measurement, clock, datetime.now(UTC))
+    assert "clock_unset" in reading.flags and reading.clock.judgement == "gateway"
+    assert reading.device_time == datetime(2000, 1, 1, 0, 2), "the device's own time is kept for the record id"
+    assert result.clock is not None and result.clock.was_set and abs(meter.clock_offset) < timedelta(minutes=2)
