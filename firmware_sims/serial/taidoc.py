@@ -12,12 +12,11 @@ replies) outlives a :class:`PtyTaidoc` (one cable): re-plugging is a new ``PtyTa
 
 from __future__ import annotations
 
-import os
-import select
 import threading
-import tty
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from firmware_sims.serial.pty_device import PtyDevice
 
 START = 0x51
 HOST_TO_DEVICE = 0xA3
@@ -95,7 +94,7 @@ class TaidocMeter:
         clock_offset: timedelta = timedelta(0),
         capacity: int = 450,
     ) -> None:
-        if len(serial) != 16:
+        if len(serial) != 16 or any(c not in "0123456789ABCDEFabcdef" for c in serial):
             raise ValueError("a TaiDoc serial is 16 hex digits (two 4-byte halves)")
         self.model = model
         self.serial = serial
@@ -184,46 +183,30 @@ class TaidocMeter:
         return bytes([record.systolic, record.map_value(), record.diastolic, record.pulse])
 
 
-class PtyTaidoc:
-    """One cable: the meter answering on a pty slave path a driver opens as its serial port."""
+class PtyTaidoc(PtyDevice):
+    """One cable: the meter answering on a pty (19200 8N1) that a driver opens as its serial port.
+    Pulling the cable (or the ``unplug_after_replies`` fault) closes the pty; re-plugging is a new
+    ``PtyTaidoc`` on the same :class:`TaidocMeter`."""
 
-    def __init__(self, meter: TaidocMeter, faults: Faults | None = None) -> None:
+    baudrate = 19200
+
+    def __init__(self, meter: TaidocMeter, faults: Faults | None = None, *, link_path: str | None = None) -> None:
+        super().__init__(link_path=link_path)
         self.meter = meter
         self.faults = faults or Faults()
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
         self.replies = 0
-        self.unplugged = threading.Event()
-        self._unplug_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"taidoc-sim {self.path}", daemon=True)
+
+    def on_plug_in(self) -> None:
+        self.replies = 0
 
     def start(self) -> PtyTaidoc:
-        self._thread.start()
+        self.plug_in()
         return self
 
-    def __enter__(self) -> PtyTaidoc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _serve(self) -> None:
+    def serve(self) -> None:
         pending = bytearray()
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select([self._master], [], [], 0.05)
-                if not ready:
-                    continue
-                chunk = os.read(self._master, 256)
-            except OSError:
-                # EIO while no one holds the slave open, or the fd closed by unplug(): keep serving
-                # until told to stop.
-                if self.unplugged.is_set():
-                    return
-                continue
-            pending += chunk
+        while not self.stopped:
+            pending += self.receive(0.05)
             while len(pending) >= 8:
                 start = pending.find(START)
                 if start < 0:
@@ -235,8 +218,6 @@ class PtyTaidoc:
                 request = bytes(pending[:8])
                 del pending[:8]
                 self._answer(request)
-                if self.unplugged.is_set():
-                    return
 
     def _answer(self, request: bytes) -> None:
         reply = self.meter.reply(request)
@@ -244,33 +225,32 @@ class PtyTaidoc:
             return
         self.replies += 1
         n = self.replies
+        if self.faults.unplug_after_replies is not None and n > self.faults.unplug_after_replies:
+            self.pull_cable()  # raises CablePulled in this thread: the session ends here
         if n in self.faults.silent_on_reply:
             return
         if n in self.faults.bad_checksum_on_reply:
             reply = reply[:7] + bytes([(reply[7] + 1) % 256])
-        out = self.faults.garbage_before_reply.get(n, b"") + reply
-        if self.faults.unplug_after_replies is not None and n > self.faults.unplug_after_replies:
-            self.unplug()
-            return
-        try:
-            os.write(self._master, out)
-        except OSError:
-            return
+        self.send(self.faults.garbage_before_reply.get(n, b"") + reply)
 
     def unplug(self) -> None:
-        """Pull the cable: close the pty, so the host's next read fails."""
-        with self._unplug_lock:
-            if self.unplugged.is_set():
-                return
-            self.unplugged.set()
-            for fd in (self._master, self._slave):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        """Pull the cable: the host's next read fails."""
+        self.pull_cable()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(2.0)
-        self.unplug()
+        if self.plugged_in:
+            self.pull_cable()
+
+
+def demo_meter(*, two_in_one: bool = False, records: int = 5, clock_offset: timedelta = timedelta(0)) -> TaidocMeter:
+    """A meter with a few plausible readings from the last days (for ``rpm-sim serial`` and demos)."""
+    meter = TaidocMeter(TWO_IN_ONE if two_in_one else BP_MONITOR,
+                        "3261D40000000001" if two_in_one else "3128030000000001", clock_offset=clock_offset)
+    now = datetime.now().replace(second=0, microsecond=0)
+    for i in range(records, 0, -1):
+        when = now - timedelta(hours=12 * i)
+        if two_in_one and i % 2:
+            meter.store(GlucoseRecord(when, 95 + 7 * i, glucose_type=1 + i % 2))
+        else:
+            meter.store(BpRecord(when, systolic=118 + 3 * i, diastolic=76 + i, pulse=64 + i))
+    return meter

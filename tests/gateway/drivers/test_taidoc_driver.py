@@ -251,3 +251,24 @@ def test_unset_clock_is_reported_and_set_after_the_download(state) -> None:
     assert "clock_unset" in reading.flags and reading.clock.judgement == "gateway"
     assert reading.device_time == datetime(2000, 1, 1, 0, 2), "the device's own time is kept for the record id"
     assert result.clock is not None and result.clock.was_set and abs(meter.clock_offset) < timedelta(minutes=2)
+
+
+def test_wrong_baud_rate_reads_nothing_and_fails_with_a_timeout(state) -> None:
+    meter = meter_with([bp(50, 121)])
+    sink = CollectingSink()
+    with PtyTaidoc(meter) as sim:
+        device = DeviceInfo(uid="usb:10c4:ea80:pending", transport="usb", profile="serial.taidoc")
+        driver = TaidocDriver(sim.path, device, sink, state, baudrate=9600, options={"reply_timeout_s": 0.2})
+        with pytest.raises(DeviceTimeoutError):
+            asyncio.run(asyncio.wait_for(driver.run(), 20))
+    assert sink.items == [] and state.get(UID, "taidoc.anchor") is None
+
+
+def test_demo_meters_download_completely(state) -> None:
+    from firmware_sims.serial.taidoc import demo_meter
+
+    for two_in_one in (False, True):
+        sink = CollectingSink()
+        assert run_session(demo_meter(two_in_one=two_in_one, records=4), state, sink).measurements == 4
+        assert {m.kind for _, m, _ in sink.items} == ({"blood_pressure", "glucose"} if two_in_one else
+                                                      {"blood_pressure"})
