@@ -111,7 +111,8 @@ class TaidocDriver(SerialDriver):
 
         if self._wants_clock_set(clock):
             clock = await self._set_clock(clock)
-            notes.append(f"device clock was off by {clock.offset}; set to the gateway's time")
+            judged = "unset" if clock.unset or clock.offset is None else f"off by {clock.offset}"
+            notes.append(f"device clock was {judged}; set to the gateway's time after the download")
         if self._noise:
             notes.append(f"{self._noise} bad or stray frame(s) from the device were skipped or retried")
         power_off = self.options.get("power_off")
