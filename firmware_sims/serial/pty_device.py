@@ -5,9 +5,10 @@ side (this module) owns the master. Plugging in creates a pty (and, optionally, 
 ``/dev/serial/by-id/...`` is for a real device); pulling the cable closes the master, which the
 gateway sees as EIO on its next read, and removes the symlink.
 
-Wrong line settings are simulated honestly: the device reads the terminal's settings (which the host
-set through pyserial) and, if the baud rate, character size or parity differ from its own, both
-directions turn to garbage, as they do on a real UART.
+Wrong line settings are simulated honestly: the device reads the terminal's baud rate (which the host
+set through pyserial) and, if it differs from its own, both directions turn to garbage, as on a real
+UART. A 7-bit device sends its parity bit in bit 7, which a host reading 8N1 sees and a host set to
+7 data bits masks off (:class:`gateway.drivers.serial_port.SerialLink` does, as a UART would).
 """
 
 from __future__ import annotations
@@ -147,21 +148,43 @@ class PtyDevice(ABC):
         return self._stop.is_set()
 
     def host_settings_match(self) -> bool:
-        """Does the terminal's configuration (set by the host) match this device's line settings?"""
+        """Does the host's baud rate (kept by the pty; the host set it through pyserial) match ours?
+
+        Linux ptys force CS8 and no parity whatever the host asks for, so character framing cannot be
+        compared here; :meth:`send` puts 7E1/7O1 parity in bit 7 instead, as an 8-bit receiver sees it.
+        """
         if self._slave is None:
             return False
         try:
-            attrs = termios.tcgetattr(self._slave)
+            speed = termios.tcgetattr(self._slave)[5]
         except termios.error:
             return False
-        cflag, speed = attrs[2], attrs[5]
-        size = 7 if (cflag & termios.CSIZE) == termios.CS7 else 8
-        parity = "N" if not cflag & termios.PARENB else ("O" if cflag & termios.PARODD else "E")
-        return _BAUD_CONSTANTS.get(speed) == self.baudrate and size == self.bytesize and parity == self.parity
+        return _BAUD_CONSTANTS.get(speed) == self.baudrate
+
+    def host_opened(self) -> bool:
+        """Has a host configured the port? pyserial always sets CLOCAL, which ``tty.setraw`` leaves clear."""
+        if self._slave is None:
+            return False
+        try:
+            return bool(termios.tcgetattr(self._slave)[2] & termios.CLOCAL)
+        except termios.error:
+            return False
+
+    def wait_for_host(self, timeout: float) -> bool:
+        """Wait until a host opened and configured the port (then a moment for its input flush)."""
+        deadline = time.monotonic() + timeout
+        while not self.host_opened():
+            if time.monotonic() > deadline:
+                return False
+            self.sleep(0.01)
+        self.sleep(0.05)
+        return True
 
     def send(self, data: bytes) -> None:
         if self._master is None or self._stop.is_set():
             raise CablePulled()
+        if self.bytesize == 7:
+            data = _with_parity_bit(data, self.parity)
         if not self.host_settings_match():
             data = _garble(data)
         self.sent.extend(data)
@@ -185,7 +208,9 @@ class PtyDevice(ABC):
                 raise CablePulled()
             return b""
         data = os.read(master, 4096)
-        return data if self.host_settings_match() else _garble(data)
+        if not self.host_settings_match():
+            return _garble(data)
+        return bytes(b & 0x7F for b in data) if self.bytesize == 7 else data
 
     def receive_byte(self, timeout: float) -> int | None:
         deadline = time.monotonic() + timeout
@@ -205,6 +230,16 @@ class PtyDevice(ABC):
         """Wait, but wake up at once when the cable is pulled."""
         if self._stop.wait(seconds):
             raise CablePulled()
+
+
+def _with_parity_bit(data: bytes, parity: str) -> bytes:
+    """7-bit characters with their parity bit where an 8-bit receiver finds it (bit 7)."""
+    out = bytearray()
+    for byte in data:
+        ones = bin(byte & 0x7F).count("1")
+        bit = (ones % 2) if parity == "E" else (1 - ones % 2) if parity == "O" else 0
+        out.append((byte & 0x7F) | (bit << 7))
+    return bytes(out)
 
 
 def _garble(data: bytes) -> bytes:

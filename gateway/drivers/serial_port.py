@@ -104,6 +104,7 @@ class SerialLink:
     def _read_forever(self) -> None:
         port = self._port
         assert port is not None
+        seven_bit = self.settings.bytesize == 7
         while not self._closing.is_set():
             try:
                 chunk = port.read(1)
@@ -116,6 +117,9 @@ class SerialLink:
                     self._deliver(b"", DeviceDisconnectedError(f"{self.path}: link lost: {err}"))
                 return
             if chunk:
+                if seven_bit:
+                    # A UART set to 7 data bits never delivers bit 7; a pty ignores CS7, so mask here.
+                    chunk = bytes(b & 0x7F for b in chunk)
                 self._deliver(chunk, None)
 
     def _deliver(self, chunk: bytes, error: DriverError | None) -> None:
