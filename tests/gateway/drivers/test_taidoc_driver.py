@@ -272,3 +272,21 @@ def test_demo_meters_download_completely(state) -> None:
         assert run_session(demo_meter(two_in_one=two_in_one, records=4), state, sink).measurements == 4
         assert {m.kind for _, m, _ in sink.items} == ({"blood_pressure", "glucose"} if two_in_one else
                                                       {"blood_pressure"})
+
+
+def test_a_record_the_outbox_refused_is_read_again_next_session(state) -> None:
+    meter = meter_with([bp(50, 121), bp(40, 132), bp(30, 143)])
+
+    class FailingOnce(CollectingSink):
+        async def __call__(self, device, measurement, clock) -> None:  # type: ignore[no-untyped-def]
+            if measurement.values["systolic"].value == 132 and not getattr(self, "failed", False):
+                self.failed = True
+                raise OSError("disk full")
+            await super().__call__(device, measurement, clock)
+
+    sink = FailingOnce()
+    with pytest.raises(OSError):
+        run_session(meter, state, sink)
+    assert sink.systolics() == [121]
+    assert run_session(meter, state, sink).measurements == 2
+    assert sink.systolics() == [121, 132, 143]
