@@ -160,6 +160,7 @@ WITH visible AS (
                  FROM jsonb_each(coalesce(t.state -> 'latest', '{{}}')) AS m) END AS latest,
            CASE WHEN v.readings THEN t.state -> 'categories' END AS categories
       FROM visible v JOIN patients p ON p.id = v.patient_id LEFT JOIN twins t ON t.patient_id = p.id
+      LEFT JOIN open_alerts oa ON oa.patient_id = p.id
 )
 SELECT id, json_build_object(
            'patient_id', id, 'display_name', display_name,
@@ -395,8 +396,9 @@ def alert_patient(conn: Any, alert_id: int) -> str | None:
 # --- devices -------------------------------------------------------------------------------------------
 
 _ASSIGNMENT = """
-(SELECT coalesce(json_agg(json_build_object('id', a.id, 'user_index', a.user_index, 'patient_id', a.patient_id,
-                                            'valid_from', a.valid_from, 'valid_to', a.valid_to) ORDER BY a.id), '[]')
+(SELECT coalesce(json_agg(json_build_object(
+            'id', a.id, 'user_index', a.user_index, 'patient_id', a.patient_id,
+            'valid_from', nullif(a.valid_from, '-infinity'), 'valid_to', a.valid_to) ORDER BY a.id), '[]')
    FROM device_assignments a WHERE a.device_uid = d.uid AND (a.valid_to IS NULL OR a.valid_to > now())
    {extra}) AS assignments
 """
@@ -461,7 +463,8 @@ def assign_device(conn: Any, uid: str, user_index: int | None, patient_id: str, 
         conn,
         "INSERT INTO device_assignments (device_uid, user_index, patient_id, valid_from, created_by)"
         " VALUES (%s, %s, %s, coalesce(%s, '-infinity'::timestamptz), %s)"
-        " RETURNING id, device_uid, user_index, patient_id, valid_from, valid_to, created_at, created_by",
+        " RETURNING id, device_uid, user_index, patient_id, nullif(valid_from, '-infinity') AS valid_from, valid_to,"
+        " created_at, created_by",
         (uid, user_index, patient_id, start, by),
     )
     assert row is not None
@@ -483,6 +486,6 @@ def unassign_device(conn: Any, uid: str, user_index: int | None) -> list[dict[st
         conn,
         "UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval '1 microsecond')"
         " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())"
-        " RETURNING id, device_uid, user_index, patient_id, valid_from, valid_to",
+        " RETURNING id, device_uid, user_index, patient_id, nullif(valid_from, '-infinity') AS valid_from, valid_to",
         (uid, user_index),
     )

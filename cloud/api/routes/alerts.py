@@ -51,10 +51,10 @@ def list_alerts(
 ) -> dict[str, Any]:
     statuses = [s.value for s in status] if status else None
     severities = [s.value for s in severity] if severity else None
-    if principal.role == "admin":
-        raise forbidden("alerts are clinical data")
     if principal.role == "patient" and patient_id is None:
         patient_id = principal.patient_id
+    if patient_id is None and principal.role == "admin":
+        raise forbidden("alerts are clinical data")
     if patient_id is not None:
         access = authorise_patient(conn, request, principal, patient_id, "alerts")
         rows = service.list_alerts(conn, patient_id=access.patient_id, status=statuses, severity=severities,

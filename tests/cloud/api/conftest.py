@@ -92,8 +92,7 @@ def seed_patient(conn: psycopg.Connection, patient_id: str) -> dict[str, str]:
     return devices
 
 
-@pytest.fixture
-def world(conn: psycopg.Connection, unique_id: str, auth: TokenFactory) -> World:
+def build_world(conn: psycopg.Connection, unique_id: str, auth: TokenFactory) -> World:
     team, other_team = f"{unique_id}-team", f"{unique_id}-other-team"
     conn.execute("INSERT INTO care_teams (id, name) VALUES (%s, 'Cardiology'), (%s, 'Elsewhere')", (team, other_team))
     patients = {name: f"{unique_id}-{name}" for name in ("own", "consented", "readings_only", "other")}
@@ -111,3 +110,8 @@ def world(conn: psycopg.Connection, unique_id: str, auth: TokenFactory) -> World
         "gateway": auth("gateway", sub=f"{unique_id}-gw"),
     }
     return w
+
+
+@pytest.fixture
+def world(conn: psycopg.Connection, unique_id: str, auth: TokenFactory) -> World:
+    return build_world(conn, unique_id, auth)

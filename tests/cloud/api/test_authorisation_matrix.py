@@ -1,0 +1,235 @@
+"""The authorisation matrix: every role x every endpoint x (own / consented / readings-only / other
+patient), expected status derived from the policy below, not hand-picked per case.
+
+Policy (cloud/api/deps.py): a patient sees only their own record; clinician and care_team see a
+patient while an active consent grants their team the endpoint's scope; admin configures and sees
+no clinical data; gateway gets 403 everywhere. What the caller may not see is 404; what it may see
+but not change is 403. A test also checks that every route of the app is in the catalogue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import World, build_world, grant
+from fastapi.testclient import TestClient
+from scripted_patient import bp, ingest, now
+
+pytestmark = pytest.mark.integration
+
+ROLES = ("patient", "clinician", "care_team", "admin", "gateway")
+TARGETS = ("own", "consented", "readings_only", "other")
+CLINICAL = ("clinician", "care_team")
+SCOPES_OF_TARGET = {"consented": {"readings", "alerts", "twin"}, "readings_only": {"readings"}}
+
+
+@dataclass
+class Context:
+    world: World
+    conn: psycopg.Connection
+    target: str
+
+    @property
+    def patient(self) -> str:
+        return self.world.patients[self.target]
+
+    def open_alert(self) -> int:
+        """An alert of the target not yet resolved (a crisis reading through the real hooks when needed)."""
+        for _ in range(3):
+            row = self.conn.execute("SELECT id FROM alerts WHERE patient_id = %s AND status <> 'resolved'"
+                                    " ORDER BY id DESC LIMIT 1", (self.patient,)).fetchone()
+            if row:
+                return row[0]
+            device = self.world.devices[self.target]["blood_pressure"]
+            ingest(self.conn, [bp(device, now() - timedelta(seconds=30), 195, 125),
+                               bp(device, now() - timedelta(seconds=20), 196, 126)], self.patient)
+        raise AssertionError("no open alert could be made")
+
+    def new_device(self, assign_to: str | None = None) -> str:
+        uid = f"ble:{uuid.uuid4().hex[:10]}"
+        self.conn.execute("INSERT INTO devices (uid, transport, profile) VALUES (%s, 'ble', 'ble.blood_pressure')",
+                          (uid,))
+        if assign_to:
+            self.conn.execute("INSERT INTO device_assignments (device_uid, patient_id) VALUES (%s, %s)",
+                              (uid, assign_to))
+        return uid
+
+
+Request = tuple[str, dict[str, Any] | None, Any]
+"""(path, query params, JSON body)"""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    route: str
+    kind: str
+    """read | write (clinical change) | own (the patient's own record only) | fhir_search |
+    assign | unassign | role (not about one patient)"""
+    scope: str | None
+    build: Callable[[Context], Request]
+    success: int = 200
+    roles: tuple[str, ...] = field(default=())
+    """For kind == role: the roles allowed."""
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.route}{self.label}"
+
+
+def _p(suffix: str = "", params: dict[str, Any] | None = None) -> Callable[[Context], Request]:
+    return lambda c: (f"/v1/patients/{c.patient}{suffix}", params, None)
+
+
+PATIENT_ENDPOINTS = [
+    Endpoint("GET", "/v1/patients/{patient_id}", "read", "readings", _p()),
+    Endpoint("GET", "/v1/patients/{patient_id}/readings", "read", "readings", _p("/readings")),
+    Endpoint("GET", "/v1/patients/{patient_id}/readings", "read", "readings", _p("/readings", {"format": "csv"}),
+             label=" csv"),
+    Endpoint("GET", "/v1/patients/{patient_id}/trends/{metric}", "read", "readings", _p("/trends/systolic")),
+    Endpoint("GET", "/v1/patients/{patient_id}/summaries/glucose", "read", "readings", _p("/summaries/glucose")),
+    Endpoint("GET", "/v1/patients/{patient_id}/summaries/blood-pressure", "read", "readings",
+             _p("/summaries/blood-pressure")),
+    Endpoint("GET", "/v1/patients/{patient_id}/summaries/weight", "read", "readings", _p("/summaries/weight")),
+    Endpoint("GET", "/v1/patients/{patient_id}/summaries/adherence", "read", "readings", _p("/summaries/adherence")),
+    Endpoint("GET", "/v1/patients/{patient_id}/devices", "read", "readings", _p("/devices")),
+    Endpoint("GET", "/fhir/Patient/{patient_id}", "read", "readings", lambda c: (f"/fhir/Patient/{c.patient}", None,
+                                                                                None)),
+    Endpoint("GET", "/fhir/Patient/{patient_id}/$everything", "read", "readings",
+             lambda c: (f"/fhir/Patient/{c.patient}/$everything", None, None)),
+    Endpoint("GET", "/fhir/Observation", "fhir_search", "readings",
+             lambda c: ("/fhir/Observation", {"patient": f"Patient/{c.patient}"}, None)),
+    Endpoint("GET", "/v1/alerts", "read", "alerts", lambda c: ("/v1/alerts", {"patient_id": c.patient}, None),
+             label=" ?patient_id"),
+    Endpoint("GET", "/v1/alerts/{alert_id}", "read", "alerts", lambda c: (f"/v1/alerts/{c.open_alert()}", None, None)),
+    Endpoint("POST", "/v1/alerts/{alert_id}/acknowledge", "write", "alerts",
+             lambda c: (f"/v1/alerts/{c.open_alert()}/acknowledge", None, {"note": "seen"})),
+    Endpoint("POST", "/v1/alerts/{alert_id}/resolve", "write", "alerts",
+             lambda c: (f"/v1/alerts/{c.open_alert()}/resolve", None, None)),
+    Endpoint("POST", "/v1/alerts/{alert_id}/comments", "write", "alerts",
+             lambda c: (f"/v1/alerts/{c.open_alert()}/comments", None, {"text": "called the patient"}), success=201),
+    Endpoint("GET", "/v1/patients/{patient_id}/thresholds", "read", "alerts", _p("/thresholds")),
+    Endpoint("PUT", "/v1/patients/{patient_id}/thresholds/{rule_id}", "write", "alerts",
+             lambda c: (f"/v1/patients/{c.patient}/thresholds/bp_crisis", None, {"thresholds": {"systolic": 175}})),
+    Endpoint("DELETE", "/v1/patients/{patient_id}/thresholds/{rule_id}", "write", "alerts",
+             _p("/thresholds/bp_crisis")),
+    Endpoint("GET", "/v1/patients/{patient_id}/twin", "read", "twin", _p("/twin")),
+    Endpoint("GET", "/v1/patients/{patient_id}/twin/events", "read", "twin", _p("/twin/events")),
+    Endpoint("GET", "/v1/patients/{patient_id}/consents", "own", None, _p("/consents")),
+    Endpoint("POST", "/v1/patients/{patient_id}/consents", "own", None,
+             lambda c: (f"/v1/patients/{c.patient}/consents", None,
+                        {"care_team_id": c.world.other_team, "scopes": ["readings"]}), success=201),
+    Endpoint("DELETE", "/v1/patients/{patient_id}/consents/{consent_id}", "own", None,
+             lambda c: (f"/v1/patients/{c.patient}/consents/"
+                        f"{grant(c.conn, c.patient, c.world.other_team, ['twin'])}", None, None)),
+    Endpoint("GET", "/v1/patients/{patient_id}/audit", "own", None, _p("/audit")),
+    Endpoint("POST", "/v1/devices/{device_uid}/assignments", "assign", "readings",
+             lambda c: (f"/v1/devices/{c.new_device()}/assignments", None, {"patient_id": c.patient}), success=201),
+    Endpoint("DELETE", "/v1/devices/{device_uid}/assignments", "unassign", "readings",
+             lambda c: (f"/v1/devices/{c.new_device(assign_to=c.patient)}/assignments", None, None)),
+]
+
+ROLE_ENDPOINTS = [
+    Endpoint("GET", "/v1/patients", "role", None, lambda c: ("/v1/patients", None, None),
+             roles=("patient", *CLINICAL)),
+    Endpoint("GET", "/v1/alerts", "role", None, lambda c: ("/v1/alerts", None, None), roles=("patient", *CLINICAL)),
+    Endpoint("GET", "/v1/devices", "role", None, lambda c: ("/v1/devices", None, None), roles=("admin",)),
+    Endpoint("GET", "/v1/devices/unassigned", "role", None, lambda c: ("/v1/devices/unassigned", None, None),
+             roles=("admin", *CLINICAL)),
+    Endpoint("GET", "/v1/care-teams", "role", None, lambda c: ("/v1/care-teams", None, None),
+             roles=("patient", "admin", *CLINICAL)),
+    Endpoint("POST", "/v1/care-teams", "role", None,
+             lambda c: ("/v1/care-teams", None, {"id": f"t-{uuid.uuid4().hex[:10]}", "name": "New team"}),
+             success=201, roles=("admin",)),
+    Endpoint("GET", "/v1/care-teams/{team_id}/members", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/members", None, None), roles=("admin",)),
+    Endpoint("POST", "/v1/care-teams/{team_id}/members", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/members", None, {"subject": "dr-new"}), success=201,
+             roles=("admin",)),
+    Endpoint("GET", "/v1/audit", "role", None, lambda c: ("/v1/audit", None, None), roles=("admin",)),
+]
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+
+
+def visible(role: str, target: str, scope: str | None) -> bool:
+    if role == "patient":
+        return target == "own"
+    if role in CLINICAL:
+        return scope in SCOPES_OF_TARGET.get(target, set())
+    return False
+
+
+def expected_status(endpoint: Endpoint, role: str, target: str) -> int:
+    if role == "gateway":
+        return 403
+    if endpoint.kind == "role":
+        return endpoint.success if role in endpoint.roles else 403
+    if endpoint.kind == "own":
+        return endpoint.success if role == "patient" and target == "own" else 404
+    if endpoint.kind == "fhir_search":
+        return 200  # a hidden patient is an empty Bundle, like one that does not exist
+    if endpoint.kind in ("assign", "unassign"):
+        if role == "patient":
+            return 403
+        if role == "admin":
+            return endpoint.success
+        return endpoint.success if visible(role, target, endpoint.scope) else 404
+    if not visible(role, target, endpoint.scope):
+        return 404
+    if endpoint.kind == "write" and role not in CLINICAL:
+        return 403
+    return endpoint.success
+
+
+CASES = [(e, role, target) for e in PATIENT_ENDPOINTS for role, target in itertools.product(ROLES, TARGETS)]
+CASES += [(e, role, "own") for e in ROLE_ENDPOINTS for role in ROLES]
+
+
+@pytest.fixture(scope="module")
+def matrix_world(database_url: str, auth: Any) -> Iterator[tuple[World, psycopg.Connection]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield build_world(conn, f"m{uuid.uuid4().hex[:10]}", auth), conn
+
+
+@pytest.mark.parametrize(("endpoint", "role", "target"), CASES,
+                         ids=[f"{e.name}|{r}|{t}" for e, r, t in CASES])
+def test_status_follows_policy(client: TestClient, matrix_world: tuple[World, psycopg.Connection],
+                               endpoint: Endpoint, role: str, target: str) -> None:
+    world, conn = matrix_world
+    path, params, body = endpoint.build(Context(world, conn, target))
+    response = client.request(endpoint.method, path, params=params, json=body, headers=world.headers[role])
+    want = expected_status(endpoint, role, target)
+    assert response.status_code == want, f"{endpoint.name} as {role} on {target}: {response.text[:300]}"
+    if want >= 400:
+        assert response.headers["content-type"].startswith("application/problem+json")
+    if endpoint.kind == "fhir_search" and want == 200:
+        entries = response.json()["entry"]
+        assert bool(entries) == visible(role, target, endpoint.scope)
+
+
+def test_every_route_is_in_the_matrix(client: TestClient) -> None:
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    routes = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    covered = {(e.method, e.route) for e in PATIENT_ENDPOINTS + ROLE_ENDPOINTS} | OPEN_ROUTES
+    assert routes - covered == set()
+    assert covered - routes == set()
+
+
+def test_hidden_patient_answers_like_a_missing_one(client: TestClient,
+                                                   matrix_world: tuple[World, psycopg.Connection]) -> None:
+    world, _ = matrix_world
+    headers = world.headers["clinician"]
+    hidden = client.get(f"/v1/patients/{world.patients['other']}/readings", headers=headers)
+    missing = client.get("/v1/patients/no-such-patient-at-all/readings", headers=headers)
+    assert hidden.status_code == missing.status_code == 404
+    strip = ("instance", "request_id")
+    assert {k: v for k, v in hidden.json().items() if k not in strip} == \
+        {k: v for k, v in missing.json().items() if k not in strip}
