@@ -228,12 +228,30 @@ def test_any_single_byte_corruption_is_detected(command: int, data: bytes, direc
         taidoc.decode_frame(bytes(raw))
 
 
-@given(st.binary(max_size=40))
-def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
+models = st.sampled_from([None, "TD-3128", "TD-3261", "TD-4277", "glucose"])
+
+
+@given(st.binary(max_size=40), models)
+def test_arbitrary_bytes_never_crash_the_decoder(data: bytes, model: str | None) -> None:
     try:
-        taidoc.decode_frame_reading(data)
+        taidoc.decode_frame_reading(data, model=model)
     except DecodeError:
         pass
+
+
+@given(st.sampled_from([0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x2B, 0x50, 0x99]), data4, data4, models)
+def test_any_well_formed_device_frames_decode_or_raise_a_decode_error(
+    command: int, first: bytes, second: bytes, model: str | None
+) -> None:
+    one = taidoc.encode_frame(command, first, taidoc.DEVICE_TO_HOST)
+    pair = taidoc.encode_frame(0x25, first, taidoc.DEVICE_TO_HOST) + taidoc.encode_frame(
+        0x26, second, taidoc.DEVICE_TO_HOST)
+    for data in (one, pair):
+        try:
+            measurement = taidoc.decode_frame_reading(data, model=model)
+        except DecodeError:
+            continue
+        assert measurement.kind in ("blood_pressure", "glucose") and measurement.values
 
 
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2127, 12, 31)))
