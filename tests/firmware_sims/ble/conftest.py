@@ -17,3 +17,17 @@ if sys.path[0] != _REPO:
 for _name in [n for n in sys.modules if n.split(".")[0] in ("firmware_sims", "gateway")]:
     if getattr(sys.modules[_name], "__file__", None) is None:
         del sys.modules[_name]
+
+
+import pytest  # noqa: E402 - after the sys.path repair above, on purpose
+
+from firmware_sims.ble.air import AIR, SCENARIO_ENV  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def empty_air(monkeypatch: pytest.MonkeyPatch):
+    """Each test starts with nothing on the simulated radio and no scenario file."""
+    monkeypatch.delenv(SCENARIO_ENV, raising=False)
+    AIR.clear()
+    yield AIR
+    AIR.clear()
