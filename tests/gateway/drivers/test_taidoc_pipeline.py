@@ -1,18 +1,16 @@
 """A blood-pressure reading from the simulated TaiDoc cuff through the whole pipeline: driver over a pty,
-normalisation, a contract batch over the real broker, the real ingest worker into PostgreSQL, and the
-blood-pressure crisis alert opened in ingest's transaction."""
+normalisation, the gateway's SQLite outbox, its MQTT uplink over the real broker, the real ingest worker
+into PostgreSQL, the blood-pressure crisis alert opened in ingest's transaction, and the ack emptying
+the outbox."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
@@ -29,22 +27,16 @@ from cloud.ingest.consumer import IngestWorker  # noqa: E402
 from cloud.settings import CloudSettings  # noqa: E402
 from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter  # noqa: E402
 from gateway.codecs.common import Measurement  # noqa: E402
-from gateway.contract import Ack, Batch, Reading, acks_topic, readings_topic  # noqa: E402
+from gateway.config import MqttConfig  # noqa: E402
+from gateway.contract import Reading  # noqa: E402
 from gateway.device_state import DeviceStateStore  # noqa: E402
 from gateway.drivers.base import ClockCheck, DeviceInfo  # noqa: E402
 from gateway.drivers.taidoc import TaidocDriver  # noqa: E402
 from gateway.normalise import to_reading  # noqa: E402
+from gateway.outbox import Outbox  # noqa: E402
+from gateway.uplink import Uplink  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def test_bp_crisis_reading_from_the_cuff_is_stored_and_opens_the_crisis_alert(
@@ -64,45 +56,44 @@ def test_bp_crisis_reading_from_the_cuff_is_stored_and_opens_the_crisis_alert(
     meter.store(BpRecord(now - timedelta(minutes=30), systolic=128, diastolic=82, pulse=70))
     meter.store(BpRecord(now - timedelta(minutes=5), systolic=192, diastolic=124, pulse=96))
 
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    state = DeviceStateStore(tmp_path / "state.sqlite")
     readings: list[Reading] = []
 
     async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        readings.append(to_reading(device, measurement, clock, datetime.now(UTC)))
-
-    state = DeviceStateStore(tmp_path / "state.sqlite")
-    with PtyTaidoc(meter) as sim:
-        driver = TaidocDriver(sim.path, DeviceInfo(uid="usb:10c4:ea80:pending", transport="usb",
-                                                   profile="serial.taidoc"), sink, state)
-        asyncio.run(asyncio.wait_for(driver.run(), 20))
-    state.close()
-    assert [r.values["systolic"].value for r in readings] == [128, 192]
-    assert all(r.device.uid == uid for r in readings)
+        reading = to_reading(device, measurement, clock, datetime.now(UTC))
+        await asyncio.to_thread(outbox.put, reading)
+        readings.append(reading)
 
     settings = CloudSettings(database_url=fresh_database_url, mqtt_url=mqtt_broker.url, ingest_batch_ms=20)
     worker = IngestWorker(settings, client_id=f"ingest-{unique_id}")
     worker.start()
-    gateway_id = f"gw-{unique_id}"
-    acks: list[Ack] = []
-    subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gateway_id,
-                         protocol=mqtt.MQTTv5 if mqtt_broker.supports_v5 else mqtt.MQTTv311)
-    client.on_message = lambda c, u, message: acks.append(Ack.model_validate_json(message.payload))
-    client.on_subscribe = lambda *args: subscribed.set()
+
+    async def gateway() -> bool:
+        with PtyTaidoc(meter) as sim:
+            device = DeviceInfo(uid="usb:10c4:ea80:pending", transport="usb", profile="serial.taidoc")
+            await asyncio.wait_for(TaidocDriver(sim.path, device, sink, state).run(), 20)
+        uplink = Uplink(MqttConfig(url=mqtt_broker.url, batch_ms=20), f"gw-{unique_id}", outbox)
+        sending = asyncio.create_task(uplink.run())
+        try:
+            assert await uplink.wait_connected(15), uplink.error
+            return await uplink.drain(15)
+        finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            await uplink.close()
+
     try:
         worker.wait_ready()
-        client.connect(mqtt_broker.host, mqtt_broker.port, 30)
-        client.subscribe(acks_topic(gateway_id), qos=1)
-        client.loop_start()
-        assert subscribed.wait(10), "gateway did not subscribe to its acks"
-        batch = Batch(gateway_id=gateway_id, batch_id=f"b-{unique_id}", sent_at=datetime.now(UTC), readings=readings)
-        client.publish(readings_topic(gateway_id), batch.model_dump_json(), qos=1).wait_for_publish(10)
-        ack = wait_for(lambda: next((a for a in acks if a.batch_id == batch.batch_id), None), what="the ack")
+        drained = asyncio.run(gateway())
     finally:
-        client.disconnect()
-        client.loop_stop()
         worker.stop(drain_timeout_s=1)
+        state.close()
 
-    assert sorted(ack.accepted) == sorted(r.id for r in readings) and not ack.rejected
+    assert [r.values["systolic"].value for r in readings] == [128, 192]
+    assert all(r.device.uid == uid for r in readings)
+    assert drained and outbox.depth() == 0, "the cloud acked both readings after its commit"
+    outbox.close()
     with psycopg.connect(fresh_database_url) as conn:
         stored = conn.execute(
             "SELECT r.patient_id, r.device_uid, o.value FROM readings r JOIN observations o ON o.reading_id = r.id"
