@@ -107,7 +107,8 @@ def _value_near(series: Sequence[tuple[datetime, float]], target: datetime, tole
 
 def weight_summary(series: Sequence[tuple[datetime, float]], now: datetime) -> dict[str, Any]:
     """Change over 1, 7 and 30 days (latest minus the reading nearest that long before it) and the
-    least-squares slope of the last 30 days in kg per week."""
+    least-squares slope of the 30 days up to the latest reading, in kg per week. ``now`` bounds nothing
+    here (the query did); it is kept for symmetry with the other summaries."""
     if not series:
         return {"latest_kg": None, "latest_at": None, "change_kg": {"1_day": None, "7_days": None, "30_days": None},
                 "slope_kg_per_week": None, "readings_30_days": 0}
@@ -118,7 +119,8 @@ def weight_summary(series: Sequence[tuple[datetime, float]], now: datetime) -> d
         tolerance = min(timedelta(hours=12), timedelta(days=days) / 4)
         reference = _value_near(series[:-1], latest_at - timedelta(days=days), tolerance)
         changes[label] = None if reference is None else round(latest - reference, 2)
-    window = [(t, v) for t, v in series if t >= now - timedelta(days=30)]
+    # The 30 days up to the latest weigh-in: a patient who stopped weighing still gets the recent trend.
+    window = [(t, v) for t, v in series if t >= latest_at - timedelta(days=30)]
     slope = None
     if len(window) >= 2 and window[-1][0] > window[0][0]:
         x = np.array([(t - window[0][0]).total_seconds() / 86400.0 for t, _ in window])
