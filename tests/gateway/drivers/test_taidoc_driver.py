@@ -290,3 +290,15 @@ def test_a_record_the_outbox_refused_is_read_again_next_session(state) -> None:
     assert sink.systolics() == [121]
     assert run_session(meter, state, sink).measurements == 2
     assert sink.systolics() == [121, 132, 143]
+
+
+def test_the_usb_table_sends_a_cp2110_bridge_to_this_driver_at_19200_8n1() -> None:
+    import importlib
+
+    from gateway.usb_devices import SUPPORTED_DEVICES, PortFacts, match_port
+
+    entry = match_port(PortFacts("/dev/ttyUSB3", vid=0x10C4, pid=0xEA80), SUPPORTED_DEVICES)
+    assert entry is not None and entry.profile == "serial.taidoc"
+    assert (entry.baudrate, entry.bytesize, entry.parity, entry.stopbits) == (19200, 8, "N", 1)
+    module, name = entry.driver.split(":")
+    assert getattr(importlib.import_module(module), name) is TaidocDriver
