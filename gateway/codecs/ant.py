@@ -221,12 +221,17 @@ def parse_heart_rate_page(page_bytes: bytes) -> HeartRatePage:
     return HeartRatePage(**common)
 
 
-def heart_rate_measurement(page: HeartRatePage, raw: bytes) -> Measurement:
-    """One HRM page as a heart-rate Measurement (no device time: the strap has no clock)."""
+def heart_rate_measurement(page: HeartRatePage, raw: bytes, *, new_beat: bool = True) -> Measurement:
+    """One HRM page as a heart-rate Measurement (no device time: the strap has no clock).
+
+    The strap repeats a beat's data in every message until the next beat (4 messages a second, about
+    one beat): a caller that saw the same beat count before passes ``new_beat=False`` so the RR
+    interval is counted once.
+    """
     if page.heart_rate == 0:
         raise NoReadingError("no reading: computed heart rate 0 (the strap marks it invalid)")
     values: dict[str, Quantity] = {"heart_rate": Quantity(float(page.heart_rate), "/min")}
-    if page.previous_event_time is not None and page.event_time != page.previous_event_time:
+    if new_beat and page.previous_event_time is not None and page.event_time != page.previous_event_time:
         rr = (page.event_time - page.previous_event_time) % 65536
         values["rr_intervals"] = Quantity((float(rr),), "s/1024")
     details: dict[str, object] = {
