@@ -14,8 +14,8 @@ import logging
 import multiprocessing
 import signal
 import socket
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cloud.ingest.consumer import BrokerAddress, IngestError, IngestWorker, broker_speaks_v5
@@ -47,24 +47,45 @@ def _settings(args: argparse.Namespace) -> CloudSettings:
 
 
 def run_worker(settings: CloudSettings, client_id: str, protocol: str, session_expiry_s: int,
-               stop: threading.Event | Any) -> None:
-    """Run one worker until ``stop`` is set, logging its counters every 10 s."""
+               should_stop: Callable[[], bool]) -> None:
+    """Run one worker until ``should_stop()``, logging its counters every 10 s."""
     worker = IngestWorker(settings, client_id=client_id, protocol=protocol, session_expiry_s=session_expiry_s)
     worker.start()
     log.info("%s: consuming with MQTT %s from %s", client_id, worker.protocol, settings.mqtt_url)
+    last_log = time.monotonic()
     try:
-        while not stop.wait(10):
-            log.info("%s: %s", client_id, worker.stats)
+        # Polled, not waited on: a signal handler that sets an Event the main thread is waiting on
+        # can deadlock on the Event's own lock.
+        while not should_stop():
+            time.sleep(0.2)
+            if time.monotonic() - last_log >= 10:
+                log.info("%s: %s", client_id, worker.stats)
+                last_log = time.monotonic()
     finally:
         worker.stop()
         log.info("%s: stopped: %s", client_id, worker.stats)
 
 
-def _child(settings: CloudSettings, client_id: str, protocol: str, session_expiry_s: int, stop: Any) -> None:
+class _StopRequest:
+    """Set from a signal handler (a plain attribute: safe there), or by the parent through ``shared``."""
+
+    def __init__(self, shared: Any = None) -> None:
+        self.requested = False
+        self.shared = shared
+
+    def __call__(self, *_: Any) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested or (self.shared is not None and self.shared.is_set())
+
+
+def _child(settings: CloudSettings, client_id: str, protocol: str, session_expiry_s: int, shared_stop: Any) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {client_id} %(name)s: %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    run_worker(settings, client_id, protocol, session_expiry_s, stop)
+    stop = _StopRequest(shared_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    signal.signal(signal.SIGTERM, stop)
+    run_worker(settings, client_id, protocol, session_expiry_s, stop.is_set)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -93,28 +114,29 @@ def main(args: argparse.Namespace) -> int:
         log.warning("MQTT 3.1.1 has no shared subscriptions: running one worker instead of %d", workers)
         workers = 1
 
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-
-    def request_stop(*_: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = _StopRequest()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     if workers == 1:
-        run_worker(settings, f"{prefix}-0", protocol, args.session_expiry, stop)
+        run_worker(settings, f"{prefix}-0", protocol, args.session_expiry, stop.is_set)
         return 0
+    context = multiprocessing.get_context("spawn")
+    shared_stop = context.Event()
     processes = [context.Process(target=_child, name=f"{prefix}-{i}",
-                                 args=(settings, f"{prefix}-{i}", protocol, args.session_expiry, stop))
+                                 args=(settings, f"{prefix}-{i}", protocol, args.session_expiry, shared_stop))
                  for i in range(workers)]
     for process in processes:
         process.start()
     # A worker that dies takes its share of the subscription with it: stop the rest and exit non-zero
     # so the supervisor (systemd, Kubernetes) restarts the service whole.
-    while not stop.wait(1):
+    failed = False
+    while not stop.is_set():
+        time.sleep(0.5)
         if any(not p.is_alive() for p in processes):
             log.error("a worker process exited; stopping the others")
-            stop.set()
+            failed = True
+            break
+    shared_stop.set()
     for process in processes:
         process.join(30)
-    return 0 if all(p.exitcode == 0 for p in processes) else 1
+    return 1 if failed or any(p.exitcode != 0 for p in processes) else 0
