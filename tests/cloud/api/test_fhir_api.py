@@ -1,0 +1,94 @@
+"""FHIR R4 endpoints validated with fhir.resources (R4B models: Bundle, Patient, Observation and Flag
+are the same in R4 and R4B for what we emit)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import World
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.flag import Flag
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+
+pytestmark = pytest.mark.integration
+
+
+def _search(client: TestClient, world: World, **params: object) -> dict:
+    response = client.get("/fhir/Observation", params={"patient": f"Patient/{world.patients['consented']}", **params},
+                          headers=world.headers["clinician"])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    Bundle.model_validate(body)
+    return body
+
+
+def _codes(resource: dict) -> set[str]:
+    return {c["code"] for c in resource["code"]["coding"]}
+
+
+def test_patient_resource_validates(client: TestClient, world: World) -> None:
+    patient_id = world.patients["consented"]
+    body = client.get(f"/fhir/Patient/{patient_id}", headers=world.headers["clinician"]).json()
+    patient = Patient.model_validate(body)
+    assert patient.identifier[0].value == patient_id and patient.gender == "female"
+
+
+def test_observation_search_by_code_is_a_valid_searchset(client: TestClient, world: World) -> None:
+    panels = _search(client, world, code="85354-9")
+    assert panels["type"] == "searchset" and panels["total"] == 7
+    for entry in panels["entry"]:
+        observation = Observation.model_validate(entry["resource"])
+        assert {c.code.coding[0].code for c in observation.component} >= {"8480-6", "8462-4"}
+        assert entry["fullUrl"].endswith(f"/fhir/Observation/{entry['resource']['id']}")
+        assert entry["search"]["mode"] == "match"
+    glucose = _search(client, world, code="http://loinc.org|41653-7")
+    assert glucose["total"] == 6 and all("41653-7" in _codes(e["resource"]) for e in glucose["entry"])
+    pulses = _search(client, world, code="8867-4")
+    assert pulses["total"] == 7  # the pulse of each cuff reading, its own heart-rate Observation
+    both = _search(client, world, code="41653-7,29463-7")
+    assert both["total"] == 12
+
+
+def test_observation_search_by_date_prefixes(client: TestClient, world: World) -> None:
+    now = datetime.now(UTC)
+    recent = _search(client, world, date=f"ge{(now - timedelta(minutes=30)).isoformat()}")
+    # Only the crisis cuff reading: its panel and its pulse.
+    assert recent["total"] == 2
+    day = (now - timedelta(days=3, hours=2)).date().isoformat()
+    on_day = _search(client, world, code="29463-7", date=f"eq{day}")
+    assert on_day["total"] >= 1
+    assert all(e["resource"]["effectiveDateTime"][:10] == day for e in on_day["entry"])
+    window = _search(client, world, date=["gt2000-01", "lt2000-02"])
+    assert window["total"] == 0
+
+
+def test_bad_search_parameters_are_400_problems(client: TestClient, world: World) -> None:
+    headers = world.headers["clinician"]
+    patient = f"Patient/{world.patients['consented']}"
+    for params in ({"date": "yesterday"}, {"date": "ne2020-01-01"}, {"code": "http://snomed.info/sct|123"},
+                   {"date": "2020-13-01"}):
+        response = client.get("/fhir/Observation", params={"patient": patient, **params}, headers=headers)
+        assert response.status_code == 400, params
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/fhir/Observation", headers=headers).status_code == 422  # patient is required
+
+
+def test_everything_holds_patient_observations_and_flags(client: TestClient, world: World) -> None:
+    patient_id = world.patients["consented"]
+    body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
+    bundle = Bundle.model_validate(body)
+    kinds = [e.resource.__resource_type__ for e in bundle.entry]
+    assert kinds[0] == "Patient"
+    assert kinds.count("Observation") == 7 * 2 + 6 + 6  # panel + pulse per cuff reading, weights, glucose
+    flags = [e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Flag"]
+    assert len(flags) == 1 and Flag.model_validate(flags[0]).status == "active"
+
+
+def test_everything_leaves_out_flags_without_the_alerts_scope(client: TestClient, world: World) -> None:
+    patient_id = world.patients["readings_only"]
+    body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
+    assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "Observation"}
