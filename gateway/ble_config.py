@@ -1,8 +1,23 @@
-"""The ``[ble]`` section of the gateway configuration."""
+"""The ``[ble]`` section of the gateway configuration, and loading the bleak backend it names."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import importlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# ``backend = "sim"`` is shorthand for the simulator's module; the gateway never imports it statically.
+BACKEND_ALIASES = {"sim": "firmware_sims.ble.backend"}
+
+
+class BackendLoadError(Exception):
+    """The configured bleak backend module cannot be imported or lacks the backend classes."""
+
+
+def normalise_address(address: str) -> str:
+    """BLE addresses compare upper-case (BlueZ reports them so; configs are typed either way)."""
+    return address.strip().upper()
 
 
 class EnrolledBleDevice(BaseModel):
@@ -11,11 +26,49 @@ class EnrolledBleDevice(BaseModel):
     profile: str | None = None
     name: str | None = None
 
+    @field_validator("address")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return normalise_address(value)
+
 
 class BleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     backend: str | None = None
-    """bleak backend: None picks the platform's (BlueZ on Linux); ``sim`` uses firmware_sims' backend."""
+    """bleak backend: None picks the platform's (BlueZ on Linux); ``sim`` (or a module path exposing
+    ``scanner_backend`` and ``client_backend``) uses that module, imported only when BLE starts."""
     enrolled: list[EnrolledBleDevice] = Field(default_factory=list)
     heart_rate_cadence_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(15.0, gt=0)
+    connect_attempts: int = Field(3, ge=1, le=20)
+    """Connection attempts per session, with backoff and jitter between them."""
+    op_timeout_s: float = Field(10.0, gt=0)
+    """Every GATT read, write and subscription, and the wait for each next RACP record."""
+    idle_timeout_s: float = Field(5.0, gt=0)
+    """A cuff or scale that sent nothing for this long has sent its memory."""
+    session_cooldown_s: float = Field(60.0, ge=0)
+    """After a good session, leave the device alone this long even if it keeps advertising."""
+    retry_backoff_s: float = Field(5.0, gt=0)
+    """First wait after a failed session; doubles per failure (with jitter) up to ``retry_backoff_max_s``."""
+    retry_backoff_max_s: float = Field(300.0, gt=0)
+    heart_rate_max_session_s: float | None = Field(None, gt=0)
+    """End a heart-rate session after this long (None: until the strap goes away)."""
+
+
+def load_bleak_backends(name: str | None) -> tuple[Any, Any]:
+    """Return (scanner backend class, client backend class) for bleak's ``backend=``; (None, None)
+    means bleak picks the platform's own."""
+    if name is None:
+        return None, None
+    module_name = BACKEND_ALIASES.get(name, name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BackendLoadError(f"ble.backend: cannot import {module_name!r}: {err}") from None
+    try:
+        return module.scanner_backend, module.client_backend
+    except AttributeError:
+        raise BackendLoadError(
+            f"ble.backend: module {module_name!r} has no scanner_backend/client_backend"
+        ) from None
