@@ -38,6 +38,11 @@ class MqttConfig(BaseModel):
     ack_timeout_s: float = Field(30.0, gt=0)
     """A batch not acked within this is sent again (ids are deterministic; the cloud is idempotent)."""
     max_in_flight: int = Field(20_000, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(120.0, gt=0)
+    """Reconnect backoff: doubles from min to max, with jitter so a fleet does not reconnect in step."""
+    drain_timeout_s: float = Field(5.0, ge=0)
+    """On SIGTERM, how long to wait for the cloud's acks of what is in flight before exiting."""
 
 
 class OutboxConfig(BaseModel):

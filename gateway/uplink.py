@@ -1,0 +1,481 @@
+"""The uplink: outbox batches to the broker, the cloud's acks back into the outbox (paho-mqtt 2.x).
+
+paho runs its network loop in its own thread (``loop_start``); the asyncio side only queues
+publishes and waits on events, so a slow or absent broker never blocks a device session. The
+connection is managed here rather than by paho's own reconnect so that it can:
+
+- back off exponentially **with jitter** (a fleet whose broker restarts must not reconnect in step);
+- fall back to MQTT 3.1.1 when the broker refuses a v5 CONNECT (amqtt and some managed brokers):
+  the persistent session is then ``clean_session=False`` instead of ``clean_start=False`` + expiry;
+- report a refused login as a clear error (log and status) and keep retrying with backoff.
+
+Delivery is at-least-once end to end and exactly-once in effect: a reading leaves the outbox only on
+the cloud's ack (sent after its database commit); a batch not acked within ``ack_timeout_s`` is sent
+again, and batches in flight when a connection is lost without the broker keeping our session are
+re-sent at once. Ids are deterministic and the cloud idempotent, so a re-send is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from gateway.config import MqttConfig
+from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
+from gateway.outbox import Outbox, OutboxBatch
+
+log = logging.getLogger(__name__)
+
+# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes onto them).
+_UNSUPPORTED_PROTOCOL = {1, 132}
+_BAD_CREDENTIALS = {4, 5, 134, 135}
+CONNACK_TIMEOUT_S = 10.0
+# amqtt never answers a v5 CONNECT that asks for a persistent session (it answers a bare one with
+# "unsupported protocol version"): silence this long after a v5 CONNECT means "try 3.1.1".
+V5_SILENCE_S = 3.0
+
+
+class UplinkError(Exception):
+    """The uplink's configuration is unusable (bad URL, unreadable TLS files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://`` (TLS, default port 8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise UplinkError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+@dataclass
+class _InFlight:
+    size: int
+    sent: float
+    mid: int
+    puback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkState:
+    connected: bool
+    protocol: str | None
+    error: str | None
+    in_flight_batches: int
+    in_flight_readings: int
+    batches_sent: int
+    readings_acked: int
+    readings_rejected: int
+    connects: int
+
+
+class Uplink:
+    """Sends outbox batches and applies acks. ``run()`` until cancelled, then ``close()``."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        gateway_id: str,
+        outbox: Outbox,
+        *,
+        will_payload: Callable[[], str] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.outbox = outbox
+        self.address = parse_broker_url(config.url)
+        self._will_payload = will_payload
+        self._on_change = on_change
+        self._protocol = mqtt.MQTTv5
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._mid_batch: dict[int, str] = {}
+        self._error: str | None = None
+        self._pending_status: str | None = None
+        self._batches_sent = 0
+        self._readings_acked = 0
+        self._readings_rejected = 0
+        self._connects = 0
+        self._closing = False
+
+    # ------------------------------------------------------------------------------ public
+
+    @property
+    def state(self) -> UplinkState:
+        return UplinkState(
+            connected=self._connected.is_set(),
+            protocol=None if self._client is None else ("5" if self._protocol == mqtt.MQTTv5 else "3.1.1"),
+            error=self._error,
+            in_flight_batches=len(self._in_flight),
+            in_flight_readings=sum(f.size for f in self._in_flight.values()),
+            batches_sent=self._batches_sent,
+            readings_acked=self._readings_acked,
+            readings_rejected=self._readings_rejected,
+            connects=self._connects,
+        )
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def notify(self) -> None:
+        """A reading was stored: consider sending (call from the event loop's thread)."""
+        self._wake.set()
+
+    def publish_status(self, payload: str) -> None:
+        """Publish a retained status now if connected, else as soon as the connection is up."""
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.publish(status_topic(self.gateway_id), payload, qos=1, retain=True)
+        else:
+            self._pending_status = payload
+
+    async def run(self) -> None:
+        """Keep a connection up and send batches, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        # Whatever a previous process had in flight was never acked to this one: make it sendable now.
+        released = await asyncio.to_thread(self.outbox.release)
+        if released:
+            log.info("uplink: %d reading(s) in flight before the restart will be sent again", released)
+        sender = asyncio.create_task(self._send_loop(), name="uplink-sender")
+        try:
+            await self._connection_loop()
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def wait_connected(self, within_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self, within_s: float) -> bool:
+        """Wait until nothing is in flight and the outbox is empty (or ``within_s``); True if drained."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if not self._in_flight and self.outbox.depth() == 0:
+                return True
+            if not self._connected.is_set():
+                return False
+            self._wake.set()
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), min(0.2, max(0.0, deadline - time.monotonic())))
+        return not self._in_flight and self.outbox.depth() == 0
+
+    async def close(self, final_status: str | None = None) -> None:
+        """Publish the final (offline) status if connected, then disconnect cleanly."""
+        self._closing = True
+        client = self._client
+        if client is None:
+            return
+        if final_status is not None and self._connected.is_set():
+            info = client.publish(status_topic(self.gateway_id), final_status, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                await asyncio.to_thread(info.wait_for_publish, 3.0)
+        await asyncio.to_thread(self._stop_client, client)
+        self._client = None
+        self._connected.clear()
+
+    # ------------------------------------------------------------------------------ connection
+
+    async def _connection_loop(self) -> None:
+        failures = 0
+        while True:
+            outcome = await self._connect_once()
+            if outcome == "fallback":
+                continue  # straight away, as 3.1.1
+            failures = 0 if outcome == "was_up" else failures + 1
+            delay = min(self.config.reconnect_max_s, self.config.reconnect_min_s * 2 ** max(0, failures - 1))
+            delay *= random.uniform(0.5, 1.0)
+            log.info("uplink: reconnecting to %s:%d in %.1f s", self.address.host, self.address.port, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> str:
+        """One connection's life. Returns ``was_up`` (connected, then lost), ``failed`` or ``fallback``."""
+        loop = asyncio.get_running_loop()
+        connack: asyncio.Future[tuple[int, str, bool]] = loop.create_future()
+        lost = asyncio.Event()
+        client = self._make_client()
+
+        def on_connect(_c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any = None) -> None:
+            result = (int(reason.value), str(reason), bool(getattr(flags, "session_present", False)))
+            loop.call_soon_threadsafe(lambda: connack.done() or connack.set_result(result))
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+            loop.call_soon_threadsafe(lost.set)
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        try:
+            await asyncio.to_thread(self._connect_client, client)
+        except (OSError, ssl.SSLError) as err:
+            self._set_error(f"cannot reach broker {self.address.host}:{self.address.port}: {err}")
+            await asyncio.to_thread(self._stop_client, client)
+            return "failed"
+        client.loop_start()
+        self._client = client
+        try:
+            waiter = asyncio.ensure_future(lost.wait())
+            v5 = self._protocol == mqtt.MQTTv5
+            done, _ = await asyncio.wait({connack, waiter}, timeout=V5_SILENCE_S if v5 else CONNACK_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if connack not in done:
+                if v5:
+                    why = "closed the connection" if lost.is_set() else f"no CONNACK within {V5_SILENCE_S:.0f} s"
+                    return self._fall_back(f"{why} after a v5 CONNECT")
+                self._set_error(f"broker {self.address.host}:{self.address.port} did not answer CONNECT")
+                return "failed"
+            code, text, session_present = connack.result()
+            if code != 0:
+                if code in _UNSUPPORTED_PROTOCOL and self._protocol == mqtt.MQTTv5:
+                    return self._fall_back(text)
+                if code in _BAD_CREDENTIALS:
+                    user = self.config.username or self.address.username
+                    self._set_error(f"broker refused the credentials for user {user!r}: {text}", level=logging.ERROR)
+                else:
+                    self._set_error(f"broker refused the connection: {text}", level=logging.ERROR)
+                return "failed"
+            await self._on_connected(client, session_present)
+            await lost.wait()
+            self._connected.clear()
+            if not self._closing:
+                self._set_error(f"connection to {self.address.host}:{self.address.port} lost")
+            self._notify_change()
+            return "was_up"
+        finally:
+            if self._client is client:
+                self._client = None
+            self._connected.clear()
+            await asyncio.to_thread(self._stop_client, client)
+
+    def _fall_back(self, why: str) -> str:
+        log.warning("uplink: broker refused MQTT v5 (%s): falling back to MQTT 3.1.1 with a persistent session",
+                    why)
+        self._protocol = mqtt.MQTTv311
+        return "fallback"
+
+    def _make_client(self) -> mqtt.Client:
+        v5 = self._protocol == mqtt.MQTTv5
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.gateway_id,
+            protocol=self._protocol,
+            clean_session=None if v5 else False,
+        )
+        # paho's own queue holds what we publish while a (re)connect is in progress; the outbox is the
+        # real store, so no cap here beyond what max_in_flight allows.
+        client.max_inflight_messages_set(100)
+        username = self.config.username or self.address.username
+        password = self.config.password or self.address.password
+        if username:
+            client.username_pw_set(username, password)
+        if self.address.tls or self.config.ca_file:
+            try:
+                client.tls_set(
+                    ca_certs=str(self.config.ca_file) if self.config.ca_file else None,
+                    certfile=str(self.config.cert_file) if self.config.cert_file else None,
+                    keyfile=str(self.config.key_file) if self.config.key_file else None,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as err:
+                raise UplinkError(f"mqtt TLS files unusable: {err}") from err
+        if self._will_payload is not None:
+            client.will_set(status_topic(self.gateway_id), self._will_payload(), qos=1, retain=True)
+        return client
+
+    def _connect_client(self, client: mqtt.Client) -> None:
+        if self._protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.config.session_expiry_s
+            client.connect(self.address.host, self.address.port, self.config.keepalive_s,
+                           clean_start=False, properties=properties)
+        else:
+            client.connect(self.address.host, self.address.port, self.config.keepalive_s)
+
+    @staticmethod
+    def _stop_client(client: mqtt.Client) -> None:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        with contextlib.suppress(Exception):
+            client.loop_stop()
+
+    async def _on_connected(self, client: mqtt.Client, session_present: bool) -> None:
+        self._connects += 1
+        client.subscribe(acks_topic(self.gateway_id), qos=1)
+        # Without the broker keeping our session, acks for what was in flight are gone: send it again.
+        # With it, only batches the broker never confirmed (PUBACK) need sending again.
+        lost_batches = [b for b, f in self._in_flight.items() if not session_present or not f.puback]
+        for batch_id in lost_batches:
+            del self._in_flight[batch_id]
+        if lost_batches:
+            count = await asyncio.to_thread(self.outbox.release, lost_batches)
+            log.info("uplink: %d batch(es), %d reading(s) re-queued after reconnect (session present: %s)",
+                     len(lost_batches), count, session_present)
+        self._mid_batch.clear()
+        protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
+        log.info("uplink: connected to %s:%d as %s (MQTT %s, session present: %s)", self.address.host,
+                 self.address.port, self.gateway_id, protocol, session_present)
+        self._error = None
+        self._connected.set()
+        if self._pending_status is not None:
+            payload, self._pending_status = self._pending_status, None
+            client.publish(status_topic(self.gateway_id), payload, qos=1, retain=True)
+        self._wake.set()
+        self._notify_change()
+
+    def _set_error(self, message: str, level: int = logging.WARNING) -> None:
+        changed = message != self._error
+        self._error = message
+        log.log(level, "uplink: %s", message)
+        if changed:
+            self._notify_change()
+
+    def _notify_change(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                log.exception("uplink: status change callback failed")
+
+    # ------------------------------------------------------------------------------ sending
+
+    async def _send_loop(self) -> None:
+        ack_timeout = self.config.ack_timeout_s
+        batch_max = self.config.batch_max
+        linger = self.config.batch_ms / 1000
+        first_seen: float | None = None
+        while True:
+            await self._connected.wait()
+            self._forget_expired()
+            if sum(f.size for f in self._in_flight.values()) >= self.config.max_in_flight:
+                await self._wait(self._acked, min(0.5, ack_timeout))
+                continue
+            waiting = await asyncio.to_thread(self.outbox.sendable_count, ack_timeout, batch_max)
+            if waiting == 0:
+                first_seen = None
+                await self._wait(self._wake, min(1.0, ack_timeout / 2))
+                continue
+            if waiting < batch_max:
+                now = time.monotonic()
+                first_seen = first_seen or now
+                remaining = linger - (now - first_seen)
+                if remaining > 0:
+                    await self._wait(self._wake, remaining)
+                    continue
+            first_seen = None
+            batch = await asyncio.to_thread(self.outbox.take_batch, uuid.uuid4().hex, batch_max, ack_timeout)
+            if batch is not None:
+                await self._publish_batch(batch)
+
+    async def _wait(self, event: asyncio.Event, seconds: float) -> None:
+        event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    async def _publish_batch(self, batch: OutboxBatch) -> None:
+        client = self._client
+        sent_at = now_utc().isoformat().replace("+00:00", "Z")
+        # The stored payloads are already the readings' wire JSON: assemble, do not re-encode.
+        payload = (
+            f'{{"v":1,"gateway_id":"{self.gateway_id}","batch_id":"{batch.batch_id}","sent_at":"{sent_at}",'
+            f'"readings":[{",".join(batch.payloads)}]}}'
+        )
+        if client is None or not self._connected.is_set():
+            await asyncio.to_thread(self.outbox.release, [batch.batch_id])
+            return
+        info = client.publish(readings_topic(self.gateway_id), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.info("uplink: publish of batch %s failed (%s); it stays in the outbox", batch.batch_id,
+                     mqtt.error_string(info.rc))
+            await asyncio.to_thread(self.outbox.release, [batch.batch_id])
+            return
+        self._in_flight[batch.batch_id] = _InFlight(len(batch), time.monotonic(), info.mid)
+        self._mid_batch[info.mid] = batch.batch_id
+        self._batches_sent += 1
+        log.debug("uplink: sent batch %s (%d readings)", batch.batch_id, len(batch))
+
+    def _forget_expired(self) -> None:
+        """Batches past the ack timeout no longer count as in flight: the outbox offers them again."""
+        cutoff = time.monotonic() - self.config.ack_timeout_s
+        for batch_id in [b for b, f in self._in_flight.items() if f.sent < cutoff]:
+            log.info("uplink: no ack for batch %s within %.0f s: its readings will be sent again", batch_id,
+                     self.config.ack_timeout_s)
+            del self._in_flight[batch_id]
+
+    # ------------------------------------------------------------------------------ paho thread
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _reason: Any = None, _p: Any = None) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._mark_puback, mid)
+
+    def _mark_puback(self, mid: int) -> None:
+        batch_id = self._mid_batch.pop(mid, None)
+        if batch_id is not None and batch_id in self._in_flight:
+            self._in_flight[batch_id].puback = True
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        # Runs on paho's thread: the outbox write (an fsync) happens here, never on the event loop.
+        try:
+            ack = Ack.model_validate_json(message.payload)
+        except ValidationError as err:
+            log.warning("uplink: ignoring a malformed ack on %s: %s", message.topic, err.errors()[:1])
+            return
+        try:
+            outcome = self.outbox.apply_ack(ack)
+        except Exception:
+            log.exception("uplink: could not apply ack for batch %s (the batch will be sent again)", ack.batch_id)
+            return
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._after_ack, ack.batch_id, outcome.accepted, outcome.quarantined)
+
+    def _after_ack(self, batch_id: str, accepted: int, quarantined: int) -> None:
+        self._in_flight.pop(batch_id, None)
+        self._readings_acked += accepted
+        self._readings_rejected += quarantined
+        self._acked.set()
+        self._wake.set()
+        if quarantined:
+            self._notify_change()
