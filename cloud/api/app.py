@@ -110,7 +110,12 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         request.state.request_id = _request_id(request)
-        response = await call_next(request)
+        if "\x00" in request.url.path or "%00" in request.url.query:
+            # PostgreSQL text cannot hold NUL: refuse it here, before it reaches a query or the audit row.
+            response: Response = problem_response(request, 400, "NUL characters are not allowed in the URL",
+                                                  slug="bad-request")
+        else:
+            response = await call_next(request)
         patient_ids = getattr(request.state, "audit_patients", None)
         principal = getattr(request.state, "principal", None)
         if patient_ids and principal is not None:

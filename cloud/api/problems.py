@@ -99,6 +99,13 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _override(request: Request, exc: InvalidOverride) -> JSONResponse:
         return problem_response(request, 422, str(exc), slug="invalid-threshold")
 
+    @app.exception_handler(psycopg.DataError)
+    async def _unstorable(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A value that passed validation but the database cannot take (NUL in text, a number out of range).
+        log.info("data error on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 422, "a value in the request cannot be stored or compared",
+                                slug="unprocessable-value")
+
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(psycopg.OperationalError)
     async def _database(request: Request, exc: Exception) -> JSONResponse:

@@ -27,7 +27,7 @@ class Assignment(BaseModel):
 
 @router.get("/v1/devices", summary="All devices with their current assignments (administrators)")
 def list_devices(principal: AdminPrincipal, conn: DbConn, limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                 offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict[str, Any]:
     return {"devices": queries.list_devices(conn, limit=limit, offset=offset)}
 
 

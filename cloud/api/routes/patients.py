@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/patients", tags=["patients"])
 @router.get("", summary="The caller's panel: latest vitals, open alerts by severity, adherence; triage order")
 def panel(request: Request, principal: PanelPrincipal, conn: DbConn,
           limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
-          offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+          offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> Response:
     first_day = (datetime.now(UTC).date() - timedelta(days=29)).isoformat()
     rows = queries.panel_json(conn, care_teams=principal.care_teams, own_patient=principal.patient_id,
                               first_day=first_day, limit=limit, offset=offset)
