@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import termios
 import threading
 from abc import ABC, abstractmethod
 from datetime import tzinfo
@@ -96,7 +97,8 @@ class SerialLink:
 
         try:
             self._port = await asyncio.to_thread(_open)
-        except (serial.SerialException, OSError, ValueError) as err:
+        except (serial.SerialException, OSError, ValueError, termios.error) as err:
+            # termios.error is not an OSError: pyserial lets it through when the driver refuses a setting.
             raise SerialOpenError(f"{self.path}: cannot open at {settings}: {err}") from err
         self._thread = threading.Thread(target=self._read_forever, name=f"serial-read {self.path}", daemon=True)
         self._thread.start()
@@ -188,7 +190,8 @@ class SerialLink:
             if len(self._buffer) > limit:
                 junk = bytes(self._buffer)
                 self._buffer.clear()
-                raise ProtocolError(f"{self.path}: {len(junk)} bytes without {terminator!r} (wrong baud or noise?)")
+                raise ProtocolError(f"{self.path}: {len(junk)} bytes without {terminator!r} "
+                                f"(wrong baud rate or parity, or line noise?)")
             await self._wait_for_data(deadline, f"line ending {terminator!r}")
 
     def pending(self) -> bytes:

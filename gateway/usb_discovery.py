@@ -1,0 +1,291 @@
+"""USB serial hot-plug: watch ports come and go, run one driver session per supported port.
+
+Ports are listed with pyserial's ``list_ports`` every ``[usb] poll_interval_s``; where ``pyudev`` is
+importable, udev's tty events wake the watcher at once instead of at the next poll. Each port is
+matched against the device table (:mod:`gateway.usb_devices`: config entries first, including fixed
+``port`` paths, then the built-in table). A matched port gets one session (the table's driver); a
+session that ends because the cable was pulled is an unplug, not an error, and the next plug-in
+starts a new session. A session that ends normally (a meter finished its upload) is not restarted
+until the device is plugged in again; one that failed is retried after ``retry_after_error_s``.
+
+``on_status(uid, **fields)`` hears ``last_seen``, ``clock_offset_s``, ``battery``, ``error`` (None
+when a session ended well) and ``state`` (``connected``, ``done``, ``unplugged``, ``failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from gateway.codecs.common import Measurement
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DriverError, MeasurementSink
+from gateway.drivers.serial_port import SerialDriver, usb_uid
+from gateway.usb_config import UsbConfig
+from gateway.usb_devices import PortFacts, SupportedDevice, device_table, match_port
+
+try:  # udev events where available (Linux with pyudev installed); polling works without
+    import pyudev  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the host
+    pyudev = None
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[..., Any]
+# After a read fails with EIO, how long to watch for the device node to disappear before calling it
+# an error rather than an unplug (udev removes the node shortly after the kernel reports the loss).
+UNPLUG_GRACE_S = 1.0
+
+
+def list_serial_ports() -> list[PortFacts]:
+    """Every serial port pyserial sees, with its USB facts."""
+    from serial.tools import list_ports
+
+    return [
+        PortFacts(
+            device=p.device, vid=p.vid, pid=p.pid, serial_number=p.serial_number,
+            description=p.description if p.description != "n/a" else None,
+            manufacturer=p.manufacturer, product=p.product, location=p.location,
+        )
+        for p in list_ports.comports()
+    ]
+
+
+def present_ports(config: UsbConfig, ports: list[PortFacts] | None = None) -> list[PortFacts]:
+    """Listed ports plus the config's fixed port paths that exist right now."""
+    listed = list_serial_ports() if ports is None else list(ports)
+    known = {p.device for p in listed}
+    for entry in config.devices:
+        if entry.port and entry.port not in known and os.path.exists(entry.port):
+            listed.append(PortFacts(device=entry.port, description=f"configured port for {entry.profile}"))
+            known.add(entry.port)
+    return listed
+
+
+def usb_candidates(config: UsbConfig, ports: list[PortFacts] | None = None) -> list[dict[str, Any]]:
+    """For ``rpm-gateway scan``: every USB serial port (and configured port), and what it matches."""
+    table = device_table(config)
+    candidates = []
+    for port in present_ports(config, ports):
+        entry = match_port(port, table)
+        if entry is None and port.vid is None:
+            continue  # a built-in UART or a pty nobody configured: not a USB candidate
+        candidates.append({
+            "transport": "usb",
+            "port": port.device,
+            "vid": None if port.vid is None else f"{port.vid:04x}",
+            "pid": None if port.pid is None else f"{port.pid:04x}",
+            "serial": port.serial_number,
+            "description": port.description,
+            "supported": entry is not None,
+            "profile": entry.profile if entry else None,
+            "name": entry.name if entry else None,
+            "uid": usb_uid(port.vid, port.pid, port.serial_number or port.device),
+        })
+    return candidates
+
+
+@dataclass
+class _Port:
+    facts: PortFacts
+    entry: SupportedDevice
+    task: asyncio.Task[None] | None = None
+    finished: bool = False
+    """A session ended well (or unrecoverably): wait for the device to be plugged in again."""
+    retry_at: float | None = None
+    ending: bool = False
+    """The session saw the link go and is checking whether the device was unplugged."""
+    removed: bool = False
+
+
+class UsbManager:
+    def __init__(
+        self,
+        config: UsbConfig,
+        sink: MeasurementSink,
+        state: DeviceStateStore,
+        *,
+        on_status: StatusCallback | None = None,
+        local_tz: tzinfo | None = None,
+        list_ports: Callable[[], list[PortFacts]] | None = None,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.state = state
+        self.on_status = on_status
+        self.local_tz = local_tz
+        self._list_ports = list_ports
+        self._ports: dict[str, _Port] = {}
+        self._wake = asyncio.Event()
+        self.sessions_started = 0
+
+    async def run(self) -> None:
+        """Watch and serve until cancelled; cancelling ends every session (each closes its port)."""
+        table = device_table(self.config)
+        loop = asyncio.get_running_loop()
+        monitor = self._start_udev(loop)
+        try:
+            while True:
+                listed = await asyncio.to_thread(self._list_ports or list_serial_ports)
+                self._reconcile(present_ports(self.config, listed), table, loop.time())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
+        finally:
+            if monitor is not None:
+                loop.remove_reader(monitor.fileno())
+            tasks = [p.task for p in self._ports.values() if p.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start_udev(self, loop: asyncio.AbstractEventLoop) -> Any:
+        if pyudev is None:
+            return None
+        try:
+            monitor = pyudev.Monitor.from_netlink(pyudev.Context())
+            monitor.filter_by("tty")
+            monitor.start()
+        except Exception as err:  # no netlink in a container, no permission: polling still works
+            log.info("udev events unavailable (%s); polling every %s s", err, self.config.poll_interval_s)
+            return None
+
+        def _on_event() -> None:
+            while monitor.poll(timeout=0) is not None:
+                pass
+            self._wake.set()
+
+        loop.add_reader(monitor.fileno(), _on_event)
+        return monitor
+
+    def _reconcile(self, ports: list[PortFacts], table: list[SupportedDevice], now: float) -> None:
+        present = {p.device: p for p in ports}
+        for path in list(self._ports):
+            if path not in present:
+                port = self._ports.pop(path)
+                port.removed = True
+                if port.task is not None and not port.task.done() and not port.ending:
+                    port.task.cancel()  # the node is gone but the driver has not noticed (a quiet device)
+        for path, facts in present.items():
+            port = self._ports.get(path)
+            if port is None:
+                entry = match_port(facts, table)
+                if entry is None:
+                    continue
+                port = self._ports[path] = _Port(facts, entry)
+            if port.task is not None or port.finished:
+                continue
+            if port.retry_at is not None and now < port.retry_at:
+                continue
+            port.retry_at = None
+            port.task = asyncio.create_task(self._session(port), name=f"usb session {path}")
+
+    def _device_for(self, port: _Port) -> DeviceInfo:
+        facts = port.facts
+        return DeviceInfo(
+            uid=usb_uid(facts.vid, facts.pid, facts.serial_number or facts.device),
+            transport="usb",
+            profile=port.entry.profile,
+            model=facts.product or port.entry.name,
+            serial=facts.serial_number,
+            manufacturer=facts.manufacturer,
+        )
+
+    def _driver_for(self, port: _Port, device: DeviceInfo) -> SerialDriver:
+        module_name, _, class_name = port.entry.driver.partition(":")
+        driver_class = getattr(importlib.import_module(module_name), class_name)
+        options = port.entry.driver_options()
+        if port.entry.profile == "serial.ant_hrm":
+            options.setdefault("network_key", self.config.ant_network_key)
+        return driver_class(
+            port.facts.device, device, self._sink_for(), self.state,
+            baudrate=port.entry.baudrate, local_tz=self.local_tz, options=options,
+        )
+
+    def _sink_for(self) -> MeasurementSink:
+        async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+            await self.sink(device, measurement, clock)
+            await self._status(device.uid, profile=device.profile, last_seen=datetime.now(UTC), error=None)
+
+        return sink
+
+    async def _session(self, port: _Port) -> None:
+        device = self._device_for(port)
+        path = port.facts.device
+        self.sessions_started += 1
+        driver: SerialDriver | None = None
+        try:
+            driver = self._driver_for(port, device)
+            log.info("%s: %s session on %s", device.uid, port.entry.profile, path)
+            await self._status(device.uid, profile=device.profile, state="connected", last_seen=datetime.now(UTC))
+            result = await driver.run()
+        except asyncio.CancelledError:
+            port.task = None
+            if port.removed:
+                uid = driver.device.uid if driver else device.uid
+                log.info("%s: unplugged from %s", uid, path)
+                await self._status(uid, profile=device.profile, state="unplugged", error=None)
+            raise
+        except DeviceDisconnectedError as err:
+            uid = driver.device.uid if driver else device.uid
+            port.ending = True
+            if await self._vanished(path):
+                log.info("%s: unplugged from %s", uid, path)
+                await self._status(uid, profile=device.profile, state="unplugged", error=None)
+                port.finished = True
+            else:
+                self._failed(port, uid, err)
+                await self._status(uid, profile=device.profile, state="failed", error=str(err))
+            port.ending = False
+        except DriverError as err:
+            uid = driver.device.uid if driver else device.uid
+            self._failed(port, uid, err)
+            await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
+        except Exception as err:  # a driver bug or a bad table entry: report it, keep the other ports going
+            uid = driver.device.uid if driver else device.uid
+            log.exception("%s: session on %s crashed", uid, path)
+            self._failed(port, uid, err)
+            await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
+        else:
+            uid = driver.device.uid
+            offset = result.clock.offset if result.clock is not None else None
+            log.info("%s: session done, %d measurement(s)%s", uid, result.measurements,
+                     "".join(f"; {n}" for n in result.notes))
+            await self._status(
+                uid, profile=device.profile, state="done", error=None, last_seen=datetime.now(UTC),
+                clock_offset_s=None if offset is None else round(offset.total_seconds(), 3),
+                battery=result.battery,
+            )
+            port.finished = True
+        port.task = None
+
+    def _failed(self, port: _Port, uid: str, err: BaseException) -> None:
+        log.warning("%s: session on %s failed: %s", uid, port.facts.device, err)
+        port.retry_at = asyncio.get_running_loop().time() + self.config.retry_after_error_s
+
+    async def _vanished(self, path: str) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNPLUG_GRACE_S
+        while loop.time() < deadline:
+            if not await asyncio.to_thread(os.path.exists, path):
+                return True
+            await asyncio.sleep(0.05)
+        return not await asyncio.to_thread(os.path.exists, path)
+
+    async def _status(self, uid: str, **fields: Any) -> None:
+        if self.on_status is None:
+            return
+        try:
+            outcome = self.on_status(uid, **fields)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # a status consumer's bug must not end a device session
+            log.exception("on_status failed for %s", uid)
