@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.codecs.common import Measurement, Quantity, Reader
-from gateway.codecs.ieee11073 import Number, read_date_time, read_sfloat
+from gateway.codecs.ieee11073 import Number, read_date_time_fields, read_sfloat
 from gateway.metrics import BP_FLAGS
 
 PROFILE = "ble.blood_pressure"
@@ -32,7 +32,13 @@ def status_flags(status: int) -> list[str]:
 
 
 def decode_measurement(data: bytes, *, profile: str = PROFILE) -> Measurement:
-    """Decode a Blood Pressure Measurement (or, with ``profile``, an Intermediate Cuff Pressure)."""
+    """Decode a Blood Pressure Measurement (or, with ``profile``, an Intermediate Cuff Pressure).
+
+    BLS 1.1 section 3.1.1: pressures in the flagged unit (mm[Hg] or kPa, as sent; normalisation
+    converts), pulse rate in /min, user id 0xFF = unknown user (None), measurement status bits as
+    the flag names of ``specs/metrics.md``. NaN/NRes/INF values are left out of ``values`` (their
+    special is kept in ``details``); a frame with no value left is flagged ``measurement_unsuccessful``.
+    """
     reader = Reader(data)
     flags = reader.u8("flags")
     unit = "kPa" if flags & 0x01 else "mm[Hg]"
@@ -44,10 +50,10 @@ def decode_measurement(data: bytes, *, profile: str = PROFILE) -> Measurement:
     details: dict[str, Any] = {"unit_flag": unit}
     device_time = None
     if flags & 0x02:
-        start = reader.pos
-        device_time = read_date_time(reader, "time stamp")
+        fields, device_time = read_date_time_fields(reader, "time stamp")
         if device_time is None:
-            details["device_time_partial"] = reader.data[start : reader.pos].hex()
+            # e.g. a cuff that never had its year set sends 0000-04-17: keep what it said for audit.
+            details["device_time_partial"] = str(fields)
     pulse = read_sfloat(reader, "pulse rate") if flags & 0x04 else None
     user_index = None
     if flags & 0x08:
@@ -88,4 +94,5 @@ def decode_measurement(data: bytes, *, profile: str = PROFILE) -> Measurement:
 
 
 def decode_intermediate_cuff_pressure(data: bytes) -> Measurement:
+    """Intermediate Cuff Pressure (0x2A36, BLS 1.1 section 3.2): the cuff pressure travels as ``systolic``."""
     return decode_measurement(data, profile=INTERMEDIATE_PROFILE)
