@@ -1,0 +1,69 @@
+"""Optional local Prometheus endpoint (``metrics_port``): the gateway's health for a node exporter
+scrape or a technician's curl. Values are read at scrape time from the outbox and the uplink, so
+nothing on the reading path pays for metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.outbox import Outbox
+from gateway.uplink import UplinkState
+
+log = logging.getLogger(__name__)
+
+
+class GatewayCollector(Collector):
+    def __init__(self, outbox: Outbox, uplink_state: Callable[[], UplinkState | None],
+                 device_count: Callable[[], int]) -> None:
+        self._outbox = outbox
+        self._uplink_state = uplink_state
+        self._device_count = device_count
+
+    def collect(self) -> Iterator[Any]:
+        stats = self._outbox.stats()
+        yield GaugeMetricFamily("rpm_gateway_outbox_depth", "Readings waiting for the cloud's ack", stats.depth)
+        yield GaugeMetricFamily("rpm_gateway_outbox_oldest_age_seconds", "Age of the oldest unacked reading",
+                                stats.oldest_age_s or 0.0)
+        yield GaugeMetricFamily("rpm_gateway_outbox_full", "1 when the outbox is at max_readings", int(stats.full))
+        yield GaugeMetricFamily("rpm_gateway_quarantined", "Readings the cloud rejected", stats.quarantined)
+        yield CounterMetricFamily("rpm_gateway_outbox_dropped", "Readings dropped by when_full=drop_oldest",
+                                  stats.dropped)
+        yield CounterMetricFamily("rpm_gateway_outbox_refused", "Readings refused by when_full=refuse_new",
+                                  stats.refused)
+        yield GaugeMetricFamily("rpm_gateway_devices", "Devices seen since start", self._device_count())
+        state = self._uplink_state()
+        if state is not None:
+            yield GaugeMetricFamily("rpm_gateway_uplink_connected", "1 when connected to the broker",
+                                    int(state.connected))
+            yield GaugeMetricFamily("rpm_gateway_uplink_in_flight_readings", "Readings sent, ack awaited",
+                                    state.in_flight_readings)
+            yield CounterMetricFamily("rpm_gateway_batches_sent", "Batches published", state.batches_sent)
+            yield CounterMetricFamily("rpm_gateway_readings_acked", "Readings the cloud acked", state.readings_acked)
+            yield CounterMetricFamily("rpm_gateway_uplink_connects", "Successful broker connections", state.connects)
+
+
+class MetricsEndpoint:
+    """``start()`` serves /metrics on 127.0.0.1 by default (a home gateway exposes nothing outward)."""
+
+    def __init__(self, port: int, collector: GatewayCollector, host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.host = host
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self._server: Any = None
+
+    def start(self) -> None:
+        self._server, _thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
