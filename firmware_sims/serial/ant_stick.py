@@ -67,13 +67,14 @@ class HeartRateStrap:
             self.previous_beat_s, self.last_beat_s = self.last_beat_s, self.next_beat_s
             self.beat_count = (self.beat_count + 1) % 256
             self.next_beat_s += 60.0 / rate
-        toggle = 0x80 if (self.messages // 4) % 2 else 0
-        slot = self.messages % 65
+        index = self.messages
         self.messages += 1
+        toggle = 0x80 if (index // 4) % 2 else 0
+        slot = index % 65
         event = int(self.last_beat_s * 1024) & 0xFFFF
         tail = event.to_bytes(2, "little") + bytes([self.beat_count, min(255, round(rate))])
         if 64 - 4 < slot <= 64:  # four background pages every 65 messages, cycling 2, 3, 7
-            page = (2, 3, 7)[(self.messages // 65) % 3]
+            page = (2, 3, 7)[(index // 65) % 3]
             if page == 2:
                 body = bytes([self.manufacturer_id]) + self.serial.to_bytes(2, "little")
             elif page == 3:
