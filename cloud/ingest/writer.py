@@ -78,6 +78,7 @@ class BatchWriter:
             conn.commit()
         except BaseException:
             conn.rollback()
+            conn._rpm_staging_ready = False  # type: ignore[attr-defined]  # created in the rolled-back transaction
             # What this transaction claimed to refresh was rolled back too.
             self._forget(unique.values(), touched_now)
             raise
@@ -95,7 +96,10 @@ class BatchWriter:
 
     def _store(self, cur: psycopg.Cursor, unique: dict[str, tuple[Reading, str, str]],
                received_at: datetime) -> list[tuple[str, str | None]]:
-        cur.execute(queries.CREATE_STAGING)
+        # Temp tables live as long as the session: create them once per pooled connection.
+        if not getattr(cur.connection, "_rpm_staging_ready", False):
+            cur.execute(queries.CREATE_STAGING)
+            cur.connection._rpm_staging_ready = True  # type: ignore[attr-defined]
         with cur.copy(queries.COPY_READINGS) as copy:
             copy.set_types(queries.READING_TYPES)
             for reading, gateway_id, batch_id in unique.values():
