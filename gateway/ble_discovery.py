@@ -1,0 +1,273 @@
+"""BLE discovery and the device-session supervisor.
+
+One central scanner (drivers never scan, as Home Assistant's bluetooth stack does it) listens for the
+four health services. An advertisement from an **enrolled** device starts one session task for it,
+under a TaskGroup, so a failing device never stops the others; an un-enrolled device is never
+connected. After a good session the device is left alone for ``session_cooldown_s`` (cuffs keep
+advertising for a while); after a failed one it backs off exponentially with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+from typing import Any
+
+from bleak import BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+
+from gateway.ble_config import BleConfig, load_bleak_backends, normalise_address
+from gateway.codecs.common import DecodeError
+from gateway.device_state import DeviceStateStore
+from gateway.drivers import blood_pressure, glucose_meter, heart_rate, weight_scale
+from gateway.drivers.base import (
+    ClockCheck,
+    DeviceInfo,
+    DriverError,
+    MeasurementSink,
+    SessionResult,
+    gateway_now,
+)
+from gateway.drivers.ble_session import BleContext, BleSession, SessionTimeouts, backoff_delay
+from gateway.enrolment import EnrolledDevice, EnrolmentStore
+
+log = logging.getLogger(__name__)
+
+DRIVERS = {
+    blood_pressure.PROFILE: blood_pressure,
+    glucose_meter.PROFILE: glucose_meter,
+    weight_scale.PROFILE: weight_scale,
+    heart_rate.PROFILE: heart_rate,
+}
+HEALTH_SERVICES: dict[str, str] = {module.SERVICE_UUID: profile for profile, module in DRIVERS.items()}
+"""Service UUID (128-bit, lower case) → profile."""
+
+StatusCallback = Callable[..., Any]
+# Failures a device session is expected to have (radio, device, bytes); anything else is logged with
+# its traceback because it is a bug, but it still only ends that one device's session.
+EXPECTED_FAILURES = (DriverError, BleakError, DecodeError, TimeoutError, OSError)
+
+
+def profile_for_services(service_uuids: list[str]) -> str | None:
+    for uuid in service_uuids:
+        profile = HEALTH_SERVICES.get(uuid.lower())
+        if profile is not None:
+            return profile
+    return None
+
+
+def clock_offset_s(clock: ClockCheck | None, local_tz: tzinfo | None) -> float | None:
+    if clock is None or clock.device_now is None:
+        return None
+    local_now = clock.gateway_now.astimezone(local_tz).replace(tzinfo=None)
+    return round((clock.device_now - local_now).total_seconds(), 3)
+
+
+async def run_device_session(
+    device: BLEDevice | str,
+    profile: str,
+    *,
+    config: BleConfig,
+    sink: MeasurementSink,
+    state: DeviceStateStore,
+    client_backend: Any = None,
+    now: Callable[[], datetime] = gateway_now,
+    local_tz: tzinfo | None = None,
+    on_connected: Callable[[DeviceInfo, int | None, ClockCheck], Any] | None = None,
+    rng: Callable[[], float] = random.random,
+) -> SessionResult:
+    """Connect, gather device facts, check and set the clock, run the profile's driver, disconnect."""
+    driver = DRIVERS[profile]
+    timeouts = SessionTimeouts(
+        connect_s=config.connect_timeout_s,
+        connect_attempts=config.connect_attempts,
+        op_s=config.op_timeout_s,
+        idle_s=config.idle_timeout_s,
+        retry_base_s=min(config.retry_backoff_s, 2.0),
+        retry_cap_s=config.retry_backoff_max_s,
+    )
+    async with BleSession(device, client_backend=client_backend, timeouts=timeouts, rng=rng) as session:
+        info = await session.device_info(profile)
+        battery = await session.battery()
+        clock = await session.check_clock(now=now, local_tz=local_tz)
+        if on_connected is not None:
+            outcome = on_connected(info, battery, clock)
+            if inspect.isawaitable(outcome):
+                await outcome
+        ctx = BleContext(
+            session=session, device=info, sink=sink, state=state, clock=clock, now=now,
+            heart_rate_cadence_s=config.heart_rate_cadence_s, max_session_s=config.heart_rate_max_session_s,
+        )
+        result = await driver.run_session(ctx)
+    return dataclasses.replace(result, battery=battery)
+
+
+class BleManager:
+    """Scan, match enrolled health devices, run one supervised session task per device."""
+
+    def __init__(
+        self,
+        config: BleConfig,
+        sink: MeasurementSink,
+        state: DeviceStateStore,
+        enrolment: EnrolmentStore,
+        *,
+        on_status: StatusCallback | None = None,
+        local_tz: tzinfo | None = None,
+        now: Callable[[], datetime] = gateway_now,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.state = state
+        self.enrolment = enrolment
+        self.on_status = on_status
+        self.local_tz = local_tz
+        self.now = now
+        self.rng = rng
+        self._scanner_backend, self._client_backend = load_bleak_backends(config.backend)
+        self._group: asyncio.TaskGroup | None = None
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self.ignored: set[str] = set()
+        """Health devices heard that are not enrolled (never connected)."""
+        self.results: dict[str, SessionResult] = {}
+        """The last good session per address."""
+        self.errors: dict[str, str] = {}
+        """The last failure per address."""
+        self.sessions_started: dict[str, int] = {}
+
+    async def run(self) -> None:
+        """Scan and supervise sessions until cancelled; cancellation ends every session cleanly."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            scanner = BleakScanner(
+                self._on_advertisement, service_uuids=list(HEALTH_SERVICES), backend=self._scanner_backend
+            )
+            await scanner.start()
+            try:
+                await asyncio.Future()  # until cancelled
+            finally:
+                self._group = None
+                await scanner.stop()
+
+    def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        address = normalise_address(device.address)
+        profile = self.enrolment.profile_for(address) or profile_for_services(adv.service_uuids)
+        if profile is None or profile not in DRIVERS:
+            return
+        if not self.enrolment.is_enrolled(address):
+            if address not in self.ignored:
+                self.ignored.add(address)
+                log.info("ignoring %s (%s, %s): not enrolled", address, profile, adv.local_name)
+            return
+        if address in self._running or self._group is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._not_before.get(address, 0.0):
+            return
+        self.sessions_started[address] = self.sessions_started.get(address, 0) + 1
+        self._running[address] = self._group.create_task(self._supervise(device, address, profile))
+
+    async def _status(self, uid: str, **fields: Any) -> None:
+        if self.on_status is None:
+            return
+        try:
+            outcome = self.on_status(uid, **fields)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # a status consumer's bug must not end a device session
+            log.exception("status callback failed for %s", uid)
+
+    async def _supervise(self, device: BLEDevice, address: str, profile: str) -> None:
+        uid = f"ble:{address}"
+        loop = asyncio.get_running_loop()
+
+        async def connected(info: DeviceInfo, battery: int | None, clock: ClockCheck) -> None:
+            await self._status(uid, profile=profile, last_seen=self.now(), battery=battery,
+                               clock_offset_s=clock_offset_s(clock, self.local_tz), error=None)
+
+        try:
+            result = await run_device_session(
+                device, profile, config=self.config, sink=self.sink, state=self.state,
+                client_backend=self._client_backend, now=self.now, local_tz=self.local_tz,
+                on_connected=connected, rng=self.rng,
+            )
+        except Exception as err:  # one device's failure, whatever it is, must never stop the others
+            failures = self._failures.get(address, 0) + 1
+            self._failures[address] = failures
+            delay = backoff_delay(failures, self.config.retry_backoff_s, self.config.retry_backoff_max_s, self.rng)
+            self._not_before[address] = loop.time() + delay
+            message = str(err) or type(err).__name__
+            self.errors[address] = message
+            if isinstance(err, EXPECTED_FAILURES):
+                log.warning("%s session failed (%s); retry in %.1f s: %s", profile, address, delay, message)
+            else:
+                log.exception("%s session crashed (%s); retry in %.1f s", profile, address, delay)
+            await self._status(uid, profile=profile, error=message)
+        else:
+            self._failures.pop(address, None)
+            self.errors.pop(address, None)
+            self.results[address] = result
+            cooldown = 0.0 if profile == heart_rate.PROFILE else self.config.session_cooldown_s
+            self._not_before[address] = loop.time() + cooldown
+            await self._status(uid, profile=profile, last_seen=self.now(), battery=result.battery,
+                               clock_offset_s=clock_offset_s(result.clock, self.local_tz), error=None)
+        finally:
+            self._running.pop(address, None)
+
+
+async def ble_candidates(config: Any, seconds: float) -> list[dict[str, Any]]:
+    """What ``rpm-gateway scan`` shows for BLE: health devices heard in ``seconds``, strongest first,
+    each marked enrolled or not. ``config`` is the GatewayConfig."""
+    scanner_backend, _ = load_bleak_backends(config.ble.backend)
+    found = await BleakScanner.discover(
+        seconds, return_adv=True, service_uuids=list(HEALTH_SERVICES), backend=scanner_backend
+    )
+    store = EnrolmentStore.for_config(config)
+    try:
+        rows = []
+        for device, adv in found.values():
+            profile = profile_for_services(adv.service_uuids)
+            if profile is None:
+                continue
+            address = normalise_address(device.address)
+            rows.append({
+                "address": address,
+                "name": adv.local_name or device.name,
+                "rssi": adv.rssi,
+                "profile": profile,
+                "enrolled": store.is_enrolled(address),
+            })
+    finally:
+        store.close()
+    return sorted(rows, key=lambda row: -row["rssi"])
+
+
+async def pair_window(config: BleConfig, store: EnrolmentStore, seconds: float) -> list[EnrolledDevice]:
+    """Listen for ``seconds``; enrol every health device heard that is not enrolled yet."""
+    scanner_backend, _ = load_bleak_backends(config.backend)
+    enrolled: list[EnrolledDevice] = []
+
+    def heard(device: BLEDevice, adv: AdvertisementData) -> None:
+        profile = profile_for_services(adv.service_uuids)
+        if profile is None:
+            return
+        address = normalise_address(device.address)
+        name = adv.local_name or device.name
+        if store.enrol(address, profile=profile, name=name, source="pair"):
+            log.info("enrolled %s (%s, %s)", address, profile, name)
+            enrolled.append(EnrolledDevice(address, profile, name, "pair"))
+
+    async with BleakScanner(heard, service_uuids=list(HEALTH_SERVICES), backend=scanner_backend):
+        # The window is the point: listening for its whole length is the behaviour, not a wait for a condition.
+        await asyncio.sleep(seconds)
+    return enrolled

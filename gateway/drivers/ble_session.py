@@ -1,0 +1,354 @@
+"""One BLE connection to one health device, through bleak's public API only.
+
+Connect with a timeout and retries (exponential backoff with jitter), put a timeout on every GATT
+operation, read Device Information and Battery Level, compare the device clock with the gateway's
+through the Current Time Service and set it. The bleak backend is injectable (bleak's own
+``backend=``), so the same code runs on BlueZ and on the simulator. Drivers build on this; they
+never scan (discovery is one component, ``gateway.ble_discovery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any, TypeVar
+
+from bleak import BleakClient
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
+
+from gateway.codecs import battery as battery_codec
+from gateway.codecs import current_time as current_time_codec
+from gateway.codecs.common import DecodeError, Measurement
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import (
+    ClockCheck,
+    DeviceDisconnectedError,
+    DeviceInfo,
+    DeviceTimeoutError,
+    DriverError,
+    MeasurementSink,
+    SessionResult,
+    gateway_now,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def uuid16(short: int) -> str:
+    return f"0000{short:04x}-0000-1000-8000-00805f9b34fb"
+
+
+MANUFACTURER_NAME = uuid16(0x2A29)
+MODEL_NUMBER = uuid16(0x2A24)
+SERIAL_NUMBER = uuid16(0x2A25)
+FIRMWARE_REVISION = uuid16(0x2A26)
+BATTERY_LEVEL = uuid16(0x2A19)
+CURRENT_TIME = uuid16(0x2A2B)
+
+# Device clocks before this are unset (meters reset to 2000-01-01 or their firmware date); the same
+# threshold gateway.normalise uses for record times.
+EARLIEST_PLAUSIBLE = datetime(2010, 1, 1)
+# CTS adjust reason bit 0: manual time update (the gateway sets it, no reference source claimed).
+ADJUST_REASON_MANUAL = 0x01
+
+
+class DeviceConnectError(DriverError):
+    """No connection after every attempt."""
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: Callable[[], float] = random.random) -> float:
+    """Wait before retry ``attempt`` (1-based): exponential, capped, with jitter in [0.5, 1.5) x delay so
+    devices that failed together do not retry together."""
+    delay = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return delay * (0.5 + rng())
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTimeouts:
+    connect_s: float = 15.0
+    connect_attempts: int = 3
+    op_s: float = 10.0
+    idle_s: float = 5.0
+    retry_base_s: float = 0.5
+    retry_cap_s: float = 8.0
+
+
+class BleSession:
+    """``async with BleSession(device, ...) as session``: a connected link, closed cleanly on exit."""
+
+    def __init__(
+        self,
+        device: BLEDevice | str,
+        *,
+        client_backend: Any = None,
+        timeouts: SessionTimeouts = SessionTimeouts(),
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.device = device
+        self.address = (device.address if isinstance(device, BLEDevice) else device).upper()
+        self.timeouts = timeouts
+        self._backend = client_backend
+        self._rng = rng
+        self._client: BleakClient | None = None
+        self.disconnected = asyncio.Event()
+        self.connect_attempts_used = 0
+
+    async def __aenter__(self) -> BleSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def client(self) -> BleakClient:
+        if self._client is None:
+            raise DriverError(f"{self.address}: not connected")
+        return self._client
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client is not None and self._client.is_connected and not self.disconnected.is_set()
+
+    def _on_disconnect(self, _client: BleakClient) -> None:
+        self.disconnected.set()
+
+    async def connect(self) -> None:
+        last_error: BaseException | None = None
+        for attempt in range(1, self.timeouts.connect_attempts + 1):
+            self.connect_attempts_used = attempt
+            client = BleakClient(
+                self.device,
+                disconnected_callback=self._on_disconnect,
+                timeout=self.timeouts.connect_s,
+                backend=self._backend,
+            )
+            self.disconnected.clear()
+            try:
+                async with asyncio.timeout(self.timeouts.connect_s):
+                    await client.connect()
+            except (BleakError, TimeoutError, OSError) as err:
+                last_error = err
+                log.info("%s: connection attempt %d failed: %s", self.address, attempt, err or type(err).__name__)
+                with contextlib.suppress(BleakError, TimeoutError, OSError):
+                    await client.disconnect()
+                if attempt < self.timeouts.connect_attempts:
+                    await asyncio.sleep(
+                        backoff_delay(attempt, self.timeouts.retry_base_s, self.timeouts.retry_cap_s, self._rng)
+                    )
+                continue
+            self._client = client
+            return
+        reason = "timed out" if isinstance(last_error, TimeoutError) else str(last_error)
+        raise DeviceConnectError(
+            f"{self.address}: no connection after {self.timeouts.connect_attempts} attempt(s): {reason}"
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(self.timeouts.op_s):
+                await client.disconnect()
+        except (BleakError, TimeoutError, OSError) as err:
+            log.info("%s: disconnect: %s", self.address, err or type(err).__name__)
+
+    # --- GATT operations, each under a timeout ---------------------------------------------------
+
+    def has(self, uuid: str) -> bool:
+        return self._client is not None and self._client.services.get_characteristic(uuid) is not None
+
+    async def _guard(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        if self.disconnected.is_set() or self._client is None:
+            raise DeviceDisconnectedError(f"{self.address}: {what}: link lost")
+        try:
+            async with asyncio.timeout(self.timeouts.op_s):
+                return await operation()
+        except TimeoutError:
+            raise DeviceTimeoutError(f"{self.address}: {what} timed out after {self.timeouts.op_s:g} s") from None
+        except BleakError as err:
+            if self.disconnected.is_set() or not self._client.is_connected:
+                raise DeviceDisconnectedError(f"{self.address}: {what}: link lost") from err
+            raise DriverError(f"{self.address}: {what}: {err}") from err
+
+    async def read(self, uuid: str) -> bytes:
+        return bytes(await self._guard(f"read {uuid[4:8]}", lambda: self.client.read_gatt_char(uuid)))
+
+    async def write(self, uuid: str, data: bytes, *, response: bool = True) -> None:
+        await self._guard(f"write {uuid[4:8]}", lambda: self.client.write_gatt_char(uuid, data, response=response))
+
+    async def subscribe(self, uuid: str, callback: Callable[[str, bytes], None]) -> None:
+        """Enable notifications/indications; ``callback(uuid, data)`` runs on the event loop."""
+
+        def deliver(_characteristic: Any, data: bytearray) -> None:
+            callback(uuid, bytes(data))
+
+        await self._guard(f"subscribe {uuid[4:8]}", lambda: self.client.start_notify(uuid, deliver))
+
+    async def unsubscribe(self, uuid: str) -> None:
+        if self.is_connected:
+            with contextlib.suppress(DriverError):
+                await self._guard(f"unsubscribe {uuid[4:8]}", lambda: self.client.stop_notify(uuid))
+
+    async def receive(self, queue: asyncio.Queue[tuple[str, bytes]], wait_s: float) -> tuple[str, bytes] | None:
+        """The next notification from ``queue``; None when nothing came within ``wait_s``; raises
+        DeviceDisconnectedError once the link is gone and every frame sent before it was taken."""
+        if not queue.empty():
+            return queue.get_nowait()
+        if self.disconnected.is_set():
+            raise DeviceDisconnectedError(f"{self.address}: link lost")
+        getter = asyncio.ensure_future(queue.get())
+        lost = asyncio.ensure_future(self.disconnected.wait())
+        try:
+            done, _ = await asyncio.wait({getter, lost}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (getter, lost):
+                if not task.done():
+                    task.cancel()
+        if getter in done:
+            return getter.result()
+        if lost in done:
+            if not queue.empty():
+                return queue.get_nowait()
+            raise DeviceDisconnectedError(f"{self.address}: link lost")
+        return None
+
+    # --- the facts every session gathers ----------------------------------------------------------
+
+    async def _read_text(self, uuid: str) -> str | None:
+        if not self.has(uuid):
+            return None
+        try:
+            raw = await self.read(uuid)
+        except (DeviceTimeoutError, DriverError) as err:
+            if isinstance(err, DeviceDisconnectedError):
+                raise
+            log.info("%s: %s", self.address, err)
+            return None
+        # Device Information strings are UTF-8 (GATT Specification Supplement "utf8s"); some devices
+        # pad with NULs.
+        text = raw.decode("utf-8", errors="replace").rstrip("\x00").strip()
+        return text or None
+
+    async def device_info(self, profile: str) -> DeviceInfo:
+        return DeviceInfo(
+            uid=f"ble:{self.address}",
+            transport="ble",
+            profile=profile,
+            model=await self._read_text(MODEL_NUMBER),
+            serial=await self._read_text(SERIAL_NUMBER),
+            manufacturer=await self._read_text(MANUFACTURER_NAME),
+            firmware=await self._read_text(FIRMWARE_REVISION),
+        )
+
+    async def battery(self) -> int | None:
+        if not self.has(BATTERY_LEVEL):
+            return None
+        try:
+            return battery_codec.decode_battery_level(await self.read(BATTERY_LEVEL))
+        except DecodeError as err:
+            log.warning("%s: battery level: %s", self.address, err)
+            return None
+
+    async def check_clock(
+        self,
+        *,
+        set_clock: bool = True,
+        now: Callable[[], datetime] = gateway_now,
+        local_tz: tzinfo | None = None,
+    ) -> ClockCheck:
+        """Read the device clock (Current Time Service, where present), compare it with the gateway's
+        and, where the device allows, set it to the gateway's local time.
+
+        The check keeps the clock as it was *before* setting: records already in memory were stamped
+        by that clock, so their times are corrected by that offset.
+        """
+        if not self.has(CURRENT_TIME):
+            return ClockCheck(gateway_now=now())
+        device_now: datetime | None = None
+        unset = False
+        try:
+            raw = await self.read(CURRENT_TIME)
+            gateway_time = now()
+            device_now = current_time_codec.decode_current_time(raw)
+        except DecodeError as err:
+            log.warning("%s: current time: %s", self.address, err)
+            gateway_time = now()
+        if device_now is None or device_now < EARLIEST_PLAUSIBLE:
+            unset = True
+        was_set = False
+        if set_clock:
+            local_now = now().astimezone(local_tz).replace(tzinfo=None)
+            try:
+                await self.write(
+                    CURRENT_TIME, current_time_codec.encode_current_time(local_now, adjust_reason=ADJUST_REASON_MANUAL)
+                )
+                was_set = True
+            except DeviceDisconnectedError:
+                raise
+            except DriverError as err:
+                # Many meters make Current Time read-only; the offset still corrects their records.
+                log.info("%s: clock not set: %s", self.address, err)
+        return ClockCheck(gateway_now=gateway_time, device_now=device_now, was_set=was_set, unset=unset)
+
+
+@dataclass
+class BleContext:
+    """What a driver's ``run_session`` is given: a connected session and where readings go."""
+
+    session: BleSession
+    device: DeviceInfo
+    sink: MeasurementSink
+    state: DeviceStateStore
+    clock: ClockCheck | None
+    now: Callable[[], datetime] = gateway_now
+    heart_rate_cadence_s: float = 60.0
+    max_session_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    async def emit(self, measurement: Measurement) -> None:
+        """Hand one measurement to the sink; returns once it is durable."""
+        await self.sink(self.device, measurement, self.clock)
+
+
+async def collect_stored_measurements(
+    ctx: BleContext, uuid: str, decode: Callable[[bytes], Measurement]
+) -> SessionResult:
+    """Blood-pressure and weight-scale sessions: subscribe to the measurement's indications and take
+    every stored record the device sends; the session ends when the device ends the link (what cuffs
+    and scales do once their memory is sent) or when nothing came for ``idle_s``.
+
+    A frame that does not decode is logged with its typed error and skipped: nothing half-parsed
+    reaches the sink, and the records after it still do.
+    """
+    session = ctx.session
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    await session.subscribe(uuid, lambda u, data: queue.put_nowait((u, data)))
+    count = 0
+    while True:
+        try:
+            event = await session.receive(queue, session.timeouts.idle_s)
+        except DeviceDisconnectedError:
+            break
+        if event is None:
+            break
+        _, frame = event
+        try:
+            measurement = decode(frame)
+        except DecodeError as err:
+            log.warning("%s: skipped a frame that does not decode (%s): %s", session.address, frame.hex(), err)
+            ctx.notes.append(f"undecodable frame: {err}")
+            continue
+        await ctx.emit(measurement)
+        count += 1
+    await session.unsubscribe(uuid)
+    return SessionResult(measurements=count, clock=ctx.clock, notes=list(ctx.notes))

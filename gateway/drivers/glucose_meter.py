@@ -1,0 +1,140 @@
+"""Glucose meters over BLE (Glucose Service 0x1808), read incrementally through RACP.
+
+Bluetooth SIG GLS 1.0 section 4.9 (Record Access Control Point procedures) and 3.106-3.108: the
+collector enables notifications on Glucose Measurement (0x2A18) and Measurement Context (0x2A34) and
+indications on the RACP (0x2A52), then writes "report stored records": all records on first contact,
+else those with sequence number ≥ last + 1. The meter notifies each record (a context, where the
+measurement's flags announce one, follows with the same sequence number) and indicates a response
+code when done; "no records found" is a normal end.
+
+Why nothing is lost or doubled: the last sequence number is advanced in the durable
+``DeviceStateStore`` only after the sink returned (the reading is in the outbox). A link lost
+mid-transfer leaves it at the last durable record, so the next session asks from the one after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gateway.codecs import glucose as codec
+from gateway.codecs import racp
+from gateway.codecs.common import DecodeError, Measurement
+from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError, DriverError, SessionResult
+from gateway.drivers.ble_session import BleContext, uuid16
+
+log = logging.getLogger(__name__)
+
+PROFILE = "ble.glucose"
+SERVICE_UUID = uuid16(0x1808)
+MEASUREMENT_UUID = uuid16(0x2A18)
+CONTEXT_UUID = uuid16(0x2A34)
+RACP_UUID = uuid16(0x2A52)
+LAST_SEQUENCE_KEY = "glucose_last_sequence"
+
+# RACP op codes and response values (GLS 1.0 section 3.108, tables 3.12 and 3.14).
+OP_REPORT_STORED_RECORDS = 1
+RESPONSE_SUCCESS = 1
+RESPONSE_NO_RECORDS_FOUND = 6
+
+
+class RacpError(DriverError):
+    """The meter answered the RACP request with an error response code."""
+
+
+async def run_session(ctx: BleContext) -> SessionResult:
+    """Fetch every record newer than the last durable one; each is durable before the next is taken."""
+    session = ctx.session
+    uid = ctx.device.uid
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    def enqueue(uuid: str, data: bytes) -> None:
+        queue.put_nowait((uuid, data))
+
+    await session.subscribe(MEASUREMENT_UUID, enqueue)
+    if session.has(CONTEXT_UUID):
+        await session.subscribe(CONTEXT_UUID, enqueue)
+    await session.subscribe(RACP_UUID, enqueue)
+
+    last = ctx.state.get(uid, LAST_SEQUENCE_KEY)
+    request = racp.encode_report_all() if last is None else racp.encode_report_greater_or_equal(int(last) + 1)
+    await session.write(RACP_UUID, request)
+
+    emitted = 0
+    pending: Measurement | None = None
+
+    async def commit(measurement: Measurement) -> None:
+        nonlocal emitted
+        if "control_solution" in measurement.flags:
+            # GLS sample type/location "control solution": a meter check, not a patient reading.
+            log.info("%s: record %s is a control-solution test; not a reading", session.address,
+                     measurement.sequence)
+            ctx.notes.append(f"control solution record {measurement.sequence} skipped")
+        else:
+            await ctx.emit(measurement)
+            emitted += 1
+        if measurement.sequence is not None:
+            ctx.state.set(uid, LAST_SEQUENCE_KEY, measurement.sequence)
+
+    try:
+        while True:
+            event = await session.receive(queue, session.timeouts.op_s)
+            if event is None:
+                raise DeviceTimeoutError(
+                    f"{session.address}: no record or RACP response for {session.timeouts.op_s:g} s"
+                )
+            uuid, frame = event
+            if uuid == CONTEXT_UUID:
+                try:
+                    context = codec.decode_context(frame)
+                except DecodeError as err:
+                    log.warning("%s: glucose context does not decode (%s): %s", session.address, frame.hex(), err)
+                    ctx.notes.append(f"undecodable context: {err}")
+                    continue
+                if pending is not None and pending.sequence == context.sequence:
+                    pending, joined = None, codec.attach_context(pending, context)
+                    await commit(joined)
+                else:
+                    log.info("%s: context %s has no waiting measurement", session.address, context.sequence)
+                continue
+            if pending is not None:
+                # The announced context never came; the measurement stands on its own.
+                pending, alone = None, pending
+                await commit(alone)
+            if uuid == MEASUREMENT_UUID:
+                try:
+                    measurement = codec.decode_measurement(frame)
+                except DecodeError as err:
+                    log.warning("%s: skipped a glucose record that does not decode (%s): %s", session.address,
+                                frame.hex(), err)
+                    ctx.notes.append(f"undecodable record: {err}")
+                    continue
+                if measurement.details.get("context_follows"):
+                    pending = measurement
+                else:
+                    await commit(measurement)
+                continue
+            if uuid == RACP_UUID:
+                response = racp.decode_response(frame)
+                value = getattr(response, "value", None)
+                if value == RESPONSE_SUCCESS:
+                    break
+                if value == RESPONSE_NO_RECORDS_FOUND:
+                    ctx.notes.append("no new records")
+                    break
+                raise RacpError(f"{session.address}: RACP answered {response}")
+    except DeviceTimeoutError:
+        # Ask the meter to stop so the next session does not find a procedure still running.
+        with contextlib.suppress(DriverError):
+            await session.write(RACP_UUID, racp.encode_abort())
+        raise
+    except DeviceDisconnectedError:
+        log.info("%s: link lost after %d record(s); the next session resumes after sequence %s",
+                 session.address, emitted, ctx.state.get(uid, LAST_SEQUENCE_KEY))
+        raise
+    except DecodeError as err:
+        raise RacpError(f"{session.address}: RACP response does not decode: {err}") from err
+    for uuid in (MEASUREMENT_UUID, CONTEXT_UUID, RACP_UUID):
+        await session.unsubscribe(uuid)
+    return SessionResult(measurements=emitted, clock=ctx.clock, notes=list(ctx.notes))

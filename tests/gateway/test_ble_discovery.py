@@ -1,0 +1,139 @@
+"""BleManager: one scanner, sessions only for enrolled devices, one failing device never stops the
+others, per-device backoff, status callbacks; ble_candidates for ``rpm-gateway scan``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.gatt import Faults
+from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, GlucoseMeter, GlucoseRecord, WeightScale
+from gateway.ble_config import BleConfig
+from gateway.ble_discovery import BleManager, ble_candidates
+from gateway.codecs.common import Measurement
+from gateway.config import parse_config
+from gateway.contract import Reading
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.enrolment import EnrolmentStore
+from gateway.normalise import to_reading
+
+pytestmark = pytest.mark.unit
+
+T = datetime(2026, 3, 14, 7, 0)
+CONFIG = BleConfig(backend="sim", op_timeout_s=1.0, idle_timeout_s=0.2, connect_timeout_s=1.0, connect_attempts=1,
+                   session_cooldown_s=60, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
+
+
+@pytest.fixture(autouse=True)
+def empty_air(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(SCENARIO_ENV, raising=False)
+    AIR.clear()
+    yield
+    AIR.clear()
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+
+    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+        self.readings.append(to_reading(device, measurement, clock, datetime.now(UTC)))
+
+
+async def run_until(manager: BleManager, done: Callable[[], bool], limit_s: float = 5.0) -> None:
+    """Run the manager until ``done()`` holds (polled), then cancel it as the gateway's shutdown does."""
+    task = asyncio.create_task(manager.run())
+    try:
+        async with asyncio.timeout(limit_s):
+            # The conditions are facts about simulated devices with no event of their own: poll them
+            # under the deadline.
+            while not done():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def manager_for(tmp_path: Path, enrolled: list[str], sink: RecordingSink, statuses: list | None = None,
+                config: BleConfig = CONFIG) -> BleManager:
+    store = EnrolmentStore(tmp_path / "enrolment.sqlite")
+    for address in enrolled:
+        store.enrol(address)
+
+    def on_status(uid: str, **fields: Any) -> None:
+        if statuses is not None:
+            statuses.append((uid, fields))
+
+    return BleManager(config, sink, DeviceStateStore(tmp_path / "state.sqlite"), store, on_status=on_status)
+
+
+def cuff(address: str, n: int = 2, **kwargs) -> BloodPressureCuff:
+    now = datetime.now().replace(microsecond=0)
+    return BloodPressureCuff(address, [BpRecord(120 + i, 80, 93, now - timedelta(hours=n - i)) for i in range(n)],
+                             **kwargs)
+
+
+def test_un_enrolled_device_is_ignored_and_never_connected(tmp_path: Path) -> None:
+    mine, neighbours = cuff("AA:06:00:00:00:01"), WeightScale("AA:06:00:00:00:02")
+    AIR.add(mine, neighbours)
+    sink = RecordingSink()
+    manager = manager_for(tmp_path, ["AA:06:00:00:00:01"], sink)
+    asyncio.run(run_until(manager, lambda: "AA:06:00:00:00:01" in manager.results
+                          and "AA:06:00:00:00:02" in manager.ignored))
+    assert mine.sessions == 1 and neighbours.sessions == 0
+    assert {r.device.uid for r in sink.readings} == {"ble:AA:06:00:00:00:01"}
+
+
+def test_a_failing_device_does_not_stop_the_others_and_backs_off(tmp_path: Path) -> None:
+    broken = cuff("AA:06:00:00:01:01", faults=Faults(refuse_connections=1000))
+    good = [cuff("AA:06:00:00:01:02"), cuff("AA:06:00:00:01:03")]
+    AIR.add(broken, *good)
+    sink, statuses = RecordingSink(), []
+    manager = manager_for(tmp_path, ["AA:06:00:00:01:01", "AA:06:00:00:01:02", "AA:06:00:00:01:03"], sink,
+                          statuses)
+    asyncio.run(run_until(manager, lambda: len(manager.results) == 2
+                          and manager.sessions_started.get("AA:06:00:00:01:01", 0) >= 3))
+    assert len(sink.readings) == 4
+    assert "refused" in manager.errors["AA:06:00:00:01:01"]
+    errors = [f["error"] for uid, f in statuses if uid == "ble:AA:06:00:00:01:01"]
+    assert errors and all("refused" in e for e in errors)
+    good_status = [f for uid, f in statuses if uid == "ble:AA:06:00:00:01:02" and f.get("battery") is not None]
+    assert good_status and good_status[-1]["error"] is None and good_status[-1]["last_seen"] is not None
+    # Cooldown: a cuff that keeps advertising after a good session is not read again straight away.
+    assert manager.sessions_started["AA:06:00:00:01:02"] == 1
+
+
+def test_glucose_link_lost_mid_transfer_is_retried_with_no_gap_and_no_duplicate(tmp_path: Path) -> None:
+    records = [GlucoseRecord(i, T + timedelta(hours=i), round((90 + i) / 100_000, 7)) for i in range(1, 11)]
+    meter = GlucoseMeter("AA:06:00:00:02:01", records, faults=Faults(drop_after_records=4, drop_times=2))
+    AIR.add(meter)
+    sink = RecordingSink()
+    manager = manager_for(tmp_path, ["AA:06:00:00:02:01"], sink)
+    asyncio.run(run_until(manager, lambda: "AA:06:00:00:02:01" in manager.results))
+    assert [r.sequence for r in sink.readings] == list(range(1, 11))
+    assert meter.sessions == 3
+
+
+def test_cancelling_the_manager_ends_sessions_and_leaves_no_link(tmp_path: Path) -> None:
+    meter = GlucoseMeter("AA:06:00:00:03:01", [GlucoseRecord(1, T, 0.001)], faults=Faults(silent_after_connect=True))
+    AIR.add(meter)
+    manager = manager_for(tmp_path, ["AA:06:00:00:03:01"], RecordingSink())
+    asyncio.run(run_until(manager, lambda: meter.link is not None))
+    assert meter.link is None
+
+
+def test_ble_candidates_lists_health_devices_and_which_are_enrolled(tmp_path: Path) -> None:
+    AIR.add(cuff("AA:06:00:00:04:01", rssi=-40), GlucoseMeter("AA:06:00:00:04:02", rssi=-70))
+    config = parse_config({"data_dir": str(tmp_path), "ble": {"backend": "sim",
+                                                              "enrolled": [{"address": "aa:06:00:00:04:02"}]}})
+    rows = asyncio.run(ble_candidates(config, 0.2))
+    assert [(r["address"], r["profile"], r["enrolled"]) for r in rows] == [
+        ("AA:06:00:00:04:01", "ble.blood_pressure", False), ("AA:06:00:00:04:02", "ble.glucose", True)]
