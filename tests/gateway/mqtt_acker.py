@@ -28,6 +28,8 @@ class TestAcker:
         self.gateway_id = gateway_id
         self.seen: Counter[str] = Counter()
         self.batches = 0
+        self.unacked: list[Ack] = []
+        """Acks held back while ``acking`` is False, for :meth:`release_held_acks`."""
         self.statuses: list[dict[str, Any]] = []
         self.acking = True
         self._reject = reject
@@ -63,9 +65,20 @@ class TestAcker:
             self.batches += 1
             self.seen.update(r["id"] for r in data["readings"])
             acking = self.acking
+        ack = Ack(batch_id=data["batch_id"], accepted=accepted, rejected=rejected)
         if acking:
-            ack = Ack(batch_id=data["batch_id"], accepted=accepted, rejected=rejected)
             client.publish(acks_topic(self.gateway_id), ack.model_dump_json(), qos=1)
+        else:
+            with self._lock:
+                self.unacked.append(ack)
+
+    def release_held_acks(self) -> int:
+        """Publish the acks held back while not acking (the cloud catching up)."""
+        with self._lock:
+            held, self.unacked = self.unacked, []
+        for ack in held:
+            self._client.publish(acks_topic(self.gateway_id), ack.model_dump_json(), qos=1).wait_for_publish(5)
+        return len(held)
 
     def ids(self) -> set[str]:
         with self._lock:

@@ -1,0 +1,284 @@
+"""The uplink against a real broker: batches, acks, re-sends, persistent sessions, 3.1.1 fallback,
+refused credentials, an unreachable broker, the last will."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_acker import TestAcker
+from private_broker import PrivateMosquitto
+from reading_factory import bp_reading
+from tcp_proxy import CuttableLink
+
+from gateway.config import MqttConfig
+from gateway.outbox import Outbox
+from gateway.uplink import Uplink, parse_broker_url
+
+pytestmark = pytest.mark.integration
+
+
+def fast_config(url: str, **overrides: object) -> MqttConfig:
+    values: dict[str, object] = dict(url=url, keepalive_s=5, batch_max=100, batch_ms=50, ack_timeout_s=10,
+                                     reconnect_min_s=0.1, reconnect_max_s=0.5)
+    values.update(overrides)
+    return MqttConfig(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield uplink
+    finally:
+        await uplink.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(predicate: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def acker(mqtt_broker, unique_id: str):  # type: ignore[no-untyped-def]
+    ack = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5)
+    yield ack
+    ack.close()
+
+
+def test_broker_url_parsing_names_tls_and_default_ports() -> None:
+    assert parse_broker_url("mqtts://broker.example:8884").tls
+    assert parse_broker_url("mqtts://broker.example").port == 8883
+    plain = parse_broker_url("mqtt://gw:s%40cret@10.0.0.1")
+    assert (plain.port, plain.username, plain.password, plain.tls) == (1883, "gw", "s@cret", False)
+    with pytest.raises(Exception, match=r"mqtt\.url"):
+        parse_broker_url("http://nope")
+
+
+def test_every_reading_arrives_and_leaves_the_outbox_only_on_ack(mqtt_broker, acker, outbox, unique_id) -> None:
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(250))
+        uplink = Uplink(fast_config(mqtt_broker.url), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: outbox.depth() == 0, 10, "outbox drained")
+            for i in range(250, 260):  # live readings after the backlog
+                outbox.put(bp_reading(i))
+                uplink.notify()
+            await eventually(lambda: outbox.depth() == 0, 10, "live readings acked")
+            assert uplink.state.readings_acked == 260
+
+    asyncio.run(scenario())
+    assert acker.ids() == {bp_reading(i).id for i in range(260)}
+    assert max(acker.seen.values()) == 1
+
+
+def test_batches_hold_at_most_batch_max_and_a_lone_reading_waits_only_batch_ms(
+        mqtt_broker, acker, outbox, unique_id) -> None:
+    async def scenario() -> float:
+        outbox.put_many(bp_reading(i) for i in range(95))
+        uplink = Uplink(fast_config(mqtt_broker.url, batch_max=40, batch_ms=300), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: outbox.depth() == 0, 10, "backlog drained")
+            assert acker.batches == 3  # 40 + 40 + 15 (the last after its linger)
+            start = time.monotonic()
+            outbox.put(bp_reading(500))
+            uplink.notify()
+            await eventually(lambda: outbox.depth() == 0, 5, "lone reading acked")
+            return time.monotonic() - start
+
+    elapsed = asyncio.run(scenario())
+    assert 0.25 <= elapsed < 2.0, elapsed
+
+
+def test_rejected_readings_are_quarantined_not_retried(mqtt_broker, outbox, unique_id) -> None:
+    bad = {bp_reading(3).id}
+    acker = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5,
+                      reject=lambda r: "device not registered" if r["id"] in bad else None)
+
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(10))
+        uplink = Uplink(fast_config(mqtt_broker.url, ack_timeout_s=0.5), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: outbox.depth() == 0, 10, "outbox drained")
+            await asyncio.sleep(1.0)  # longer than the ack timeout: nothing may come back to be sent
+
+    try:
+        asyncio.run(scenario())
+        assert [(q.id, q.reason) for q in outbox.quarantined()] == [(bp_reading(3).id, "device not registered")]
+        assert acker.seen[bp_reading(3).id] == 1
+    finally:
+        acker.close()
+
+
+def test_a_batch_not_acked_in_time_is_sent_again(mqtt_broker, acker, outbox, unique_id) -> None:
+    acker.acking = False
+
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(20))
+        uplink = Uplink(fast_config(mqtt_broker.url, ack_timeout_s=0.5), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: len(acker.ids()) == 20, 10, "first delivery")
+            assert outbox.depth() == 20  # a broker PUBACK is not an ack: everything stays
+            await eventually(lambda: min(acker.seen.values()) >= 2, 10, "re-sent after the ack timeout")
+            acker.acking = True
+            await eventually(lambda: outbox.depth() == 0, 10, "drained once acks come")
+
+    asyncio.run(scenario())
+
+
+def test_acks_published_while_the_gateway_was_away_still_arrive(mqtt_broker, acker, outbox, unique_id) -> None:
+    """The persistent session: the cloud acks while the home link is down; on reconnect the broker
+    delivers those acks and nothing needs sending again."""
+    if mqtt_broker.kind == "amqtt":
+        pytest.skip("amqtt does not resume a 3.1.1 session (it answers session present = false)")
+    link = CuttableLink(mqtt_broker.host, mqtt_broker.port)
+    acker.acking = False
+
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(30))
+        uplink = Uplink(fast_config(link.url, ack_timeout_s=60), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: len(acker.ids()) == 30, 10, "batch delivered")
+            await eventually(lambda: uplink.state.in_flight_batches > 0 and all(
+                f.puback for f in uplink._in_flight.values()), 5, "broker confirmed the batches")
+            link.cut()
+            await eventually(lambda: not uplink.state.connected, 10, "gateway noticed the cut")
+            assert acker.release_held_acks() >= 1
+            link.restore()
+            await eventually(lambda: outbox.depth() == 0, 15, "acks delivered after reconnect")
+            assert uplink.state.connects >= 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        link.close()
+    assert max(acker.seen.values()) == 1, "a reading was re-sent although its ack was waiting in the session"
+
+
+def test_last_will_says_offline_when_the_link_dies(mqtt_broker, acker, outbox, unique_id) -> None:
+    link = CuttableLink(mqtt_broker.host, mqtt_broker.port)
+
+    async def scenario() -> None:
+        uplink = Uplink(fast_config(link.url), unique_id, outbox,
+                        will_payload=lambda: json.dumps({"gateway_id": unique_id, "online": False}))
+        async with running(uplink):
+            await uplink.wait_connected(10)
+            uplink.publish_status(json.dumps({"gateway_id": unique_id, "online": True}))
+            await eventually(lambda: (acker.last_status() or {}).get("online") is True, 5, "online status")
+            link.cut()
+            await eventually(lambda: (acker.last_status() or {}).get("online") is False, 10, "last will")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        link.close()
+
+
+def test_falls_back_to_mqtt_311_on_a_broker_without_v5(tmp_path: Path, unique_id: str) -> None:
+    from cloud.embedded import start_amqtt
+
+    broker = start_amqtt()
+    acker = TestAcker(broker.host, broker.port, unique_id, v5=False)
+    box = Outbox(tmp_path / "o.sqlite")
+
+    async def scenario() -> str | None:
+        box.put_many(bp_reading(i) for i in range(20))
+        uplink = Uplink(fast_config(broker.url), unique_id, box)
+        async with running(uplink):
+            await eventually(lambda: box.depth() == 0, 15, "delivered over 3.1.1")
+            return uplink.state.protocol
+
+    try:
+        assert asyncio.run(scenario()) == "3.1.1"
+        assert len(acker.ids()) == 20
+    finally:
+        acker.close()
+        box.close()
+        broker.stop()
+
+
+def test_refused_credentials_are_a_clear_error_and_retried_with_backoff(
+        tmp_path: Path, outbox: Outbox, unique_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    broker = PrivateMosquitto(tmp_path, users={unique_id: "right-password"}).start()
+
+    async def scenario() -> None:
+        wrong = Uplink(fast_config(broker.url, username=unique_id, password="wrong", reconnect_max_s=2), unique_id,
+                       outbox)
+        async with running(wrong):
+            await eventually(lambda: len(_delays(caplog)) >= 4, 10, "several attempts")
+            assert not wrong.state.connected
+            assert wrong.error is not None and "refused the credentials" in wrong.error and unique_id in wrong.error
+        right = Uplink(fast_config(broker.url, username=unique_id, password="right-password"), unique_id, outbox)
+        async with running(right):
+            assert await right.wait_connected(10)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.uplink"):
+            asyncio.run(scenario())
+    finally:
+        broker.stop()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "refused the credentials" in r.getMessage()]
+    assert errors
+    delays = _delays(caplog)
+    # Doubling from 0.1 s with jitter in [0.5, 1]: the fourth wait is longer than the first could be.
+    assert delays[3] > 0.1 >= delays[0]
+
+
+def _delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    found = []
+    for record in caplog.records:
+        match = re.search(r"reconnecting to .* in ([0-9.]+) s", record.getMessage())
+        if match:
+            found.append(float(match.group(1)))
+    return found
+
+
+def test_readings_taken_while_the_broker_is_unreachable_all_arrive_when_it_is_back(
+        tmp_path: Path, outbox: Outbox, unique_id: str) -> None:
+    broker = PrivateMosquitto(tmp_path)  # configured, not started: the broker is down
+
+    async def scenario() -> None:
+        uplink = Uplink(fast_config(broker.url, ack_timeout_s=1.0), unique_id, outbox)
+        async with running(uplink):
+            for i in range(40):
+                outbox.put(bp_reading(i))
+                uplink.notify()
+                await asyncio.sleep(0.01)
+            await eventually(lambda: uplink.error is not None and "cannot reach" in uplink.error, 5, "error shown")
+            assert outbox.depth() == 40
+            broker.start()
+            acker = TestAcker(broker.host, broker.port, unique_id)
+            try:
+                for i in range(40, 60):  # and the devices keep reading
+                    outbox.put(bp_reading(i))
+                    uplink.notify()
+                await eventually(lambda: outbox.depth() == 0, 15, "all delivered after the broker came back")
+                assert acker.ids() == {bp_reading(i).id for i in range(60)}
+                assert uplink.error is None
+            finally:
+                acker.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.stop()
