@@ -97,6 +97,8 @@ def usb_candidates(config: UsbConfig, ports: list[PortFacts] | None = None) -> l
 class _Port:
     facts: PortFacts
     entry: SupportedDevice
+    node: tuple[int, int] | None
+    """(inode, ctime) of the device node when the port appeared."""
     task: asyncio.Task[None] | None = None
     finished: bool = False
     """A session ended well (or unrecoverably): wait for the device to be plugged in again."""
@@ -104,6 +106,14 @@ class _Port:
     ending: bool = False
     """The session saw the link go and is checking whether the device was unplugged."""
     removed: bool = False
+
+
+def _node_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_ctime_ns
 
 
 class UsbManager:
@@ -134,8 +144,8 @@ class UsbManager:
         monitor = self._start_udev(loop)
         try:
             while True:
-                listed = await asyncio.to_thread(self._list_ports or list_serial_ports)
-                self._reconcile(present_ports(self.config, listed), table, loop.time())
+                present = await asyncio.to_thread(self._scan)
+                self._reconcile(present, table, loop.time())
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_s)
@@ -166,21 +176,28 @@ class UsbManager:
         loop.add_reader(monitor.fileno(), _on_event)
         return monitor
 
-    def _reconcile(self, ports: list[PortFacts], table: list[SupportedDevice], now: float) -> None:
-        present = {p.device: p for p in ports}
+    def _scan(self) -> dict[str, tuple[PortFacts, tuple[int, int] | None]]:
+        """Present ports with their device node's identity (blocking: runs on a thread)."""
+        listed = (self._list_ports or list_serial_ports)()
+        return {p.device: (p, _node_identity(p.device)) for p in present_ports(self.config, listed)}
+
+    def _reconcile(
+        self, present: dict[str, tuple[PortFacts, tuple[int, int] | None]], table: list[SupportedDevice], now: float
+    ) -> None:
         for path in list(self._ports):
-            if path not in present:
+            # A device unplugged and plugged back between two polls gets the same path but a new node.
+            if path not in present or present[path][1] != self._ports[path].node:
                 port = self._ports.pop(path)
                 port.removed = True
                 if port.task is not None and not port.task.done() and not port.ending:
                     port.task.cancel()  # the node is gone but the driver has not noticed (a quiet device)
-        for path, facts in present.items():
+        for path, (facts, node) in present.items():
             port = self._ports.get(path)
             if port is None:
                 entry = match_port(facts, table)
                 if entry is None:
                     continue
-                port = self._ports[path] = _Port(facts, entry)
+                port = self._ports[path] = _Port(facts, entry, node)
             if port.task is not None or port.finished:
                 continue
             if port.retry_at is not None and now < port.retry_at:
@@ -225,7 +242,9 @@ class UsbManager:
         try:
             driver = self._driver_for(port, device)
             log.info("%s: %s session on %s", device.uid, port.entry.profile, path)
-            await self._status(device.uid, profile=device.profile, state="connected", last_seen=datetime.now(UTC))
+            if not driver.identifies_itself:
+                await self._status(device.uid, profile=device.profile, state="connected",
+                                   last_seen=datetime.now(UTC))
             result = await driver.run()
         except asyncio.CancelledError:
             port.task = None
@@ -237,7 +256,7 @@ class UsbManager:
         except DeviceDisconnectedError as err:
             uid = driver.device.uid if driver else device.uid
             port.ending = True
-            if await self._vanished(path):
+            if await self._vanished(path, port.node):
                 log.info("%s: unplugged from %s", uid, path)
                 await self._status(uid, profile=device.profile, state="unplugged", error=None)
                 port.finished = True
@@ -271,14 +290,16 @@ class UsbManager:
         log.warning("%s: session on %s failed: %s", uid, port.facts.device, err)
         port.retry_at = asyncio.get_running_loop().time() + self.config.retry_after_error_s
 
-    async def _vanished(self, path: str) -> bool:
+    async def _vanished(self, path: str, node: tuple[int, int] | None) -> bool:
+        """Did the device go (its node is gone, or is a new node: unplugged and plugged in again)?"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UNPLUG_GRACE_S
-        while loop.time() < deadline:
-            if not await asyncio.to_thread(os.path.exists, path):
+        while True:
+            if await asyncio.to_thread(_node_identity, path) != node:
                 return True
+            if loop.time() >= deadline:
+                return False
             await asyncio.sleep(0.05)
-        return not await asyncio.to_thread(os.path.exists, path)
 
     async def _status(self, uid: str, **fields: Any) -> None:
         if self.on_status is None:

@@ -46,6 +46,7 @@ MAX_FRAME_BYTES = 512
 class AstmMeterDriver(SerialDriver):
     profile = "serial.astm"
     default_baudrate = 9600
+    identifies_itself = True
 
     async def session(self, link: SerialLink) -> SessionResult:
         establish_s = float(self.options.get("establish_timeout_s", 30.0))

@@ -251,6 +251,9 @@ class SerialDriver(ABC):
     default_bytesize: ClassVar[int] = 8
     default_parity: ClassVar[str] = "N"
     default_stopbits: ClassVar[int] = 1
+    identifies_itself: ClassVar[bool] = False
+    """The session learns the device's serial and calls :meth:`identify` (its uid changes): the USB
+    manager then reports status under the final uid only, never under the provisional port uid."""
 
     def __init__(
         self,

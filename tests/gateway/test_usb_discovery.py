@@ -92,6 +92,30 @@ def test_plug_unplug_plug_second_download_adds_no_reading(tmp_path, state) -> No
     assert done[0][0] == "usb:0000:0000:7390-1163170"
     assert done[0][1]["clock_offset_s"] == pytest.approx(720, abs=60)
     assert all(f.get("error") is None for _, f in recorder.status)
+    assert {uid for uid, _ in recorder.status} == {"usb:0000:0000:7390-1163170"}  # never the provisional uid
+
+
+def test_a_replug_between_two_polls_is_a_new_session(tmp_path, state) -> None:
+    link = str(tmp_path / "ttyMeter")
+    config = UsbConfig(poll_interval_s=0.3, devices=[{"port": link, "profile": "serial.astm"}])
+    recorder = Recorder()
+    sim = PtyAstmMeter(GlucoseMeter(results=meter_memory()), link_path=link)
+
+    async def scenario() -> UsbManager:
+        manager = UsbManager(config, recorder.sink, state, on_status=recorder.on_status, list_ports=list)
+        task = asyncio.create_task(manager.run())
+        sim.plug_in()
+        await until(lambda: "done" in recorder.states())
+        sim.pull_cable()
+        sim.plug_in()  # same path at once: only the device node says it is a new plug-in
+        await until(lambda: recorder.states().count("done") == 2)
+        sim.pull_cable()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return manager
+
+    manager = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert manager.sessions_started == 2 and len(recorder.reading_ids()) == 6
 
 
 def test_unplugging_a_streaming_scale_ends_its_session_cleanly(tmp_path, state) -> None:
@@ -180,3 +204,40 @@ def test_udev_rules_are_generated_from_the_table() -> None:
     for device in SUPPORTED_DEVICES:
         if device.vid is not None:
             assert f'ATTRS{{idVendor}}=="{device.vid:04x}"' in UDEV_FILE.read_text()
+
+
+@pytest.mark.integration
+def test_meter_readings_reach_the_running_gateways_outbox_once(tmp_path, mqtt_broker, unique_id) -> None:
+    """The real runtime (outbox, uplink to the real broker, status) with the USB manager it starts."""
+    from gateway.config import parse_config
+    from gateway.runtime import Gateway
+
+    link = str(tmp_path / "ttyMeter")
+    config = parse_config({
+        "gateway_id": unique_id, "data_dir": str(tmp_path / "gw"),
+        "mqtt": {"url": mqtt_broker.url, "drain_timeout_s": 0.5},
+        "ble": {"enabled": False},
+        "usb": {"poll_interval_s": 0.05, "devices": [{"port": link, "profile": "serial.astm"}]},
+    })
+    sim = PtyAstmMeter(GlucoseMeter(results=meter_memory(), clock_offset=timedelta(minutes=-30)), link_path=link)
+
+    async def scenario() -> tuple[int, object]:
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            sim.plug_in()
+            await until(lambda: sim.finished and gateway.outbox.depth() == 6)
+            sim.pull_cable()
+            sim.plug_in()
+            await until(lambda: sim.finished and sim.transfers == 2)
+            await until(lambda: any(d.uid == "usb:0000:0000:7390-1163170" and d.clock_offset_s is not None
+                                    for d in gateway.status().devices))
+            return gateway.outbox.depth(), gateway.status()
+        finally:
+            sim.pull_cable()
+            await gateway.stop()
+
+    depth, status = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert depth == 6  # the second full-memory download added nothing
+    device = next(d for d in status.devices if d.uid == "usb:0000:0000:7390-1163170")
+    assert device.clock_offset_s == pytest.approx(-1800, abs=90) and device.error is None
