@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.codecs.common import DecodeError, Measurement
+from gateway.metrics import UnknownUnitError
 from gateway.normalise import canonical_values
 
 # profile → "module:function"; each function takes the frame bytes (and, where it says so, model=)
@@ -101,11 +102,16 @@ def run(profile: str, hex_text: str, model: str | None = None) -> int:
     """The CLI's decode command: JSON on stdout and 0, or one line on stderr and 2."""
     try:
         result = decode_to_json(profile, hex_text, model)
-    except DecodeError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DecodeError, UnknownUnitError) as err:
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except ValueError as err:  # a unit the catalogue cannot convert
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # a codec bug must still not print a traceback at the user
+        print(f"error: internal error in the {profile} decoder: {type(err).__name__}: {_one_line(str(err))}",
+              file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -137,8 +137,9 @@ def read_date_time_fields(reader: Reader, field: str) -> tuple[DateTimeFields, d
     datetime is None; the raw fields let the caller keep what the device said.
     """
     offset = reader.pos
-    year = reader.u16(field)
-    month, day, hours, minutes, seconds = reader.take(5, field)
+    raw = reader.take(7, field)
+    year = int.from_bytes(raw[:2], "little")
+    month, day, hours, minutes, seconds = raw[2:]
     fields = DateTimeFields(year, month, day, hours, minutes, seconds)
     if month > 12 or day > 31 or hours > 23 or minutes > 59 or seconds > 59:
         raise InvalidFieldError(field, offset, f"{fields} is out of range")
