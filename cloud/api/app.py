@@ -101,10 +101,9 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         action = f"{request.method} {getattr(route, 'path', request.url.path)}"
         # A search that hides a patient answers 200 with nothing; the audit still says what happened.
         outcome = getattr(request.state, "audit_outcome", None) or _outcome(status)
-        rows = [(principal.subject, principal.role, list(principal.care_teams), action, patient_id, outcome,
-                 status, request.state.request_id) for patient_id in patient_ids]
         with app.state.pool.connection() as conn:
-            queries.write_audit(conn, rows)
+            queries.write_audit(conn, principal.subject, principal.role, principal.care_teams, action, patient_ids,
+                                outcome, status, request.state.request_id)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -46,29 +46,23 @@ def consented_scopes(conn: Any, patient_id: str, care_teams: Sequence[str]) -> s
     return set(row[0] or ()) if row else set()
 
 
-def write_audit(conn: Any, rows: Sequence[tuple[str, str, list[str], str, str | None, str, int | None, str]]) -> None:
-    """Append ``(subject, role, care_teams, action, patient_id, outcome, status, request_id)`` rows."""
-    if not rows:
-        return
-    if len(rows) == 1:
-        conn.execute(
-            "INSERT INTO audit_log (subject, role, care_teams, action, patient_id, outcome, status, request_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows[0])
-        return
-    # One statement for many patients (a panel): the audit costs one round trip, not one per patient.
-    subject, role, teams, action, _, outcome, status, request_id = rows[0]
+def write_audit(conn: Any, subject: str, role: str, care_teams: Sequence[str], action: str,
+                patient_ids: Sequence[str], outcome: str, status: int | None, request_id: str) -> None:
+    """One row for the request, naming every patient it touched."""
     conn.execute(
-        "INSERT INTO audit_log (subject, role, care_teams, action, patient_id, outcome, status, request_id)"
-        " SELECT %s, %s, %s, %s, p, %s, %s, %s FROM unnest(%s::text[]) AS p",
-        (subject, role, teams, action, outcome, status, request_id, [r[4] for r in rows]),
+        "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (subject, role, list(care_teams), action, list(patient_ids), outcome, status, request_id),
     )
 
 
 def audit_trail(conn: Any, *, patient_id: str | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """Newest first. Other patients named by the same request (a panel) are counted, never listed."""
     return _dicts(
         conn,
-        "SELECT id, at, subject, role, care_teams, action, patient_id, outcome, status, request_id FROM audit_log"
-        " WHERE (%(patient)s::text IS NULL OR patient_id = %(patient)s)"
+        "SELECT id, at, subject, role, care_teams, action, cardinality(patient_ids) AS patients_in_request,"
+        " outcome, status, request_id FROM audit_log"
+        " WHERE (%(patient)s::text IS NULL OR patient_ids @> ARRAY[%(patient)s::text])"
         " AND (%(before)s::bigint IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
         {"patient": patient_id, "before": before_id, "limit": limit},
     )
@@ -131,10 +125,11 @@ def revoke_consent(conn: Any, patient_id: str, consent_id: int, by: str) -> dict
 
 # --- patients ------------------------------------------------------------------------------------------
 
-# The panel reads the twin (latest value per metric, reading days) and counts open alerts; JSON is built
-# by PostgreSQL so 10 000 patients do not go through Python objects one field at a time.
+# The panel reads patient_panel (a projection of the twin kept by a trigger, migration 0410) and counts
+# open alerts; rows are ranked on narrow keys and the page is turned into JSON by PostgreSQL, so 10 000
+# patients do not go through Python objects one field at a time.
 _PANEL = f"""
-WITH visible AS (
+WITH visible AS MATERIALIZED (
     SELECT c.patient_id, bool_or('readings' = ANY(c.scopes)) AS readings, bool_or('alerts' = ANY(c.scopes)) AS alerts
       FROM consents c
      WHERE c.care_team_id = ANY(%(teams)s) AND {_ACTIVE}
@@ -149,41 +144,43 @@ WITH visible AS (
       FROM alerts a JOIN visible v ON v.patient_id = a.patient_id AND v.alerts
      WHERE a.status <> 'resolved'
      GROUP BY a.patient_id
-), rows AS (
-    SELECT p.id, p.display_name, v.readings, v.alerts,
+), ranked AS MATERIALIZED (
+    -- Narrow rows only: the sort never carries the JSON.
+    SELECT v.patient_id, v.readings, v.alerts,
            coalesce(oa.critical, 0) AS critical, coalesce(oa.warning, 0) AS warning, coalesce(oa.info, 0) AS info,
-           (SELECT count(*) FROM jsonb_array_elements_text(coalesce(t.state -> 'reading_days', '[]')) AS d
-             WHERE d >= %(first_day)s) AS adherence_days,
-           CASE WHEN v.readings THEN (
-               SELECT jsonb_object_agg(m.key, jsonb_build_object('value', m.value -> 'value', 'unit', m.value -> 'unit',
-                                                                  'measured_at', m.value -> 'measured_at'))
-                 FROM jsonb_each(coalesce(t.state -> 'latest', '{{}}')) AS m) END AS latest,
-           CASE WHEN v.readings THEN t.state -> 'categories' END AS categories
-      FROM visible v JOIN patients p ON p.id = v.patient_id LEFT JOIN twins t ON t.patient_id = p.id
-      LEFT JOIN open_alerts oa ON oa.patient_id = p.id
+           -- days on or after first_day = all days minus those before it (reading_days is ascending)
+           coalesce(cardinality(pp.reading_days)
+                    - width_bucket(%(first_day)s::date - 1, pp.reading_days), 0) AS adherence_days
+      FROM visible v LEFT JOIN patient_panel pp ON pp.patient_id = v.patient_id
+      LEFT JOIN open_alerts oa ON oa.patient_id = v.patient_id
+     ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, v.patient_id
+     LIMIT %(limit)s OFFSET %(offset)s
+), ordered AS MATERIALIZED (
+    SELECT r.*, row_number() OVER () AS position FROM ranked r
 )
-SELECT id, json_build_object(
-           'patient_id', id, 'display_name', display_name,
-           'open_alerts', CASE WHEN alerts THEN json_build_object('critical', critical, 'warning', warning,
-                                                                 'info', info) END,
-           'adherence', CASE WHEN readings THEN json_build_object('days_with_readings', adherence_days,
-                                                                 'period_days', 30, 'required_days', 16,
-                                                                 'meets_16_day_rule', adherence_days >= 16) END,
-           'latest', coalesce(latest, CASE WHEN readings THEN '{{}}'::jsonb END),
-           'categories', categories)::text
-  FROM rows
- ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, id
- LIMIT %(limit)s OFFSET %(offset)s
+SELECT array_agg(r.patient_id ORDER BY r.position), string_agg(json_build_object(
+           'patient_id', r.patient_id, 'display_name', p.display_name,
+           'open_alerts', CASE WHEN r.alerts THEN json_build_object('critical', r.critical, 'warning', r.warning,
+                                                                   'info', r.info) END,
+           'adherence', CASE WHEN r.readings THEN json_build_object('days_with_readings', r.adherence_days,
+                                                                   'meets_16_day_rule', r.adherence_days >= 16) END,
+           'latest', CASE WHEN r.readings THEN coalesce(pp.latest, '{{}}'::json) END,
+           'categories', CASE WHEN r.readings THEN coalesce(pp.categories, '{{}}'::json) END)::text,
+           ',' ORDER BY r.position)
+  FROM ordered r JOIN patients p ON p.id = r.patient_id LEFT JOIN patient_panel pp ON pp.patient_id = r.patient_id
 """
 
 
 def panel_json(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, first_day: str, limit: int,
-               offset: int) -> list[tuple[str, str]]:
-    """Each visible patient as (id, JSON text), triage order: open critical, warning, info alerts, then the
-    fewest days with readings (at risk of missing the 16-day rule), then id."""
-    rows = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
-                                 "limit": limit, "offset": offset}).fetchall()
-    return [(r[0], r[1]) for r in rows]
+               offset: int) -> tuple[list[str], str]:
+    """The visible patients' ids and their JSON objects joined by commas (one row from PostgreSQL), in triage
+    order: open critical, warning, info alerts, then the fewest days with readings (at risk of missing the
+    16-day rule), then id."""
+    row = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
+                                "limit": limit, "offset": offset}).fetchone()
+    if row is None or row[0] is None:
+        return [], ""
+    return row[0], row[1]
 
 
 def patient_row(conn: Any, patient_id: str) -> dict[str, Any] | None:

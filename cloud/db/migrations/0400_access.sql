@@ -33,20 +33,21 @@ CREATE TABLE consents (
 CREATE INDEX consents_team_active ON consents (care_team_id, patient_id) WHERE revoked_at IS NULL;
 CREATE INDEX consents_patient ON consents (patient_id, granted_at DESC);
 
+-- One row per request that touched patient data, naming every patient it touched (one for a record,
+-- thousands for a panel), so a panel view costs one insert and each patient still finds it.
 CREATE TABLE audit_log (
-    id         bigserial PRIMARY KEY,
-    at         timestamptz NOT NULL DEFAULT now(),
-    subject    text NOT NULL,
-    role       text NOT NULL,
-    care_teams text[] NOT NULL DEFAULT '{}',
-    action     text NOT NULL,              -- "GET /v1/patients/{patient_id}/readings"
-    patient_id text,                       -- not a foreign key: a denied request may name no real patient
-    outcome    text NOT NULL,              -- "allowed", "not_found", "forbidden", or the HTTP status
-    status     smallint,
-    request_id text NOT NULL
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    subject     text NOT NULL,
+    role        text NOT NULL,
+    care_teams  text[] NOT NULL DEFAULT '{}',
+    action      text NOT NULL,             -- "GET /v1/patients/{patient_id}/readings"
+    patient_ids text[] NOT NULL,           -- not foreign keys: a denied request may name no real patient
+    outcome     text NOT NULL,             -- "allowed", "not_found", "forbidden", "unauthenticated", "error", ...
+    status      smallint,
+    request_id  text NOT NULL
 );
-CREATE INDEX audit_log_patient ON audit_log (patient_id, at DESC);
-CREATE INDEX audit_log_time ON audit_log (at DESC);
+CREATE INDEX audit_log_patients ON audit_log USING gin (patient_ids);
 
 -- Audit is append-only, like the twin's history.
 CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$

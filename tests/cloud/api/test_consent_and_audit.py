@@ -76,10 +76,11 @@ def test_panel_and_alert_list_audit_every_patient_they_show(client: TestClient, 
     response = client.get("/v1/patients", headers={**world.headers["clinician"], "X-Request-ID": "req-panel-1"})
     shown = {p["patient_id"] for p in response.json()["patients"]}
     assert shown == {world.patients["consented"], world.patients["readings_only"]}
-    audited = {r[0] for r in conn.execute("SELECT patient_id FROM audit_log WHERE request_id = 'req-panel-1'")}
+    audited = {r[0] for r in conn.execute("SELECT unnest(patient_ids) FROM audit_log WHERE request_id = 'req-panel-1'")}
     assert audited == shown
     client.get("/v1/alerts", headers={**world.headers["clinician"], "X-Request-ID": "req-alerts-1"})
-    audited = {r[0] for r in conn.execute("SELECT patient_id FROM audit_log WHERE request_id = 'req-alerts-1'")}
+    audited = {r[0] for r in conn.execute("SELECT unnest(patient_ids) FROM audit_log"
+                                          " WHERE request_id = 'req-alerts-1'")}
     assert audited == {world.patients["consented"]}  # readings_only did not grant alerts
 
 
@@ -91,10 +92,11 @@ def test_panel_is_sorted_for_triage_and_respects_scopes(client: TestClient, worl
     assert first["latest"]["systolic"]["value"] == 190
     assert first["adherence"]["days_with_readings"] == 7
     assert second["open_alerts"] is None  # readings only: alert counts are not shown
-    assert second["latest"]["body_weight"]["unit"] == "kg"
+    assert second["latest"]["body_weight"]["value"] == pytest.approx(80.1)  # the newest weigh-in
+    assert second["categories"]["blood_pressure"] == "hypertensive_crisis"
 
 
 def test_audit_log_is_append_only(conn: psycopg.Connection, client: TestClient, world: World) -> None:
     client.get(f"/v1/patients/{world.patients['own']}", headers=world.headers["patient"])
     with pytest.raises(psycopg.errors.RaiseException):
-        conn.execute("DELETE FROM audit_log WHERE patient_id = %s", (world.patients["own"],))
+        conn.execute("DELETE FROM audit_log WHERE patient_ids @> ARRAY[%s]", (world.patients["own"],))
