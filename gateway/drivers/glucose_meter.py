@@ -43,6 +43,13 @@ class RacpError(DriverError):
     """The meter answered the RACP request with an error response code."""
 
 
+class SequenceRestartedError(DriverError):
+    """The meter's newest record has a lower sequence number than the last one read: its numbering
+    restarted (memory reset, battery change, 16-bit wrap). Records numbered again from 0 would share
+    reading ids with the old ones (ids are built from the sequence number), so they are not read;
+    this error keeps the device's status red instead of losing them silently."""
+
+
 async def run_session(ctx: BleContext) -> SessionResult:
     """Fetch every record newer than the last durable one; each is durable before the next is taken."""
     session = ctx.session
@@ -58,6 +65,10 @@ async def run_session(ctx: BleContext) -> SessionResult:
     await session.subscribe(RACP_UUID, enqueue)
 
     last = ctx.state.get(uid, LAST_SEQUENCE_KEY)
+    if last is not None and int(last) >= 0xFFFF:
+        # Nothing can be newer than 65535 in a uint16: the next record wrapped the counter.
+        await _check_numbering(ctx, queue, int(last))
+        return SessionResult(measurements=0, clock=ctx.clock, notes=list(ctx.notes))
     request = racp.encode_report_all() if last is None else racp.encode_report_greater_or_equal(int(last) + 1)
     await session.write(RACP_UUID, request)
 
@@ -122,6 +133,8 @@ async def run_session(ctx: BleContext) -> SessionResult:
                     break
                 if value == RESPONSE_NO_RECORDS_FOUND:
                     ctx.notes.append("no new records")
+                    if last is not None:
+                        await _check_numbering(ctx, queue, int(last))
                     break
                 raise RacpError(f"{session.address}: RACP answered {response}")
     except DeviceTimeoutError:
@@ -138,3 +151,28 @@ async def run_session(ctx: BleContext) -> SessionResult:
     for uuid in (MEASUREMENT_UUID, CONTEXT_UUID, RACP_UUID):
         await session.unsubscribe(uuid)
     return SessionResult(measurements=emitted, clock=ctx.clock, notes=list(ctx.notes))
+
+
+async def _check_numbering(ctx: BleContext, queue: asyncio.Queue[tuple[str, bytes]], last: int) -> None:
+    """Ask for the meter's newest record ("report stored records: last record") and compare its
+    sequence number with the last one read; raise SequenceRestartedError when it went backwards."""
+    session = ctx.session
+    await session.write(RACP_UUID, racp.encode_report_stored_records(racp.Operator.LAST_RECORD))
+    newest: int | None = None
+    while True:
+        event = await session.receive(queue, session.timeouts.op_s)
+        if event is None:
+            raise DeviceTimeoutError(f"{session.address}: no answer to 'report last record'")
+        uuid, frame = event
+        if uuid == MEASUREMENT_UUID:
+            try:
+                newest = codec.decode_measurement(frame).sequence
+            except DecodeError as err:
+                log.warning("%s: newest record does not decode: %s", session.address, err)
+        elif uuid == RACP_UUID:
+            break
+    if newest is not None and newest < last:
+        raise SequenceRestartedError(
+            f"{session.address}: meter numbering restarted (newest record {newest}, last read {last}); "
+            "records numbered again would share reading ids with old ones, so none are read"
+        )

@@ -20,7 +20,7 @@ from gateway.codecs.glucose import MEALS as MEAL_NAMES
 from gateway.contract import Reading
 from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError
-from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY
+from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY, SequenceRestartedError
 from gateway.normalise import to_reading
 
 pytestmark = pytest.mark.unit
@@ -169,3 +169,25 @@ def test_control_solution_is_not_a_patient_reading(tmp_path: Path) -> None:
     asyncio.run(session("AA:01:00:00:00:08", sink, state))
     assert [r.sequence for r in sink.readings] == [1]
     assert state.get("ble:AA:01:00:00:00:08", LAST_SEQUENCE_KEY) == 2
+
+
+def test_a_meter_whose_numbering_restarted_is_reported_not_silently_skipped(tmp_path: Path) -> None:
+    device = meter("AA:01:00:00:00:09", n=5)
+    AIR.add(device)
+    state = store(tmp_path)
+    asyncio.run(session("AA:01:00:00:00:09", RecordingSink(), state))
+    # A battery change wiped the memory and numbering starts again at 1.
+    device.records = [GlucoseRecord(1, T + timedelta(days=1), 0.00100), GlucoseRecord(2, T + timedelta(days=1), 0.0011)]
+    with pytest.raises(SequenceRestartedError, match="newest record 2, last read 5"):
+        asyncio.run(session("AA:01:00:00:00:09", RecordingSink(), state))
+    assert state.get("ble:AA:01:00:00:00:09", LAST_SEQUENCE_KEY) == 5
+
+
+def test_no_new_records_on_a_meter_with_steady_numbering_is_quiet(tmp_path: Path) -> None:
+    device = meter("AA:01:00:00:00:0A", n=2)
+    AIR.add(device)
+    state, sink = store(tmp_path), RecordingSink()
+    asyncio.run(session("AA:01:00:00:00:0A", sink, state))
+    result = asyncio.run(session("AA:01:00:00:00:0A", sink, state))
+    assert result.measurements == 0 and len(sink.readings) == 2
+    assert device.requests[-1] == bytes([1, 6])  # the "last record" probe, answered without complaint
