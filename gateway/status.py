@@ -63,17 +63,14 @@ class StatusBoard:
                 continue
             if name == "profile" and value is None:
                 continue
+            try:
+                DeviceStatus(uid=uid, **{**entry, name: value})
+            except ValidationError as err:
+                # A bad value from a driver must not take the status down: keep the last good one.
+                log.warning("status: device %s sent an invalid %s (%r): %s", uid, name, value,
+                            err.errors()[0]["msg"])
+                continue
             entry[name] = value
-        try:
-            DeviceStatus(uid=uid, **entry)
-        except ValidationError as err:
-            # A bad value from a driver must not take the status down: drop the field, say which.
-            for item in err.errors():
-                field = str(item["loc"][0]) if item["loc"] else ""
-                if field in entry and field != "profile":
-                    log.warning("status: device %s sent an invalid %s (%r): %s", uid, field, entry[field],
-                                item["msg"])
-                    entry.pop(field)
         self.changed()
 
     def changed(self) -> None:

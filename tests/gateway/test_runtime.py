@@ -1,0 +1,214 @@
+"""The runtime: the sink commits before it returns, status on the retained topic, one component
+failing does not stop the others, device managers wired with the sink, and ``rpm-gateway run``
+exiting cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mqtt_acker import TestAcker
+from reading_factory import bp_measurement, bp_reading, cuff
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.drivers.base import ClockCheck
+from gateway.runtime import Gateway
+
+pytestmark = pytest.mark.integration
+
+
+def gateway_config(tmp_path: Path, url: str, gateway_id: str, **extra: Any) -> GatewayConfig:
+    data: dict[str, Any] = {
+        "gateway_id": gateway_id,
+        "data_dir": str(tmp_path / "data"),
+        "timezone": "UTC",
+        "status_interval_s": 30,
+        "mqtt": {"url": url, "keepalive_s": 5, "batch_ms": 20, "ack_timeout_s": 5, "reconnect_min_s": 0.1,
+                 "reconnect_max_s": 0.5, "drain_timeout_s": 2},
+        "ble": {"enabled": False},
+        "usb": {"enabled": False},
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+@contextlib.asynccontextmanager
+async def started(gateway: Gateway) -> AsyncIterator[Gateway]:
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def eventually(predicate: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def acker(mqtt_broker, unique_id: str):  # type: ignore[no-untyped-def]
+    ack = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5)
+    yield ack
+    ack.close()
+
+
+def test_the_sink_returns_only_once_the_reading_is_on_disk(tmp_path, mqtt_broker, acker, unique_id) -> None:
+    acker.acking = False
+    config = gateway_config(tmp_path, mqtt_broker.url, unique_id)
+
+    async def scenario() -> None:
+        async with started(Gateway(config, start_devices=False)) as gateway:
+            await gateway.sink(cuff(), bp_measurement(5), None)
+            # Another connection (what a fresh process would see after a power cut) finds it.
+            with contextlib.closing(sqlite3.connect(config.data_dir / "outbox.sqlite")) as db:
+                assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+            await eventually(lambda: len(acker.ids()) == 1, 10, "reading sent")
+            acker.acking = True
+            acker.release_held_acks()
+            await eventually(lambda: gateway.status().outbox_depth == 0, 10, "acked")
+
+    asyncio.run(scenario())
+    assert acker.ids() == {bp_reading(5).id}
+
+
+def test_status_shows_devices_outbox_depth_and_age_and_is_published_retained(
+        tmp_path, mqtt_broker, acker, unique_id) -> None:
+    acker.acking = False
+    config = gateway_config(tmp_path, mqtt_broker.url, unique_id)
+
+    async def scenario() -> None:
+        async with started(Gateway(config, start_devices=False)) as gateway:
+            clock = ClockCheck(gateway_now=datetime.now(UTC), device_now=datetime.now(UTC).replace(tzinfo=None))
+            await gateway.sink(cuff("ble:AA:BB"), bp_measurement(1), clock)
+            gateway.board.device_update("ble:AA:BB", battery=64)
+            gateway.board.device_update("usb:0403:6001:X1", profile="serial.taidoc", error="checksum mismatch")
+            gateway.board.device_update("ble:AA:BB", battery=900)  # a driver bug must not break the status
+            await asyncio.sleep(0.3)
+            status = gateway.status()
+            assert status.online and status.gateway_id == unique_id and status.version
+            assert status.outbox_depth == 1 and status.outbox_oldest_age_s is not None
+            devices = {d.uid: d for d in status.devices}
+            assert devices["ble:AA:BB"].battery == 64 and devices["ble:AA:BB"].last_seen is not None
+            assert devices["ble:AA:BB"].profile == "ble.blood_pressure"
+            assert devices["ble:AA:BB"].clock_offset_s is not None
+            assert devices["usb:0403:6001:X1"].error == "checksum mismatch"
+
+            def published_with_devices() -> bool:
+                last = acker.last_status() or {}
+                return len(last.get("devices", [])) == 2 and last.get("outbox_depth") == 1
+
+            await eventually(published_with_devices, 5, "status published on change")
+
+    asyncio.run(scenario())
+    assert acker.last_status()["online"] is False  # the goodbye on stop
+    # Retained: a late subscriber (the cloud restarting) still gets it.
+    late = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5)
+    try:
+        assert late.wait_for(lambda: late.last_status() is not None, 5)
+        assert late.last_status()["gateway_id"] == unique_id
+    finally:
+        late.close()
+
+
+def test_a_failing_component_does_not_stop_the_others(tmp_path, mqtt_broker, acker, unique_id) -> None:
+    config = gateway_config(tmp_path, mqtt_broker.url, unique_id)
+    calls = 0
+
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("adapter vanished")
+
+    async def scenario() -> None:
+        async with started(Gateway(config, start_devices=False)) as gateway:
+            gateway._core_tasks.append(gateway._spawn("broken", broken))
+            await eventually(lambda: calls >= 2, 5, "broken component restarted")
+            for i in range(10):
+                await gateway.submit(bp_reading(i))
+            await eventually(lambda: gateway.status().outbox_depth == 0, 10, "readings still flow")
+            assert gateway.component_errors["broken"] == "RuntimeError: adapter vanished"
+
+    asyncio.run(scenario())
+    assert len(acker.ids()) == 10
+
+
+def test_device_managers_get_the_sink_and_report_status(tmp_path, mqtt_broker, acker, unique_id, monkeypatch) -> None:
+    """The managers are other modules; this stands in for the USB one to check the wiring: the
+    constructor contract, a measurement through the sink to the cloud, on_status into the status."""
+    made: dict[str, Any] = {}
+
+    class StandInUsbManager:
+        def __init__(self, config, sink, state, *, on_status=None, local_tz=None) -> None:  # type: ignore[no-untyped-def]
+            made.update(config=config, state=state, local_tz=local_tz)
+            self.sink, self.on_status = sink, on_status
+
+        async def run(self) -> None:
+            await self.sink(cuff("usb:0403:6001:S1"), bp_measurement(9), None)
+            self.on_status("usb:0403:6001:S1", profile="serial.taidoc", battery=80)
+            await asyncio.Event().wait()
+
+    monkeypatch.setitem(sys.modules, "gateway.usb_discovery", types.SimpleNamespace(UsbManager=StandInUsbManager))
+    config = gateway_config(tmp_path, mqtt_broker.url, unique_id, usb={"enabled": True})
+
+    async def scenario() -> None:
+        async with started(Gateway(config)) as gateway:
+            await eventually(lambda: gateway.status().outbox_depth == 0 and acker.ids(), 10, "delivered")
+            assert [d.battery for d in gateway.status().devices] == [80]
+            assert made["state"] is gateway.device_state and str(made["local_tz"]) == "UTC"
+
+    asyncio.run(scenario())
+    assert acker.ids() == {bp_reading(9, uid="usb:0403:6001:S1").id}
+
+
+def test_rpm_gateway_run_drains_and_exits_0_on_sigterm(tmp_path, mqtt_broker, acker, unique_id) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+gateway_id = "{unique_id}"
+data_dir = "{tmp_path / 'data'}"
+[mqtt]
+url = "{mqtt_broker.url}"
+reconnect_min_s = 0.1
+[ble]
+enabled = false
+[usb]
+enabled = false
+[log]
+json = true
+""")
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert acker.wait_for(lambda: (acker.last_status() or {}).get("online") is True, 15), "never online"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    logs = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+    assert any("signal received" in entry["msg"] for entry in logs)
+    assert acker.wait_for(lambda: (acker.last_status() or {}).get("online") is False, 5)
+
+
+def test_rpm_gateway_run_with_a_bad_config_exits_2_naming_the_key(tmp_path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text("[mqtt]\nbatch_max = 0\n")
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "mqtt.batch_max" in result.stderr
