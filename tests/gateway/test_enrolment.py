@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.cli import example_scenario
 from firmware_sims.ble.peripherals import BloodPressureCuff, GlucoseMeter, HeartRateStrap, WeightScale
 from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import pair_window
@@ -74,3 +79,19 @@ def test_rpm_gateway_pair_with_a_bad_backend_exits_2(tmp_path: Path, capsys: pyt
     config = parse_config({"data_dir": str(tmp_path), "ble": {"backend": "no_such_module.backend"}})
     assert run_pair(config, 0.1) == 2
     assert capsys.readouterr().err.startswith("error: ble.backend: cannot import")
+
+
+def test_a_gateway_process_finds_the_scenario_devices_on_its_simulated_radio(tmp_path: Path) -> None:
+    """``rpm-gateway pair`` as its own process, its BLE radio the scenario named in RPM_SIM_BLE_SCENARIO."""
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps(example_scenario()))
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[ble]\nbackend = "sim"\n')
+    env = {**os.environ, SCENARIO_ENV: str(scenario)}
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "pair", "--config", str(config), "--seconds", "0.3"],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert sorted(line.split()[1] for line in done.stdout.splitlines() if line.startswith("enrolled")) == [
+        f"C0:FF:EE:00:00:0{i}" for i in range(1, 5)]
+    store = EnrolmentStore(tmp_path / "data" / "enrolment.sqlite")
+    assert store.profile_for("C0:FF:EE:00:00:02") == "ble.glucose"
