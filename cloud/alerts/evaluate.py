@@ -8,7 +8,6 @@ baseline without enough data). Defaults and their sources: specs/clinical-thresh
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,7 +15,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from cloud.alerts.rules import Condition, Rule
-from cloud.twin.baselines import History, Point, compute_baseline
+from cloud.twin.baselines import EMPTY, History, compute_baseline
 from gateway.metrics import METRICS
 
 QUALITY_FLAGS = ("irregular_pulse", "cuff_too_loose", "body_movement", "improper_position")
@@ -73,18 +72,6 @@ def _threshold(rule: Rule, facts: ReadingFacts) -> Verdict | None:
     return _judge(rule, judged, "")
 
 
-def _window(points: list[Point], start: datetime, end: datetime, *, include_end: bool,
-            exclude: str | None = None) -> list[Point]:
-    """Points in ``(start, end]`` (or ``(start, end)``) of a time-ordered history."""
-    low = bisect_right(points, start, key=_time)
-    high = (bisect_right if include_end else bisect_left)(points, end, key=_time)
-    return [p for p in points[low:high] if p.reading_id != exclude]
-
-
-def _time(point: Point) -> datetime:
-    return point.measured_at
-
-
 def _average(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | None:
     days = float(rule.params.get("window_days", 7))
     min_readings = int(rule.params.get("min_readings", 4))
@@ -92,11 +79,11 @@ def _average(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | Non
     for condition in rule.conditions:
         if condition.metric not in facts.values:
             continue
-        points = _window(history.get((facts.patient_id, condition.metric), []),
-                         facts.measured_at - timedelta(days=days), facts.measured_at, include_end=True)
-        if len(points) < min_readings:
+        values = history.get((facts.patient_id, condition.metric), EMPTY).window(
+            facts.measured_at - timedelta(days=days), facts.measured_at)
+        if len(values) < min_readings:
             return None
-        judged.append((condition, float(np.mean([p.value for p in points]))))
+        judged.append((condition, float(np.mean(values))))
     return _judge(rule, judged, f"{days:g}-day average")
 
 
@@ -105,19 +92,18 @@ def _rate(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | None:
     if condition.metric not in facts.values:
         return None
     hours = float(rule.params.get("window_hours", 24))
-    earlier = _window(history.get((facts.patient_id, condition.metric), []),
-                      facts.measured_at - timedelta(hours=hours), facts.measured_at, include_end=False,
-                      exclude=facts.reading_id)
-    if not earlier:
+    earlier = history.get((facts.patient_id, condition.metric), EMPTY).window(
+        facts.measured_at - timedelta(hours=hours), facts.measured_at, include_end=False, exclude=facts.reading_id)
+    if not len(earlier):
         return None
-    lowest = min(earlier, key=lambda p: p.value)
-    gain = facts.values[condition.metric] - lowest.value
+    lowest = float(earlier.min())
+    gain = facts.values[condition.metric] - lowest
     if condition.triggered(gain):
         return Verdict(
             "trigger", condition.metric, facts.values[condition.metric],
             f"{rule.description}: {condition.metric} {_fmt(condition.metric, facts.values[condition.metric])},"
-            f" up {gain:.2f} from {_fmt(condition.metric, lowest.value)} within {hours:g} h",
-            {"gain": round(gain, 3), "from": lowest.value},
+            f" up {gain:.2f} from {_fmt(condition.metric, lowest)} within {hours:g} h",
+            {"gain": round(gain, 3), "from": lowest},
         )
     if condition.clear(gain, rule.margin):
         return Verdict("clear", condition.metric, facts.values[condition.metric])
@@ -129,7 +115,7 @@ def _baseline(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | No
     if condition.metric not in facts.values:
         return None
     baseline = compute_baseline(
-        history.get((facts.patient_id, condition.metric), []), facts.measured_at,
+        history.get((facts.patient_id, condition.metric), EMPTY), facts.measured_at,
         window_days=int(rule.params.get("window_days", 30)), min_days=int(rule.params.get("min_days", 14)),
         min_readings=int(rule.params.get("min_readings", 14)), exclude_reading=facts.reading_id,
     )

@@ -20,7 +20,6 @@ from cloud.alerts.evaluate import ReadingFacts, evaluate, flag_note, history_win
 from cloud.alerts.lifecycle import AlertBook
 from cloud.hooks import Notification, StoredReading
 from cloud.twin import baselines
-from cloud.twin.hook import baselines_event as twin_baselines_event
 from cloud.twin.state import EXCLUDED_FLAGS
 
 
@@ -48,16 +47,16 @@ def evaluate_readings(conn: Any, stored: Sequence[StoredReading], now: datetime,
     patient_ids = sorted(by_patient)
     in_force = rule_catalogue.rules_for_patients(conn, patient_ids)
 
-    # One query for all the history these readings need: the rate, average and baseline rules, and the
-    # twin's baselines of every metric the readings carry.
-    lookback = max([history_window(r) for rs in in_force.values() for r in rs if r.enabled]
-                   + [timedelta(days=baselines.DEFAULT_WINDOW_DAYS)])
+    # All the history these readings need (rate, average and baseline rules): usually what the twin's
+    # hook read for this batch a moment ago, else one query.
+    lookback = max((history_window(r) for rs in in_force.values() for r in rs if r.enabled), default=timedelta(0))
     metrics = {c.metric for rs in in_force.values() for r in rs
                if r.enabled and r.rule_type in ("rate", "average", "baseline") for c in r.conditions}
-    metrics |= {m for fs in by_patient.values() for f in fs for m in f.values}
+    metrics &= {m for fs in by_patient.values() for f in fs for m in f.values}  # rules judge a reading's own metrics
     every = [f for fs in by_patient.values() for f in fs]
-    history = baselines.load_history(
-        conn, patient_ids, metrics, min(f.measured_at for f in every) - lookback, max(f.measured_at for f in every)
+    history = baselines.history_for(
+        conn, stored, patient_ids, metrics, min(f.measured_at for f in every) - lookback,
+        max(f.measured_at for f in every),
     )
 
     suppression = max((timedelta(minutes=r.suppression_minutes) for rs in in_force.values() for r in rs),
@@ -75,9 +74,7 @@ def evaluate_readings(conn: Any, stored: Sequence[StoredReading], now: datetime,
                         message += f" [late: measured {facts.measured_at.isoformat()}]"
                     verdict = replace(verdict, message=message)
                 book.on_verdict(rule, facts, verdict)
-    return record_changes(conn, book.changes, now, mqtt_via_outbox=mqtt_via_outbox,
-                          twin_events={p: [("baselines_computed", data)]
-                                       for p, data in twin_baselines_event(history, stored).items()})
+    return record_changes(conn, book.changes, now, mqtt_via_outbox=mqtt_via_outbox)
 
 
 def on_readings_stored(conn: Any, stored: Sequence[StoredReading]) -> list[Notification]:

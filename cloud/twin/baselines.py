@@ -7,12 +7,11 @@ the window (14-30 days by default), so three readings never make a baseline.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -26,10 +25,31 @@ DEFAULT_MIN_READINGS = 14
 
 
 @dataclass(frozen=True, slots=True)
-class Point:
-    measured_at: datetime
-    value: float
-    reading_id: str
+class Series:
+    """One patient's values of one metric in time order: epoch seconds, values, reading ids."""
+
+    t: np.ndarray
+    v: np.ndarray
+    ids: Sequence[str]
+
+    def window(self, start: datetime, end: datetime, *, include_end: bool = True,
+               exclude: str | None = None) -> np.ndarray:
+        """Values measured in ``(start, end]`` (``(start, end)`` without ``include_end``), less one reading."""
+        low = int(np.searchsorted(self.t, start.timestamp(), side="right"))
+        high = int(np.searchsorted(self.t, end.timestamp(), side="right" if include_end else "left"))
+        values = self.v[low:high]
+        if exclude is not None and exclude in self.ids[low:high]:
+            keep = np.fromiter((i != exclude for i in self.ids[low:high]), dtype=bool, count=high - low)
+            return values[keep]
+        return values
+
+    def first_time_in(self, start: datetime, end: datetime) -> float | None:
+        low = int(np.searchsorted(self.t, start.timestamp(), side="right"))
+        high = int(np.searchsorted(self.t, end.timestamp(), side="right"))
+        return float(self.t[low]) if high > low else None
+
+
+EMPTY = Series(np.empty(0), np.empty(0), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +77,21 @@ class Baseline:
         }
 
 
-History = dict[tuple[str, str], list[Point]]
-"""(patient_id, metric) -> points in time order."""
+History = dict[tuple[str, str], Series]
+"""(patient_id, metric) -> the series (missing key: no values)."""
 
 
 def load_history(conn: Any, patient_ids: Sequence[str], metrics: Iterable[str], since: datetime,
                  until: datetime) -> History:
     """Patient values of ``metrics`` measured in ``[since, until]``, excluding non-patient readings."""
-    history: History = defaultdict(list)
     metric_list = sorted(set(metrics))
     if not patient_ids or not metric_list:
-        return history
-    for patient_id, metric, measured_at, value, reading_id in queries.patient_values(
-        conn, list(patient_ids), metric_list, since, until
-    ):
-        history[(patient_id, metric)].append(Point(measured_at, value, reading_id))
-    return history
-
-
-def _time(point: Point) -> datetime:
-    return point.measured_at
+        return {}
+    return {
+        (patient_id, metric): Series(np.asarray(times, dtype=float), np.asarray(values, dtype=float), ids)
+        for patient_id, metric, times, values, ids in queries.patient_series(
+            conn, list(patient_ids), metric_list, since, until)
+    }
 
 
 def _median(values: np.ndarray) -> float:
@@ -86,20 +101,50 @@ def _median(values: np.ndarray) -> float:
     return float((ordered[(n - 1) // 2] + ordered[n // 2]) / 2)
 
 
-def compute_baseline(points: Sequence[Point], as_of: datetime, *, window_days: int = DEFAULT_WINDOW_DAYS,
+def compute_baseline(series: Series, as_of: datetime, *, window_days: int = DEFAULT_WINDOW_DAYS,
                      min_days: int = DEFAULT_MIN_DAYS, min_readings: int = DEFAULT_MIN_READINGS,
                      exclude_reading: str | None = None) -> Baseline | None:
-    """Median/MAD of the time-ordered points in ``(as_of - window_days, as_of]``; None without enough data."""
-    # Points are in time order: cut the window by bisection rather than scanning the whole history.
-    low = bisect_right(points, as_of - timedelta(days=window_days), key=_time)
-    high = bisect_right(points, as_of, key=_time)
-    chosen = [p for p in points[low:high] if p.reading_id != exclude_reading]
-    if len(chosen) < min_readings:
+    """Median/MAD of the values in ``(as_of - window_days, as_of]``; None without enough data."""
+    start = as_of - timedelta(days=window_days)
+    values = series.window(start, as_of, exclude=exclude_reading)
+    if len(values) < min_readings:
         return None
-    span_days = (as_of - min(p.measured_at for p in chosen)).total_seconds() / 86400
+    first = series.first_time_in(start, as_of)
+    span_days = (as_of.timestamp() - (first if first is not None else as_of.timestamp())) / 86400
     if span_days < min_days:
         return None
-    values = np.fromiter((p.value for p in chosen), dtype=float, count=len(chosen))
     median = _median(values)
     mad = _median(np.abs(values - median))
-    return Baseline(median, mad, len(chosen), span_days, window_days, as_of)
+    return Baseline(median, mad, len(values), span_days, window_days, as_of)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedHistory:
+    """History one hook read for a batch, offered to the next hook of the same batch."""
+
+    stored: object
+    """The very sequence of stored readings the hooks are called with (compared by identity)."""
+    patient_ids: frozenset[str]
+    metrics: frozenset[str]
+    since: datetime
+    until: datetime
+    history: History
+
+
+_SHARED: WeakKeyDictionary[Any, SharedHistory] = WeakKeyDictionary()
+
+
+def share_history(conn: Any, shared: SharedHistory) -> None:
+    """Offer what the twin's hook read to the alerts' hook, which runs next on the same batch."""
+    _SHARED[conn] = shared
+
+
+def history_for(conn: Any, stored: object, patient_ids: Sequence[str], metrics: Iterable[str], since: datetime,
+                until: datetime) -> History:
+    """The history shared for this very batch when it covers what is asked, else read it now."""
+    wanted = frozenset(metrics)
+    shared = _SHARED.pop(conn, None)
+    if (shared is not None and shared.stored is stored and shared.patient_ids >= set(patient_ids)
+            and shared.metrics >= wanted and shared.since <= since and shared.until >= until):
+        return shared.history
+    return load_history(conn, patient_ids, wanted, since, until)

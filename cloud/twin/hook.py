@@ -1,16 +1,16 @@
 """Ingest hook: fold newly stored readings into each patient's twin, in ingest's transaction.
 
 Registered in ``cloud.hooks.IN_TRANSACTION_HOOKS`` before the alerts' hook: it locks the patients'
-twin rows first (in patient order), so the alerts evaluated next see one writer per patient. The
-baselines are computed by :func:`baselines_event`, which the alerts' hook calls with the history it
-reads anyway.
+twin rows first (in patient order), so the alerts evaluated next see one writer per patient. It
+reads the patients' last 30 days once (baselines) and offers that history to the alerts' hook for
+the same batch (``baselines.share_history``), so a batch reads its history once.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cloud.hooks import Notification, StoredReading
@@ -40,11 +40,24 @@ def on_readings_stored(conn: Any, stored: Sequence[StoredReading]) -> Sequence[N
     mine = [s for s in stored if s.patient_id]
     if not mine:
         return ()
+    patient_ids = sorted({s.patient_id for s in mine if s.patient_id})
+    service.lock(conn, patient_ids)
     devices = queries.device_details(conn, sorted({s.reading.device.uid for s in mine}))
     events: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for item in sorted(mine, key=lambda s: (s.patient_id or "", s.reading.measured_at)):
         profile, battery = devices.get(item.reading.device.uid, (None, None))
         events[item.patient_id or ""].append(("reading_added", reading_event(item, profile, battery)))
+
+    metrics = frozenset(name for s in mine for name, v in s.reading.values.items()
+                        if not METRICS[name].is_list and not isinstance(v.value, list))
+    if metrics:
+        since = min(s.reading.measured_at for s in mine) - timedelta(days=baselines.DEFAULT_WINDOW_DAYS)
+        until = max(s.reading.measured_at for s in mine)
+        history = baselines.load_history(conn, patient_ids, metrics, since, until)
+        baselines.share_history(conn, baselines.SharedHistory(stored, frozenset(patient_ids), metrics, since, until,
+                                                              history))
+        for patient_id, data in baselines_event(history, mine).items():
+            events[patient_id].append(("baselines_computed", data))
     service.append_events(conn, events)
     return ()
 
@@ -53,8 +66,6 @@ def baselines_event(history: baselines.History, stored: Sequence[StoredReading])
     """``baselines_computed`` data per patient for the scalar metrics these readings touched, as of the
     newest of them (late readings do not move a baseline back in time).
 
-    Called by the alerts' hook, which has already read the patients' history for its own rules, so
-    the history is read once per batch.
     """
     as_of: dict[tuple[str, str], datetime] = {}
     for item in stored:
@@ -67,7 +78,7 @@ def baselines_event(history: baselines.History, stored: Sequence[StoredReading])
             as_of[key] = max(item.reading.measured_at, as_of.get(key, item.reading.measured_at))
     computed: dict[str, dict[str, Any]] = defaultdict(dict)
     for (patient_id, metric), when in sorted(as_of.items()):
-        baseline = baselines.compute_baseline(history.get((patient_id, metric), []), when)
+        baseline = baselines.compute_baseline(history.get((patient_id, metric), baselines.EMPTY), when)
         if baseline is not None:
             computed[patient_id][metric] = baseline.as_dict()
     return {patient_id: {"baselines": values} for patient_id, values in computed.items()}

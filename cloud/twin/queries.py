@@ -14,19 +14,23 @@ from cloud.twin.state import EXCLUDED_FLAGS
 _EXCLUDED = sorted(EXCLUDED_FLAGS)
 
 
-def patient_values(conn: Any, patient_ids: list[str], metrics: list[str], since: datetime,
-                   until: datetime) -> list[tuple[str, str, datetime, float, str]]:
-    # observations.flags carries the reading's flags (ingest copies them), so no join with readings:
-    # the join tripled its cost. Binary results: thousands of timestamps and floats parse faster than text.
+def patient_series(conn: Any, patient_ids: list[str], metrics: list[str], since: datetime,
+                   until: datetime) -> list[tuple[str, str, list[float], list[float], list[str]]]:
+    """Per (patient, metric): epoch seconds, values and reading ids in time order."""
+    # observations.flags carries the reading's flags (ingest copies them): no join with readings, which
+    # tripled the cost. Arrays in binary: one row per series, parsed in C, rather than a row per value.
     with conn.cursor(binary=True) as cur:
         return cur.execute(
             """
-            SELECT o.patient_id, o.metric, o.measured_at, o.value, o.reading_id
+            SELECT o.patient_id, o.metric,
+                   array_agg(extract(epoch FROM o.measured_at)::float8 ORDER BY o.measured_at, o.reading_id),
+                   array_agg(o.value ORDER BY o.measured_at, o.reading_id),
+                   array_agg(o.reading_id ORDER BY o.measured_at, o.reading_id)
               FROM observations o
              WHERE o.patient_id = ANY(%s) AND o.metric = ANY(%s)
                AND o.measured_at >= %s AND o.measured_at <= %s
                AND o.value IS NOT NULL AND NOT (o.flags && %s::text[])
-             ORDER BY o.patient_id, o.metric, o.measured_at
+             GROUP BY o.patient_id, o.metric
             """,
             (patient_ids, metrics, since, until, _EXCLUDED),
         ).fetchall()

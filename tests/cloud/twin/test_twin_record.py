@@ -83,3 +83,30 @@ def test_twin_history_is_append_only(conn, unique_id):
 def test_unknown_patient_is_a_typed_error(conn, unique_id):
     with pytest.raises(twin.PatientNotFound):
         twin.get_twin(conn, f"{unique_id}-nobody")
+
+
+def test_the_alerts_hook_reuses_the_history_the_twin_hook_read_for_the_same_batch(conn, unique_id, monkeypatch):
+    from scripted_patient import insert_readings
+
+    from cloud.alerts.hook import on_readings_stored as alerts_hook
+    from cloud.twin import baselines
+    from cloud.twin.hook import on_readings_stored as twin_hook
+
+    cuff = add_patient(conn, unique_id)["blood_pressure"]
+    reads: list[frozenset[str]] = []
+    real = baselines.load_history
+
+    def counting(c, patient_ids, metrics, since, until):  # type: ignore[no-untyped-def]
+        reads.append(frozenset(metrics))
+        return real(c, patient_ids, metrics, since, until)
+
+    monkeypatch.setattr(baselines, "load_history", counting)
+    with conn.transaction():
+        stored = insert_readings(conn, [bp(cuff, now(), 120, 80)], unique_id)
+        twin_hook(conn, stored)
+        alerts_hook(conn, stored)
+    assert reads == [frozenset({"systolic", "diastolic", "pulse_rate"})], "read once, by the twin's hook"
+    with conn.transaction():
+        other = insert_readings(conn, [bp(cuff, now(), 121, 80)], unique_id)
+        alerts_hook(conn, other)  # nothing shared for this batch: it reads for itself
+    assert len(reads) == 2 and reads[1] == frozenset({"systolic", "diastolic"})
