@@ -209,7 +209,7 @@ class Gateway:
         assert self.board is not None
         discovery = importlib.import_module("gateway.ble_discovery")
         enrolment_module = importlib.import_module("gateway.enrolment")
-        enrolment = enrolment_module.EnrolmentStore(self.config.data_dir / "enrolment.sqlite")
+        enrolment = enrolment_module.EnrolmentStore.for_config(self.config)
         if hasattr(enrolment, "close"):
             self._closers.append(enrolment.close)
         return discovery.BleManager(self.config.ble, self.sink, self.device_state, enrolment,

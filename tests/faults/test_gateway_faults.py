@@ -1,0 +1,203 @@
+"""The issue's faults, end to end through real processes: a gateway process (the real runtime fed by a
+simulated device), the real broker, the real ``rpm-cloud ingest`` and PostgreSQL. The cloud's
+``readings`` table (keyed by reading id) is the judge: every reading the device delivered, once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+
+from mqtt_acker import TestAcker
+from private_broker import PrivateMosquitto
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD = REPO / "tests" / "gateway" / "gateway_child.py"
+
+
+def wait_until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
+        time.sleep(0.05)
+
+
+class LoggedProcess:
+    """A child process whose output lines are collected by a thread (so it never blocks on a pipe)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=REPO)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for line in list(self.lines) if line.startswith(prefix))
+
+    def terminate(self, within_s: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(within_s)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(5)
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+class Ingest(LoggedProcess):
+    def __init__(self, database_url: str, mqtt_url: str, client_id: str) -> None:
+        super().__init__([sys.executable, "-m", "cloud.cli", "ingest", "--workers", "1", "--client-id", client_id],
+                         env={"RPM_DATABASE_URL": database_url, "RPM_MQTT_URL": mqtt_url})
+        try:
+            wait_until(lambda: self.saw("consuming with MQTT") or self.process.poll() is not None, 30,
+                       "ingest consuming")
+        except AssertionError:
+            self.kill()
+            raise
+        if self.process.poll() is not None:
+            raise AssertionError(f"ingest exited:\n{self.tail()}")
+
+
+class GatewayProcess(LoggedProcess):
+    def __init__(self, config: Path, start: int, count: int, rate: float) -> None:
+        super().__init__([sys.executable, str(CHILD), str(config), str(start), str(count), str(rate)])
+
+    def stored(self) -> int:
+        return self.count("stored ")
+
+
+def write_config(path: Path, gateway_id: str, mqtt_url: str, **mqtt: object) -> Path:
+    settings = {"keepalive_s": 5, "batch_max": 100, "batch_ms": 50, "ack_timeout_s": 3, "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0, "drain_timeout_s": 2, **mqtt}
+    mqtt_lines = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items())
+    path.write_text(f"""
+gateway_id = "{gateway_id}"
+data_dir = "{path.parent / 'data'}"
+timezone = "UTC"
+status_interval_s = 1
+[mqtt]
+url = "{mqtt_url}"
+{mqtt_lines}
+[ble]
+enabled = false
+[usb]
+enabled = false
+""")
+    return path
+
+
+def stored_in_cloud(database_url: str, gateway_id: str) -> tuple[int, int]:
+    """(rows, distinct sequences) the cloud holds for this gateway."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*), count(DISTINCT sequence) FROM readings WHERE gateway_id = %s",
+                           (gateway_id,)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+@pytest.fixture
+def processes() -> Iterator[list[LoggedProcess]]:
+    started: list[LoggedProcess] = []
+    yield started
+    for process in reversed(started):
+        process.kill()
+
+
+def test_broker_restarted_without_persistence_mid_stream_loses_nothing(
+        tmp_path: Path, fresh_database_url: str, unique_id: str, processes: list[LoggedProcess]) -> None:
+    broker = PrivateMosquitto(tmp_path).start()
+    try:
+        processes.append(Ingest(fresh_database_url, broker.url, f"ingest-{unique_id}"))
+        config = write_config(tmp_path / "gateway.toml", unique_id, broker.url)
+        gateway = GatewayProcess(config, 0, 300, rate=100)
+        processes.append(gateway)
+        wait_until(lambda: gateway.stored() >= 100, 15, "a third of the readings stored")
+        broker.stop()  # killed: every session, queued message and in-flight batch is gone
+        wait_until(lambda: gateway.stored() >= 150, 15, "devices keep reading while the broker is down")
+        broker.start()
+        wait_until(lambda: gateway.saw("fed"), 20, "all readings stored by the gateway")
+        wait_until(lambda: stored_in_cloud(fresh_database_url, unique_id)[0] >= 300, 20,
+                   "every reading in the cloud")
+        assert stored_in_cloud(fresh_database_url, unique_id) == (300, 300)
+        assert gateway.terminate() == 0
+    finally:
+        broker.stop()
+
+
+def test_gateway_sigkilled_mid_batch_and_restarted_delivers_every_reading_once(
+        tmp_path: Path, fresh_database_url: str, mqtt_broker, unique_id: str,  # type: ignore[no-untyped-def]
+        processes: list[LoggedProcess]) -> None:
+    processes.append(Ingest(fresh_database_url, mqtt_broker.url, f"ingest-{unique_id}"))
+    config = write_config(tmp_path / "gateway.toml", unique_id, mqtt_broker.url, batch_max=200)
+    first = GatewayProcess(config, 0, 2000, rate=0)
+    processes.append(first)
+    wait_until(lambda: first.stored() >= 600, 20, "readings flowing")
+    first.process.send_signal(signal.SIGKILL)
+    first.kill()
+    killed_at = first.stored()
+    assert killed_at < 2000, "the gateway finished before the kill: the test proves nothing"
+    rows_at_kill = stored_in_cloud(fresh_database_url, unique_id)[0]
+    # The device still holds all its records and hands them over again after the restart.
+    second = GatewayProcess(config, 0, 2000, rate=0)
+    processes.append(second)
+    wait_until(lambda: second.saw("fed"), 30, "the restarted gateway took every record")
+    wait_until(lambda: stored_in_cloud(fresh_database_url, unique_id)[0] >= 2000, 20, "every reading in the cloud")
+    assert stored_in_cloud(fresh_database_url, unique_id) == (2000, 2000)
+    assert second.terminate() == 0
+    assert rows_at_kill < 2000
+
+
+def test_ingest_stopped_outbox_grows_then_drains_and_status_shows_depth_and_age(
+        tmp_path: Path, fresh_database_url: str, mqtt_broker, unique_id: str,  # type: ignore[no-untyped-def]
+        processes: list[LoggedProcess]) -> None:
+    watcher = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5)
+    watcher.acking = False  # it only watches the status; the cloud is down
+    try:
+        config = write_config(tmp_path / "gateway.toml", unique_id, mqtt_broker.url)
+        gateway = GatewayProcess(config, 0, 120, rate=0)
+        processes.append(gateway)
+        wait_until(lambda: gateway.saw("fed"), 15, "readings stored")
+
+        def backlog_shown() -> bool:
+            status = watcher.last_status() or {}
+            return status.get("outbox_depth") == 120 and (status.get("outbox_oldest_age_s") or 0) >= 1.0
+
+        wait_until(backlog_shown, 10, "status shows the backlog and its age")
+        ingest = Ingest(fresh_database_url, mqtt_broker.url, f"ingest-{unique_id}")
+        processes.append(ingest)
+        wait_until(lambda: stored_in_cloud(fresh_database_url, unique_id)[0] >= 120, 20, "backlog in the cloud")
+        wait_until(lambda: (watcher.last_status() or {}).get("outbox_depth") == 0, 10, "status shows it drained")
+        assert stored_in_cloud(fresh_database_url, unique_id) == (120, 120)
+        assert gateway.terminate() == 0
+    finally:
+        watcher.close()
