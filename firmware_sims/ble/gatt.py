@@ -224,7 +224,7 @@ class Peripheral:
         if self.battery is not None:
             table.append(
                 Service(BATTERY_SERVICE, [Characteristic(BATTERY_LEVEL, ["read", "notify"],
-                                                         on_read=lambda: enc.encode_battery_level(self.battery or 0))])
+                                                         on_read=self._read_battery)])
             )
         if self.has_current_time:
             table.append(
@@ -241,6 +241,13 @@ class Peripheral:
 
     def advertised_services(self) -> list[str]:
         return [self.primary_service] if self.primary_service else []
+
+    def _read_battery(self) -> bytes:
+        level = self.battery or 0
+        if not 0 <= level <= 100:
+            # Some devices report nonsense (e.g. 101 % on a charger); send the byte as such.
+            return bytes([level & 0xFF])
+        return enc.encode_battery_level(level)
 
     def _read_current_time(self) -> bytes:
         # An unset clock still ticks: it reads as a date in 2000, which the gateway must judge implausible.

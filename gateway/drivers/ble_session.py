@@ -255,7 +255,10 @@ class BleSession:
             return None
         try:
             return battery_codec.decode_battery_level(await self.read(BATTERY_LEVEL))
-        except DecodeError as err:
+        except DeviceDisconnectedError:
+            raise
+        except (DecodeError, DriverError) as err:
+            # A battery level is nice to have; the records are what the session is for.
             log.warning("%s: battery level: %s", self.address, err)
             return None
 
@@ -280,9 +283,15 @@ class BleSession:
             raw = await self.read(CURRENT_TIME)
             gateway_time = now()
             device_now = current_time_codec.decode_current_time(raw)
+        except DeviceDisconnectedError:
+            raise
         except DecodeError as err:
             log.warning("%s: current time: %s", self.address, err)
             gateway_time = now()
+        except DriverError as err:
+            # Unreadable clock (read not permitted, slow device): records keep their own times.
+            log.warning("%s: current time: %s", self.address, err)
+            return ClockCheck(gateway_now=now())
         if device_now is None or device_now < EARLIEST_PLAUSIBLE:
             unset = True
         was_set = False

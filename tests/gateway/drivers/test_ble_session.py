@@ -10,11 +10,17 @@ import pytest
 
 from firmware_sims.ble.air import AIR, SCENARIO_ENV
 from firmware_sims.ble.backend import SimBleakClient
-from firmware_sims.ble.gatt import Faults
+from firmware_sims.ble.gatt import ATT_READ_NOT_PERMITTED, Faults, GattError
 from firmware_sims.ble.peripherals import BloodPressureCuff, HeartRateStrap
 from gateway.ble_config import BackendLoadError, load_bleak_backends
 from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
-from gateway.drivers.ble_session import BleSession, DeviceConnectError, SessionTimeouts, backoff_delay
+from gateway.drivers.ble_session import (
+    BATTERY_LEVEL,
+    BleSession,
+    DeviceConnectError,
+    SessionTimeouts,
+    backoff_delay,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,10 +86,26 @@ def test_every_gatt_operation_has_a_timeout() -> None:
     async def run() -> None:
         async with BleSession("AA:04:00:00:00:04", client_backend=SimBleakClient, timeouts=FAST) as session:
             cuff.faults.response_delay_s = 5
-            await session.battery()
+            await session.read(BATTERY_LEVEL)
 
     with pytest.raises(DeviceTimeoutError, match=r"timed out after 0\.3 s"):
         asyncio.run(run())
+
+
+def test_unreadable_battery_and_clock_do_not_end_the_session() -> None:
+    class LockedCuff(BloodPressureCuff):
+        def _read_current_time(self) -> bytes:
+            raise GattError(ATT_READ_NOT_PERMITTED, "locked")
+
+    cuff = LockedCuff("AA:04:00:00:00:08", battery=101)  # 101 % is not a battery level
+    AIR.add(cuff)
+
+    async def run():
+        async with BleSession("AA:04:00:00:00:08", client_backend=SimBleakClient, timeouts=FAST) as session:
+            return await session.battery(), await session.check_clock(), session.is_connected
+
+    battery, clock, connected = asyncio.run(run())
+    assert battery is None and clock.device_now is None and not clock.was_set and connected
 
 
 def test_device_information_battery_and_clock() -> None:
