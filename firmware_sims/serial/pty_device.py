@@ -199,14 +199,20 @@ class PtyDevice(ABC):
             data = bytes(self._inbox)
             self._inbox.clear()
             return data
-        master = self._master
-        if master is None or self._stop.is_set():
-            raise CablePulled()
-        ready, _, _ = select.select([master], [], [], timeout)
-        if not ready or self._stop.is_set():
-            if self._stop.is_set():
+        deadline = time.monotonic() + timeout
+        while True:
+            master = self._master
+            if master is None or self._stop.is_set():
                 raise CablePulled()
-            return b""
+            # Short slices: a pulled cable must end the device thread at once, not after a long wait.
+            slice_s = max(0.0, min(0.05, deadline - time.monotonic()))
+            ready, _, _ = select.select([master], [], [], slice_s)
+            if ready:
+                break
+            if time.monotonic() >= deadline:
+                return b""
+        if self._stop.is_set():
+            raise CablePulled()
         data = os.read(master, 4096)
         if not self.host_settings_match():
             return _garble(data)
