@@ -156,3 +156,22 @@ def test_any_corrupted_text_byte_is_caught(text: str, position: int, flip: int) 
     frame[index] = (frame[index] + flip) % 256
     with pytest.raises(DecodeError):
         parse_frame(bytes(frame))
+
+
+record_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=600)
+
+
+@given(records=st.lists(record_text, min_size=1, max_size=5), cuts=st.lists(st.integers(1, 240), max_size=20))
+def test_records_survive_any_split_into_etb_frames(records: list[str], cuts: list[int]) -> None:
+    message = "".join(r + "\r" for r in records)
+    texts, position = [], 0
+    for cut in cuts + [240] * (len(message) // 240 + 1):
+        if position >= len(message):
+            break
+        texts.append(message[position : position + cut])
+        position += cut
+    assembler = RecordAssembler()
+    out: list[str] = []
+    for number, text in enumerate(texts, start=1):
+        out += assembler.add(parse_frame(encode_frame(number, text, final=number == len(texts))))
+    assert out == records and assembler.incomplete == ""
