@@ -1,0 +1,50 @@
+"""Run the system's real commands as child processes, for end-to-end tests and their diagnostics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def command(name: str) -> list[str]:
+    """The console script of this environment (``rpm-cloud``, ``rpm-gateway``, ``rpm-sim``)."""
+    return [str(BIN / name)]
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process whose output goes to ``log_path``; SIGTERM (then SIGKILL) when the block ends."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, logs: list[Path] = ()) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with the children's logs if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if result:
+            return result
+        time.sleep(0.1)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
