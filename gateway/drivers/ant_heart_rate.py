@@ -118,6 +118,7 @@ class AntHeartRateDriver(SerialDriver):
         strap: DeviceInfo | None = self._strap_device(strap_id) if strap_id else None
         asked_id = False
         last_count: int | None = None
+        losses = 0
         readings = 0
         battery: int | None = None
         notes: list[str] = []
@@ -160,7 +161,7 @@ class AntHeartRateDriver(SerialDriver):
                     if event.is_response:
                         continue
                     if event.code == EVENT_RX_FAIL_GO_TO_SEARCH:
-                        notes.append("strap lost, searching")
+                        losses += 1
                     elif event.code in (EVENT_RX_SEARCH_TIMEOUT, EVENT_CHANNEL_CLOSED):
                         readings += await self._flush(window, strap)
                         if event.code == EVENT_CHANNEL_CLOSED:
@@ -172,6 +173,8 @@ class AntHeartRateDriver(SerialDriver):
             raise
         readings += await self._flush(window, strap)
         await link.write(encode_message(MSG_CLOSE_CHANNEL, bytes([CHANNEL])))
+        if losses:
+            notes.append(f"strap lost {losses} time(s); searched again")
         return SessionResult(measurements=readings, battery=battery, notes=notes)
 
     def _strap_device(self, channel_id: ChannelId) -> DeviceInfo:
