@@ -37,6 +37,7 @@ from cloud.api.routes import (
     thresholds,
     trends,
     twin,
+    ui,
 )
 from cloud.api.tokens import Principal, TokenVerifier
 from cloud.settings import CloudSettings, get_settings
@@ -136,6 +137,6 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
 
     install_problem_handlers(app)
     for module in (health, patients, readings, trends, summaries, alerts, thresholds, devices, twin, consents,
-                   audit, care_teams, fhir):
+                   audit, care_teams, fhir, ui):
         app.include_router(module.router)
     return app

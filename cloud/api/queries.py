@@ -7,7 +7,7 @@ plain rows; the routes stay thin and the maths lives in :mod:`cloud.api.summarie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -485,4 +485,66 @@ def unassign_device(conn: Any, uid: str, user_index: int | None) -> list[dict[st
         " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())"
         " RETURNING id, device_uid, user_index, patient_id, nullif(valid_from, '-infinity') AS valid_from, valid_to",
         (uid, user_index),
+    )
+
+
+# --- daily statistics (migration 0420): exact per-day stats kept lazily -------------------------------
+
+_DAY_STATS_INSERT = """
+INSERT INTO observation_day_stats (patient_id, metric, tz, day, count, mean, min, max, sd, percentiles)
+SELECT %(patient)s, %(metric)s, %(tz)s, (o.measured_at AT TIME ZONE %(tz)s)::date AS day,
+       count(*), avg(o.value), min(o.value), max(o.value), stddev_samp(o.value),
+       percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY o.value)
+  FROM observations o
+ WHERE o.patient_id = %(patient)s AND o.metric = %(metric)s
+   AND o.value IS NOT NULL AND NOT (o.flags && %(excluded)s::text[])
+   AND (%(first)s::date IS NULL OR o.measured_at >= (%(first)s::date::timestamp AT TIME ZONE %(tz)s))
+   AND (%(last)s::date IS NULL OR o.measured_at < ((%(last)s::date + 1)::timestamp AT TIME ZONE %(tz)s))
+   AND (%(days)s::date[] IS NULL OR (o.measured_at AT TIME ZONE %(tz)s)::date = ANY(%(days)s::date[]))
+ GROUP BY 4
+"""
+
+
+def day_stats_maintained(conn: Any) -> bool:
+    """False where observations is a TimescaleDB hypertable (no transition-table triggers there)."""
+    return conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'observations_day_stale_insert'"
+                        " AND tgrelid = 'observations'::regclass").fetchone() is not None
+
+
+def refresh_day_stats(conn: Any, patient_id: str, metric: str, tz: str) -> int:
+    """Recompute the days whose values changed since the last read; returns how many UTC days were stale
+    (-1: a first build, or the patient's time zone changed)."""
+    params = {"patient": patient_id, "metric": metric, "tz": tz, "percentiles": list(PERCENTILES),
+              "excluded": EXCLUDED, "first": None, "last": None, "days": None}
+    with conn.transaction():
+        # One refresher per patient and metric; a second request waits and then finds nothing stale.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", (patient_id, metric))
+        # Days cut in another time zone are wrong once the patient's zone changed.
+        conn.execute("DELETE FROM observation_day_stats WHERE patient_id = %s AND metric = %s AND tz <> %s",
+                     (patient_id, metric, tz))
+        built = conn.execute("SELECT 1 FROM observation_day_stats WHERE patient_id = %s AND metric = %s AND tz = %s"
+                             " LIMIT 1", (patient_id, metric, tz)).fetchone() is not None
+        stale = [r[0] for r in conn.execute("DELETE FROM observation_day_stale WHERE patient_id = %s AND metric = %s"
+                                            " RETURNING day", (patient_id, metric)).fetchall()]
+        if not built:
+            conn.execute(_DAY_STATS_INSERT, params)
+            return -1
+        if not stale:
+            return 0
+        # A UTC day overlaps the local day before, of, or after it, whatever the zone's offset.
+        days = sorted({day + timedelta(days=k) for day in stale for k in (-1, 0, 1)})
+        conn.execute("DELETE FROM observation_day_stats WHERE patient_id = %s AND metric = %s AND tz = %s"
+                     " AND day = ANY(%s)", (patient_id, metric, tz, days))
+        conn.execute(_DAY_STATS_INSERT, {**params, "first": days[0], "last": days[-1], "days": days})
+        return len(stale)
+
+
+def day_stats(conn: Any, patient_id: str, metric: str, tz: str, first: date, last: date) -> list[dict[str, Any]]:
+    """Stored daily statistics for local days ``first`` .. ``last`` (inclusive), in :func:`trend`'s shape."""
+    return _dicts(
+        conn,
+        "SELECT (day::timestamp AT TIME ZONE %(tz)s) AS bucket_start, count, mean, min, max, sd, percentiles"
+        "  FROM observation_day_stats WHERE patient_id = %(patient)s AND metric = %(metric)s AND tz = %(tz)s"
+        "   AND day >= %(first)s AND day <= %(last)s ORDER BY day",
+        {"patient": patient_id, "metric": metric, "tz": tz, "first": first, "last": last},
     )

@@ -123,3 +123,55 @@ def test_excluded_flags_stay_out_of_trends(client: TestClient, world: World, con
                        params={"since": at.isoformat(), "until": (at + timedelta(days=1)).isoformat()},
                        headers=world.headers["care_team"]).json()
     assert [(b["count"], b["max"]) for b in trend["buckets"]] == [(1, 120.0)]
+
+
+def _local_day_stats(points: list[tuple[datetime, float]], zone: str) -> dict[str, list[float]]:
+    from zoneinfo import ZoneInfo
+
+    days: dict[str, list[float]] = {}
+    for at, value in points:
+        days.setdefault(at.astimezone(ZoneInfo(zone)).date().isoformat(), []).append(value)
+    return days
+
+
+def _assert_buckets_match(trend: dict, points: list[tuple[datetime, float]], zone: str) -> None:
+    expected = _local_day_stats(points, zone)
+    got = {b["start"][:10]: b for b in trend["buckets"]}
+    assert sorted(got) == sorted(expected)
+    for day, values in expected.items():
+        bucket = got[day]
+        assert bucket["count"] == len(values)
+        assert bucket["mean"] == pytest.approx(np.mean(values))
+        assert bucket["max"] == pytest.approx(max(values))
+        assert bucket["percentiles"]["p50"] == pytest.approx(np.percentile(values, 50))
+
+
+def test_daily_trend_from_stored_day_stats_stays_exact_through_changes(
+        client: TestClient, world: World, conn: psycopg.Connection) -> None:
+    patient, device = world.patients["readings_only"], world.devices["readings_only"]["glucose"]
+    conn.execute("UPDATE patients SET timezone = 'America/New_York' WHERE id = %s", (patient,))
+    base = datetime(2032, 3, 9, 4, 0, tzinfo=UTC)  # spans the 2032 DST change in New York (March 14)
+    rng = np.random.default_rng(11)
+    points = [(base + timedelta(hours=float(h)), round(float(rng.normal(150, 40)), 1))
+              for h in np.sort(rng.uniform(0, 24 * 8, size=200))]
+    ingest(conn, [make_reading(device, "glucose", at, {"glucose": v}) for at, v in points], patient)
+    params = {"bucket": "day", "since": (base + timedelta(hours=7)).isoformat(),
+              "until": (base + timedelta(days=7, hours=13)).isoformat()}
+    window = [(at, v) for at, v in points if base + timedelta(hours=7) <= at < base + timedelta(days=7, hours=13)]
+    url, headers = f"/v1/patients/{patient}/trends/glucose", world.headers["clinician"]
+
+    trend = client.get(url, params=params, headers=headers).json()
+    assert trend["time_zone"] == "America/New_York"
+    _assert_buckets_match(trend, window, "America/New_York")
+    stored = conn.execute("SELECT count(*) FROM observation_day_stats WHERE patient_id = %s AND metric = 'glucose'"
+                          " AND tz = 'America/New_York'", (patient,)).fetchone()
+    assert stored is not None and stored[0] >= 7  # whole days came from the stored statistics
+
+    # New values in the middle of the range: the stale days are recomputed on the next read.
+    extra = [(base + timedelta(days=3, hours=5), 400.0), (base + timedelta(days=3, hours=6), 30.0)]
+    ingest(conn, [make_reading(device, "glucose", at, {"glucose": v}) for at, v in extra], patient)
+    _assert_buckets_match(client.get(url, params=params, headers=headers).json(), window + extra, "America/New_York")
+
+    # The patient moves: days are cut again in the new zone.
+    conn.execute("UPDATE patients SET timezone = 'Asia/Tokyo' WHERE id = %s", (patient,))
+    _assert_buckets_match(client.get(url, params=params, headers=headers).json(), window + extra, "Asia/Tokyo")

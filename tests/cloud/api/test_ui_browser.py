@@ -1,0 +1,239 @@
+"""The clinician page ``/ui`` in real headless Chromium (Debian's ``chromium``) against the real API over HTTP
+and a real PostgreSQL database: the panel in triage order, charts with their data points and the glucose
+target band, times in the browser's zone, acknowledging an alert lands in the database; screenshots are
+written to ``tests/artifacts/ui_*.png``. The shell's own route (headers, file serving) is checked without a
+browser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from ui_live_server import LiveServer, Ward, seed_ward, wait_until
+
+from cloud.api.app import create_app
+from cloud.api.tokens import mint_token
+from cloud.settings import CloudSettings
+
+pytestmark = pytest.mark.integration
+DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
+BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# --- the shell's route, no browser ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shell() -> TestClient:
+    # No lifespan (no `with`): the shell and its files must not need the database.
+    return TestClient(create_app(CloudSettings(database_url="postgresql://nobody@127.0.0.1:1/none",
+                                               jwt_dev_key=DEV_KEY)))
+
+
+@pytest.mark.unit
+def test_page_is_served_without_a_token_with_a_strict_content_policy(shell: TestClient) -> None:
+    response = shell.get("/ui")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "script-src 'self'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    # Everything the page loads is its own: no CDN, no other origin.
+    for reference in re.findall(r'(?:src|href)="([^"]+)"', response.text):
+        assert reference.startswith(("/ui/static/", "#")), reference
+    assert shell.get("/ui/", follow_redirects=False).headers["location"] == "/ui"
+
+
+@pytest.mark.unit
+def test_static_files_have_their_types_and_only_files_of_the_folder_are_served(shell: TestClient) -> None:
+    script = shell.get("/ui/static/ui.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert shell.get("/ui/static/ui.css").headers["content-type"].startswith("text/css")
+    for name in ("missing.js", "..%2Fapp.py", "%2E%2E%2Froutes%2Fui.py", "index.html%00", "ui.py"):
+        response = shell.get(f"/ui/static/{name}")
+        assert response.status_code in (400, 404), name
+        assert "problem+json" in response.headers["content-type"]
+    assert shell.get("/ui/static/../app.py").status_code == 404
+
+
+@pytest.mark.unit
+def test_metric_catalogue_gives_the_units_the_api_stores(shell: TestClient) -> None:
+    catalogue = shell.get("/ui/metrics.json").json()
+    assert catalogue["systolic"]["unit"] == "mm[Hg]"
+    assert catalogue["glucose"]["unit"] == "mg/dL"
+    assert catalogue["body_weight"]["unit"] == "kg"
+
+
+def test_ui_routes_stay_out_of_the_openapi_document(shell: TestClient) -> None:
+    assert not [path for path in shell.get("/openapi.json").json()["paths"] if path.startswith("/ui")]
+
+
+# --- the page in Chromium ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class LiveApi:
+    url: str
+    database_url: str
+    ward: Ward
+    clinician: str
+    token: str
+
+
+@pytest.fixture
+def live_api(fresh_database_url: str, unique_id: str) -> Iterator[LiveApi]:
+    settings = CloudSettings(database_url=fresh_database_url, jwt_dev_key=DEV_KEY, api_pool_max=4)
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        ward = seed_ward(conn, unique_id)
+    clinician = f"{unique_id}-dr"
+    token = mint_token(settings, role="clinician", sub=clinician, care_teams=(ward.team,), ttl_s=900)
+    with LiveServer(create_app(settings)) as server:
+        yield LiveApi(server.url, fresh_database_url, ward, clinician, token)
+
+
+@pytest.fixture
+def page(browser: object, live_api: LiveApi) -> Iterator[object]:
+    context = browser.new_context(timezone_id=BROWSER_ZONE, locale="en-GB",  # type: ignore[attr-defined]
+                                  viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    tab = context.new_page()
+    tab.problems = []  # type: ignore[attr-defined]
+    tab.on("console", lambda m: m.type == "error" and tab.problems.append(f"console: {m.text}"))
+    tab.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
+    # Nothing may be fetched from anywhere but the API's own origin.
+    tab.on("request", lambda r: r.url.startswith(live_api.url) or tab.problems.append(f"outside request: {r.url}"))
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def local_text(instant: datetime) -> str:
+    return instant.astimezone(ZoneInfo(BROWSER_ZONE)).strftime("%Y-%m-%d %H:%M")
+
+
+def alert_row(database_url: str, patient_id: str) -> dict:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT id, status, severity, opened_at, acknowledged_by FROM alerts"
+                           " WHERE patient_id = %s AND status <> 'resolved' ORDER BY id", (patient_id,)).fetchone()
+    assert row is not None, f"no open alert for {patient_id}"
+    return dict(zip(("id", "status", "severity", "opened_at", "acknowledged_by"), row, strict=True))
+
+
+def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, live_api: LiveApi,
+                                                                   artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    ward, tab = live_api.ward, page
+    tab.goto(f"{live_api.url}/ui#token={live_api.token}")  # type: ignore[attr-defined]
+
+    # The panel: this team's patients only, in triage order (critical, warning, then fewest reading days).
+    rows = tab.locator("#panel-table tbody tr")  # type: ignore[attr-defined]
+    expect(rows).to_have_count(len(ward.expected_order))
+    assert [rows.nth(i).get_attribute("data-patient-id") for i in range(rows.count())] == ward.expected_order
+    crisis, hyper = ward.patients["crisis"], ward.patients["hyper"]
+    expect(rows.nth(0).locator(".badge")).to_have_text("Critical: 1")
+    expect(rows.nth(1).locator(".badge")).to_have_text("Warning: 1")
+    expect(rows.nth(0)).to_contain_text("190/125 mmHg")
+    expect(rows.nth(1)).to_contain_text("300 mg/dL")
+    expect(rows.nth(3)).to_contain_text("20 of 30 days")
+    # The token left the address bar (and so the history) as soon as it was read.
+    assert "token" not in tab.url  # type: ignore[attr-defined]
+    assert tab.evaluate("sessionStorage.getItem('rpm.token')") == live_api.token  # type: ignore[attr-defined]
+    tab.screenshot(path=str(artifacts_dir / "ui_panel.png"), full_page=True)  # type: ignore[attr-defined]
+
+    # One patient: keyboard to the patient's link, charts with every stored reading as a point.
+    tab.locator(f'tr[data-patient-id="{crisis}"] a').focus()  # type: ignore[attr-defined]
+    tab.keyboard.press("Enter")  # type: ignore[attr-defined]
+    expect(tab.locator("body")).to_have_attribute("data-view", "patient")  # type: ignore[attr-defined]
+    expect(tab.locator("#patient-title")).to_have_text(f"Patient {crisis}")  # type: ignore[attr-defined]
+    counts = ward.readings[crisis]
+    bp_chart = tab.locator("#chart-bp svg.chart-svg")  # type: ignore[attr-defined]
+    expect(bp_chart.locator(".series[data-series=Systolic] .point")).to_have_count(counts["blood_pressure"])
+    expect(bp_chart.locator(".series[data-series=Diastolic] .point")).to_have_count(counts["blood_pressure"])
+    expect(tab.locator("#chart-bp figcaption")).to_have_text("Blood pressure (mmHg)")  # type: ignore[attr-defined]
+    glucose_chart = tab.locator("#chart-glucose svg.chart-svg")  # type: ignore[attr-defined]
+    expect(glucose_chart.locator(".point")).to_have_count(counts["glucose"])
+    band = glucose_chart.locator("rect.target-band")
+    expect(band).to_have_count(1)
+    assert (band.get_attribute("data-low"), band.get_attribute("data-high")) == ("70", "180")
+    expect(tab.locator("#chart-glucose figcaption")).to_have_text("Glucose (mg/dL)")  # type: ignore[attr-defined]
+    expect(tab.locator("#chart-weight svg.chart-svg .point")).to_have_count(counts["body_weight"])  # type: ignore[attr-defined]
+    # The point for 190 mmHg sits above every other systolic point (SVG y grows downwards).
+    ys = [float(v) for v in bp_chart.locator(".series[data-series=Systolic] .point").evaluate_all(
+        "nodes => nodes.map(n => n.getAttribute('cy'))")]
+    assert min(ys) == ys[-1] and ys.count(ys[-1]) == 1
+    tab.locator("#chart-bp details summary").click()  # type: ignore[attr-defined]
+    expect(tab.locator("#chart-bp details tbody tr").first).to_contain_text("190")  # type: ignore[attr-defined]
+
+    # The open alert, with its time in the browser's zone, and the Acknowledge button.
+    alert = alert_row(live_api.database_url, crisis)
+    assert (alert["severity"], alert["status"]) == ("critical", "open")
+    item = tab.locator(f'#alert-list li[data-alert-id="{alert["id"]}"]')  # type: ignore[attr-defined]
+    expect(item).to_have_attribute("data-status", "open")
+    expect(item.locator("time").first).to_have_text(local_text(alert["opened_at"]))
+    tab.screenshot(path=str(artifacts_dir / "ui_patient_before_ack.png"), full_page=True)  # type: ignore[attr-defined]
+    item.get_by_role("button", name="Acknowledge").click()
+
+    expect(tab.locator(f'#alert-list li[data-alert-id="{alert["id"]}"]')).to_have_attribute(  # type: ignore[attr-defined]
+        "data-status", "acknowledged")
+    expect(tab.locator("#status")).to_contain_text("Alert acknowledged")  # type: ignore[attr-defined]
+    stored = wait_until(lambda: (row := alert_row(live_api.database_url, crisis))["status"] == "acknowledged" and row,
+                        10, "the acknowledgement in the database")
+    assert stored["acknowledged_by"] == live_api.clinician  # type: ignore[index]
+    assert alert_row(live_api.database_url, hyper)["status"] == "open"  # only the one clicked
+    expect(tab.locator("#alert-list button.acknowledge")).to_have_count(0)  # type: ignore[attr-defined]
+    tab.screenshot(path=str(artifacts_dir / "ui_patient.png"), full_page=True)  # type: ignore[attr-defined]
+
+    # Back to the panel through history; the page never fetched from elsewhere nor logged an error.
+    tab.go_back()  # type: ignore[attr-defined]
+    expect(tab.locator("body")).to_have_attribute("data-view", "panel")  # type: ignore[attr-defined]
+    assert tab.problems == []  # type: ignore[attr-defined]
+
+
+def test_sign_in_refuses_a_bad_token_then_accepts_a_pasted_one(page: object, live_api: LiveApi) -> None:
+    from playwright.sync_api import expect
+
+    tab = page
+    tab.goto(f"{live_api.url}/ui")  # type: ignore[attr-defined]
+    expect(tab.locator("#sign-in")).to_be_visible()  # type: ignore[attr-defined]
+    field = tab.get_by_label("Bearer token")  # type: ignore[attr-defined]
+    field.fill("not-a-token")
+    tab.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    expect(tab.locator("#sign-in-error")).to_contain_text("Signed out")  # type: ignore[attr-defined]
+    assert tab.evaluate("sessionStorage.getItem('rpm.token')") is None  # type: ignore[attr-defined]
+
+    field.fill(live_api.token)
+    tab.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    expect(tab.locator("#panel-table tbody tr")).to_have_count(len(live_api.ward.expected_order))  # type: ignore[attr-defined]
+    stranger = live_api.ward.patients["stranger"]
+    expect(tab.locator(f'tr[data-patient-id="{stranger}"]')).to_have_count(0)  # type: ignore[attr-defined]
+    # A patient not shared with the team reads as not found, like the API answers.
+    tab.goto(f"{live_api.url}/ui#/patients/{stranger}")  # type: ignore[attr-defined]
+    expect(tab.locator("#status")).to_contain_text("No such patient")  # type: ignore[attr-defined]
+    # The 401 console line is the browser reporting the refused token; nothing else may appear.
+    assert [p for p in tab.problems if "401" not in p and "404" not in p] == []  # type: ignore[attr-defined]
