@@ -45,11 +45,15 @@ def test_two_workers_evaluating_at_once_open_one_alert(database_url, unique_id, 
     t = now()
     readings = [bp(cuff, t - timedelta(minutes=2), 190, 100), bp(cuff, t - timedelta(minutes=1), 195, 100)]
 
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Stored beforehand: concurrent inserts of one patient-day wait on each other in the API's
+        # day-statistics trigger (0420), which would serialise the workers before the race.
+        stored = [insert_readings(conn, [r], unique_id) for r in readings]
+
     def work(conn, i, barrier):
-        stored = insert_readings(conn, [readings[i]], unique_id)
-        barrier.wait()  # both transactions have stored their reading; neither has committed
+        barrier.wait()  # both transactions start evaluating together
         # The alerts hook alone (not the twin's row lock) so the two really race on the unique index.
-        return alerts_in(evaluate_readings(conn, stored, now()))
+        return alerts_in(evaluate_readings(conn, stored[i], now()))
 
     results = race(database_url, work)
     statuses = sorted(a.status for r in results for a in r if a.rule == "bp_crisis")
@@ -65,10 +69,12 @@ def test_two_workers_through_all_hooks_open_one_alert_and_keep_the_twin_consiste
     t = now()
     readings = [bp(cuff, t - timedelta(minutes=2), 190, 100), bp(cuff, t - timedelta(minutes=1), 195, 100)]
 
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        stored = [insert_readings(conn, [r], unique_id) for r in readings]
+
     def work(conn, i, barrier):
-        stored = insert_readings(conn, [readings[i]], unique_id)
         barrier.wait()
-        return alerts_in(run_in_transaction_hooks(conn, stored))
+        return alerts_in(run_in_transaction_hooks(conn, stored[i]))
 
     race(database_url, work)
     from cloud.twin import service as twin
