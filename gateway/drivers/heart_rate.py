@@ -35,32 +35,42 @@ async def run_session(ctx: BleContext) -> SessionResult:
     emitted = 0
     frames = 0
     last_frame_at = loop.time()
-    while deadline is None or loop.time() < deadline:
-        silence_left = last_frame_at + session.timeouts.op_s - loop.time()
-        wait = silence_left if deadline is None else min(silence_left, deadline - loop.time())
-        try:
-            event = await session.receive(queue, max(wait, 0.0))
-        except DeviceDisconnectedError:
-            break
-        if event is None:
-            if loop.time() - last_frame_at >= session.timeouts.op_s:
-                log.info("%s: no heart rate for %g s; ending the session", session.address, session.timeouts.op_s)
+    try:
+        while deadline is None or loop.time() < deadline:
+            silence_left = last_frame_at + session.timeouts.op_s - loop.time()
+            wait = silence_left if deadline is None else min(silence_left, deadline - loop.time())
+            try:
+                event = await session.receive(queue, max(wait, 0.0))
+            except DeviceDisconnectedError:
                 break
-            continue
-        last_frame_at = loop.time()
-        _, frame = event
-        try:
-            measurement = codec.decode_measurement(frame)
-        except DecodeError as err:
-            log.warning("%s: skipped a heart-rate frame that does not decode (%s): %s", session.address,
-                        frame.hex(), err)
-            ctx.notes.append(f"undecodable frame: {err}")
-            continue
-        frames += 1
-        closed = window.add(measurement, ctx.now())
-        if closed is not None:
-            await ctx.emit(closed)
-            emitted += 1
+            if event is None:
+                if loop.time() - last_frame_at >= session.timeouts.op_s:
+                    log.info("%s: no heart rate for %g s; ending the session", session.address,
+                             session.timeouts.op_s)
+                    break
+                continue
+            last_frame_at = loop.time()
+            _, frame = event
+            try:
+                measurement = codec.decode_measurement(frame)
+            except DecodeError as err:
+                log.warning("%s: skipped a heart-rate frame that does not decode (%s): %s", session.address,
+                            frame.hex(), err)
+                ctx.notes.append(f"undecodable frame: {err}")
+                continue
+            frames += 1
+            closed = window.add(measurement, ctx.now())
+            if closed is not None:
+                # Shielded: a window taken out of the HeartRateWindow must reach the sink even if the
+                # gateway is shutting down around it.
+                await asyncio.shield(ctx.emit(closed))
+                emitted += 1
+    except asyncio.CancelledError:
+        # Shutdown: the open window is what the strap sent since the last reading; keep it.
+        partial = window.flush(ctx.now())
+        if partial is not None:
+            await asyncio.shield(ctx.emit(partial))
+        raise
     last = window.flush(ctx.now())
     if last is not None:
         await ctx.emit(last)

@@ -113,3 +113,27 @@ def test_max_session_length_ends_a_strap_that_never_stops(tmp_path: Path) -> Non
     run("AA:03:00:00:00:05", sink, tmp_path, QuarterSecondClock(MINUTE), heart_rate_max_session_s=0.3)
     assert len(sink.measurements) >= 1
     assert AIR.get("AA:03:00:00:00:05").link is None
+
+
+def test_shutdown_mid_window_keeps_the_partial_window(tmp_path: Path) -> None:
+    strap = HeartRateStrap("AA:03:00:00:00:06", [70, 71, 72], hz=200)
+    AIR.add(strap)
+    sink = RecordingSink()
+    settings = BleConfig(backend="sim", op_timeout_s=1.0, connect_attempts=1)
+
+    async def run() -> None:
+        task = asyncio.create_task(run_device_session(
+            "AA:03:00:00:00:06", "ble.heart_rate", config=settings, sink=sink,
+            state=DeviceStateStore(tmp_path / "s.sqlite"), client_backend=SimBleakClient,
+            now=QuarterSecondClock(MINUTE)))
+        async with asyncio.timeout(5):
+            while len(strap.sent_frames) < 10:  # noqa: ASYNC110 - polling a simulated device under a deadline
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    (partial,) = sink.measurements
+    assert partial.details["samples"] >= 10 and partial.values["heart_rate"].value in (70, 70.5, 71, 71.5, 72)
+    assert strap.link is None
