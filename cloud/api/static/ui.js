@@ -48,7 +48,25 @@ function signOut(message = "") {
 
 // --- API ---------------------------------------------------------------------------------------------
 
-async function api(path, { method = "GET", body } = {}) {
+// A page needs few requests in flight; more would only queue for the server's database connections.
+const MAX_IN_FLIGHT = 3;
+let inFlight = 0;
+const waiting = [];
+
+async function api(path, options = {}) {
+  // A finished request hands its slot straight to the next waiting one, so the count never overshoots.
+  if (inFlight >= MAX_IN_FLIGHT) await new Promise((resolve) => waiting.push(resolve));
+  else inFlight += 1;
+  try {
+    return await request(path, options);
+  } finally {
+    const next = waiting.shift();
+    if (next) next();
+    else inFlight -= 1;
+  }
+}
+
+async function request(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json", Authorization: `Bearer ${token()}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
