@@ -149,8 +149,12 @@ class BleManager:
         """Scan and supervise sessions until cancelled; cancellation ends every session cleanly."""
         async with asyncio.TaskGroup() as group:
             self._group = group
+            # Some devices leave their health service out of the advertisement; one enrolled by address
+            # with its profile in the config is matched by address, so the scan cannot filter by service.
+            by_address = any(device.profile for device in self.config.enrolled)
             scanner = BleakScanner(
-                self._on_advertisement, service_uuids=list(HEALTH_SERVICES), backend=self._scanner_backend
+                self._on_advertisement, service_uuids=None if by_address else list(HEALTH_SERVICES),
+                backend=self._scanner_backend,
             )
             await scanner.start()
             try:

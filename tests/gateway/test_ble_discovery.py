@@ -14,7 +14,7 @@ import pytest
 from firmware_sims.ble.air import AIR, SCENARIO_ENV
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, GlucoseMeter, GlucoseRecord, WeightScale
-from gateway.ble_config import BleConfig
+from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import BleManager, ble_candidates
 from gateway.codecs.common import Measurement
 from gateway.config import parse_config
@@ -137,3 +137,21 @@ def test_ble_candidates_lists_health_devices_and_which_are_enrolled(tmp_path: Pa
     rows = asyncio.run(ble_candidates(config, 0.2))
     assert [(r["address"], r["profile"], r["enrolled"]) for r in rows] == [
         ("AA:06:00:00:04:01", "ble.blood_pressure", False), ("AA:06:00:00:04:02", "ble.glucose", True)]
+
+
+def test_a_config_enrolled_device_that_advertises_no_service_is_matched_by_address(tmp_path: Path) -> None:
+    class QuietMeter(GlucoseMeter):
+        def advertised_services(self) -> list[str]:
+            return []
+
+    meter = QuietMeter("AA:06:00:00:05:01", [GlucoseRecord(1, T, 0.001)])
+    stranger = QuietMeter("AA:06:00:00:05:02", [GlucoseRecord(1, T, 0.001)])
+    AIR.add(meter, stranger)
+    config = CONFIG.model_copy(update={"enrolled": [EnrolledBleDevice(address="aa:06:00:00:05:01",
+                                                                      profile="ble.glucose")]})
+    store = EnrolmentStore(tmp_path / "e.sqlite", config.enrolled)
+    sink = RecordingSink()
+    manager = BleManager(config, sink, DeviceStateStore(tmp_path / "s.sqlite"), store)
+    asyncio.run(run_until(manager, lambda: "AA:06:00:00:05:01" in manager.results))
+    assert [r.sequence for r in sink.readings] == [1]
+    assert stranger.sessions == 0
