@@ -89,7 +89,9 @@ def to_reading(
     discriminator: str | None = None,
 ) -> Reading:
     """Build the contract reading. ``discriminator`` identifies records that have neither a sequence
-    number nor a device time (e.g. a heart-rate window: its start)."""
+    number nor a device time; a heart-rate window's start (``details["window_start"]``) is the default,
+    so two windows with the same median never share an id."""
+    discriminator = discriminator or measurement.details.get("window_start")
     values = canonical_values(measurement)
     measured_at, clock_info, clock_unset = judge_time(measurement.device_time, clock, received_at, local_tz)
     raw_values = {

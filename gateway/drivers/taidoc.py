@@ -83,6 +83,9 @@ class TaidocDriver(SerialDriver):
     gateway's time after the download when the device clock is off by more than the tolerance),
     ``power_off`` (default: what the model wants)."""
 
+    # The session reads the serial number and calls identify(), so status is kept under that uid.
+    identifies_itself = True
+
     profile: ClassVar[str] = "serial.taidoc"
     default_baudrate: ClassVar[int] = 19200
 
