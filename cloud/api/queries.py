@@ -153,7 +153,8 @@ WITH visible AS MATERIALIZED (
                     - width_bucket(%(first_day)s::date - 1, pp.reading_days), 0) AS adherence_days
       FROM visible v LEFT JOIN patient_panel pp ON pp.patient_id = v.patient_id
       LEFT JOIN open_alerts oa ON oa.patient_id = v.patient_id
-     ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, v.patient_id
+     -- Byte order for the id: locale-aware comparison of 10 000 ids costs more than the rest of the sort.
+     ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, v.patient_id COLLATE "C"
      LIMIT %(limit)s OFFSET %(offset)s
 ), ordered AS MATERIALIZED (
     SELECT r.*, row_number() OVER () AS position FROM ranked r
@@ -176,8 +177,11 @@ def panel_json(conn: Any, *, care_teams: Sequence[str], own_patient: str | None,
     """The visible patients' ids and their JSON objects joined by commas (one row from PostgreSQL), in triage
     order: open critical, warning, info alerts, then the fewest days with readings (at risk of missing the
     16-day rule), then id."""
-    row = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
-                                "limit": limit, "offset": offset}).fetchone()
+    with conn.transaction():
+        # The page's JSON (about 700 bytes a patient) is ordered in memory, not in a temporary file.
+        conn.execute("SET LOCAL work_mem = '64MB'")
+        row = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
+                                    "limit": limit, "offset": offset}).fetchone()
     if row is None or row[0] is None:
         return [], ""
     return row[0], row[1]
