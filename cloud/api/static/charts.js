@@ -24,7 +24,7 @@ function niceStep(span, ticks) {
 }
 
 function valueRange(series, band) {
-  const values = series.flatMap((s) => s.points.map((p) => p.value));
+  const values = series.flatMap((s) => s.points.flatMap((p) => [p.value, p.low ?? p.value, p.high ?? p.value]));
   if (band) values.push(band.low, band.high);
   let low = Math.min(...values);
   let high = Math.max(...values);
@@ -77,7 +77,8 @@ export function drawChart(figure, spec) {
     "data-points": count, "aria-label": summary(spec) });
   figure.append(chart);
   if (count === 0) {
-    chart.append(svg("text", { class: "empty-note", x: (x0 + x1) / 2, y: HEIGHT / 2, "text-anchor": "middle" },
+    chart.setAttribute("viewBox", `0 0 ${WIDTH} 48`); // nothing to draw: a line of text, not an empty frame
+    chart.append(svg("text", { class: "empty-note", x: WIDTH / 2, y: 28, "text-anchor": "middle" },
       "No readings in this period"));
     return chart;
   }
@@ -94,14 +95,17 @@ export function drawChart(figure, spec) {
     chart.append(svg("rect", { class: "target-band", x: x0, y: top, width: x1 - x0, height: bottom - top,
       "data-low": spec.band.low, "data-high": spec.band.high }, Object.assign(svg("title"),
       { textContent: spec.band.label })));
-    chart.append(svg("text", { class: "band-label", x: x1 - 4, y: top + 12, "text-anchor": "end" }, spec.band.label));
+    // Left-aligned: the newest readings, the ones looked at, are on the right.
+    chart.append(svg("text", { class: "band-label", x: x0 + 6, y: top + 14, "text-anchor": "start" }, spec.band.label));
   }
 
   const axis = svg("g", { class: "axis" });
-  for (let value = low; value <= high + step / 2; value += step) {
+  const decimals = [0, 1, 2, 3].find((d) => Math.abs(step * 10 ** d - Math.round(step * 10 ** d)) < 1e-9) ?? 3;
+  for (let i = 0; low + i * step <= high + step / 2; i += 1) {
+    const value = low + i * step;
     const y = yOf(value);
     axis.append(svg("line", { x1: x0, x2: x1, y1: y, y2: y }));
-    axis.append(svg("text", { x: x0 - 6, y: y + 4, "text-anchor": "end" }, spec.formatValue(value)));
+    axis.append(svg("text", { x: x0 - 6, y: y + 4, "text-anchor": "end" }, value.toFixed(decimals)));
   }
   const days = (end - start) / DAY_MS;
   const every = Math.max(1, Math.ceil(days / 8));
@@ -124,8 +128,14 @@ export function drawChart(figure, spec) {
         points: points.map((p) => `${xOf(p.time).toFixed(1)},${yOf(p.value).toFixed(1)}`).join(" ") }));
     }
     for (const p of points) {
-      group.append(marker(index, xOf(p.time), yOf(p.value),
-        `${series.name} ${spec.formatValue(p.value)} ${spec.unit}, ${spec.formatTime(p.time)}`));
+      const x = xOf(p.time);
+      if (p.low !== undefined && p.high !== undefined && p.high > p.low) {
+        group.append(svg("line", { class: `whisker series-${index}`, x1: x, x2: x, y1: yOf(p.low), y2: yOf(p.high) }));
+      }
+      const spread = p.count === undefined ? "" :
+        ` (mean of ${p.count}, ${spec.formatValue(p.low)}–${spec.formatValue(p.high)})`;
+      group.append(marker(index, x, yOf(p.value),
+        `${series.name} ${spec.formatValue(p.value)} ${spec.unit}${spread}, ${spec.formatTime(p.time)}`));
     }
     chart.append(group);
   });

@@ -304,15 +304,19 @@ async function loadSeries(patientId, kind, metrics, range) {
     return { points, unit: unit ?? catalogue[metrics[0]]?.unit, note: `${page.readings.length} readings` };
   }
   const bucket = range.days <= 7 ? "hour" : "day";
+  const halfBucket = (bucket === "hour" ? 3_600_000 : 86_400_000) / 2;
   const trends = await Promise.all(metrics.map((m) => api(`${base}/trends/${m}?${new URLSearchParams({
     bucket, since: range.since.toISOString(), until: range.until.toISOString() })}`)));
   const points = {};
   let count = 0;
   trends.forEach((trend, i) => {
-    points[metrics[i]] = trend.buckets.map((b) => ({ time: new Date(b.start), value: b.mean }));
+    // A mean stands for its whole bucket: drawn at the bucket's middle, with the bucket's min-max as a whisker.
+    points[metrics[i]] = trend.buckets.map((b) => ({ time: new Date(new Date(b.start).getTime() + halfBucket),
+      value: b.mean, low: b.min, high: b.max, count: b.count }));
     count = Math.max(count, trend.buckets.reduce((n, b) => n + b.count, 0));
   });
-  return { points, unit: trends[0].unit, note: `${bucket === "hour" ? "Hourly" : "Daily"} means of ${count} readings` };
+  return { points, unit: trends[0].unit,
+    note: `${bucket === "hour" ? "Hourly" : "Daily"} means (bars: lowest to highest) of ${count} readings` };
 }
 
 function chartSpec(label, loaded, names, range, band = null) {

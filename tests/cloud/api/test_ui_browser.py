@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from ui_live_server import LiveServer, Ward, seed_ward, wait_until
+from ui_live_server import LiveServer, Ward, seed_continuous_glucose, seed_ward, wait_until
 
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
@@ -237,3 +237,35 @@ def test_sign_in_refuses_a_bad_token_then_accepts_a_pasted_one(page: object, liv
     expect(tab.locator("#status")).to_contain_text("No such patient")  # type: ignore[attr-defined]
     # The 401 console line is the browser reporting the refused token; nothing else may appear.
     assert [p for p in tab.problems if "401" not in p and "404" not in p] == []  # type: ignore[attr-defined]
+
+
+def test_dense_glucose_is_drawn_as_daily_means_and_the_period_can_change(page: object, live_api: LiveApi,
+                                                                          artifacts_dir: Path) -> None:
+    """More readings than one page (1000) in the period: the chart asks the trends endpoint for daily means
+    instead, one point per local day of the patient (UTC here), each with its day's range."""
+    from playwright.sync_api import expect
+
+    tab, cgm = page, f"{live_api.ward.team}-cgm"
+    with psycopg.connect(live_api.database_url, autocommit=True) as conn:
+        stored = seed_continuous_glucose(conn, cgm, live_api.ward.team, 1200)
+    days = {r.measured_at.astimezone(ZoneInfo("UTC")).date() for r in stored}
+    tab.goto(f"{live_api.url}/ui#token={live_api.token}")  # type: ignore[attr-defined]
+    expect(tab.locator(f'tr[data-patient-id="{cgm}"]')).to_have_count(1)  # type: ignore[attr-defined]
+    tab.locator(f'tr[data-patient-id="{cgm}"] a').click()  # type: ignore[attr-defined]
+    chart = tab.locator("#chart-glucose")  # type: ignore[attr-defined]
+    expect(chart.locator(".chart-note")).to_contain_text("Daily means (bars: lowest to highest) of 1200 readings")
+    expect(chart.locator("svg .point")).to_have_count(len(days))
+    assert chart.locator("svg .whisker").count() == len(days)
+    # 90..209 mg/dL in every day: the whiskers reach both sides of the 180 mg/dL target edge.
+    expect(chart.locator("svg rect.target-band")).to_have_count(1)
+    tab.screenshot(path=str(artifacts_dir / "ui_dense_glucose.png"), full_page=True)  # type: ignore[attr-defined]
+
+    # The steady patient has readings on each of the last 20 days: 7 days shows the last 6 of them.
+    steady = live_api.ward.patients["steady"]
+    tab.goto(f"{live_api.url}/ui#/patients/{steady}")  # type: ignore[attr-defined]
+    weight = tab.locator("#chart-weight svg .point")  # type: ignore[attr-defined]
+    expect(weight).to_have_count(20)
+    tab.get_by_label("Period").select_option("7")  # type: ignore[attr-defined]
+    expect(weight).to_have_count(6)
+    expect(tab.locator("#chart-bp .chart-note")).to_contain_text("6 readings")  # type: ignore[attr-defined]
+    assert tab.problems == []  # type: ignore[attr-defined]

@@ -115,3 +115,14 @@ def seed_ward(conn: psycopg.Connection, prefix: str) -> Ward:
             counts["glucose"] += 1
         ward.readings[patient_id] = counts
     return ward
+
+
+def seed_continuous_glucose(conn: psycopg.Connection, patient_id: str, team: str, readings: int) -> list[Reading]:
+    """A patient with a CGM-like meter: one glucose reading every 5 minutes, the newest 10 minutes ago."""
+    devices = add_patient(conn, patient_id, kinds=("glucose",))
+    _grant(conn, patient_id, team)
+    end = now() - timedelta(minutes=10)
+    stored = [_glucose(devices["glucose"], end - timedelta(minutes=5 * i), 90 + (i * 37) % 120)
+              for i in range(readings)]
+    ingest(conn, stored, patient_id)
+    return stored
