@@ -93,7 +93,13 @@ def to_reading(
     so two windows with the same median never share an id."""
     discriminator = discriminator or measurement.details.get("window_start")
     values = canonical_values(measurement)
-    measured_at, clock_info, clock_unset = judge_time(measurement.device_time, clock, received_at, local_tz)
+    window_end = measurement.details.get("window_end")
+    if measurement.device_time is None and window_end:
+        # A live window (heart rate) is timed by the gateway's own clock by design: not an unset clock.
+        measured_at = datetime.fromisoformat(window_end).astimezone(UTC)
+        clock_info, clock_unset = Clock(judgement=ClockJudgement.GATEWAY), False
+    else:
+        measured_at, clock_info, clock_unset = judge_time(measurement.device_time, clock, received_at, local_tz)
     raw_values = {
         name: (list(q.value) if isinstance(q.value, tuple) else q.value, q.unit)
         for name, q in measurement.values.items()

@@ -37,7 +37,7 @@ class Air:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._peripherals: dict[str, Peripheral] = {}
-        self.scenario_loaded: str | None = None
+        self.scenario_loaded: tuple[str, int] | None = None
 
     def add(self, *peripherals: Peripheral) -> None:
         with self._lock:
@@ -64,17 +64,32 @@ class Air:
             return list(self._peripherals.values())
 
     def load_env_scenario(self) -> None:
-        """Populate from ``$RPM_SIM_BLE_SCENARIO`` once per path (a gateway process's simulated radio)."""
+        """Populate from ``$RPM_SIM_BLE_SCENARIO``, and again whenever the file changes.
+
+        A changed file is the simulated world moving on: a peripheral already on the air keeps its
+        identity and link state and takes the file's records as its memory (a cuff that measured
+        again); new peripherals appear. The demo plays its week this way.
+        """
         path = os.environ.get(SCENARIO_ENV)
-        if not path or self.scenario_loaded == path:
+        if not path:
+            return
+        try:
+            stamp = (path, os.stat(path).st_mtime_ns)
+        except FileNotFoundError:
+            raise ScenarioError(f"{path}: no such scenario file") from None
+        if self.scenario_loaded == stamp:
             return
         peripherals = load_scenario(path)
         with self._lock:
-            if self.scenario_loaded == path:
+            if self.scenario_loaded == stamp:
                 return
             for peripheral in peripherals:
-                self._peripherals.setdefault(peripheral.address, peripheral)
-            self.scenario_loaded = path
+                current = self._peripherals.get(peripheral.address)
+                if current is None:
+                    self._peripherals[peripheral.address] = peripheral
+                elif hasattr(peripheral, "records"):
+                    current.records = peripheral.records
+            self.scenario_loaded = stamp
 
 
 AIR = Air()

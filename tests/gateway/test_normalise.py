@@ -82,3 +82,17 @@ def test_implausible_values_are_stored_with_a_flag_not_changed() -> None:
                          local_tz=PARIS)
     assert reading.values["systolic"].value == 320
     assert "out_of_plausible_range" in reading.flags
+
+
+def test_live_heart_rate_windows_are_timed_by_the_gateway_and_get_distinct_ids() -> None:
+    def window(start: datetime) -> Measurement:
+        return Measurement("ble.heart_rate", "heart_rate", {"heart_rate": Quantity(64.0, "/min")},
+                           details={"window_start": start.isoformat(),
+                                    "window_end": (start + timedelta(minutes=1)).isoformat()})
+
+    first = to_reading(DEVICE, window(RECEIVED), None, RECEIVED + timedelta(minutes=1, seconds=2))
+    second = to_reading(DEVICE, window(RECEIVED + timedelta(minutes=1)), None, RECEIVED + timedelta(minutes=2))
+    assert first.id != second.id
+    assert first.measured_at == RECEIVED + timedelta(minutes=1)
+    assert first.clock.judgement is ClockJudgement.GATEWAY
+    assert "clock_unset" not in first.flags
