@@ -267,7 +267,10 @@ async function acknowledge(alert, item, button) {
   button.disabled = true;
   try {
     const updated = await api(`/v1/alerts/${alert.id}/acknowledge`, { method: "POST", body: {} });
-    item.replaceWith(alertItem(updated));
+    const replacement = alertItem(updated);
+    replacement.tabIndex = -1;
+    item.replaceWith(replacement);
+    replacement.focus(); // the button is gone: keep the keyboard user on the alert they acted on
     status(`Alert acknowledged: ${humanise(updated.rule_id)}.`);
   } catch (error) {
     button.disabled = false;

@@ -7,7 +7,6 @@ browser.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -25,10 +24,9 @@ from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 
-pytestmark = pytest.mark.integration
 DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
 BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -76,6 +74,7 @@ def test_metric_catalogue_gives_the_units_the_api_stores(shell: TestClient) -> N
     assert catalogue["body_weight"]["unit"] == "kg"
 
 
+@pytest.mark.unit
 def test_ui_routes_stay_out_of_the_openapi_document(shell: TestClient) -> None:
     assert not [path for path in shell.get("/openapi.json").json()["paths"] if path.startswith("/ui")]
 
@@ -144,6 +143,7 @@ def alert_row(database_url: str, patient_id: str) -> dict:
     return dict(zip(("id", "status", "severity", "opened_at", "acknowledged_by"), row, strict=True))
 
 
+@pytest.mark.integration
 def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, live_api: LiveApi,
                                                                    artifacts_dir: Path) -> None:
     from playwright.sync_api import expect
@@ -161,6 +161,9 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     expect(rows.nth(0)).to_contain_text("190/125 mmHg")
     expect(rows.nth(1)).to_contain_text("300 mg/dL")
     expect(rows.nth(3)).to_contain_text("20 of 30 days")
+    # A name holding markup is shown as text, never run or parsed.
+    expect(rows.nth(3).locator("a")).to_have_text(ward.hostile_name)
+    assert rows.nth(3).locator("img").count() == 0 and tab.evaluate("window.pwned") is None  # type: ignore[attr-defined]
     # The token left the address bar (and so the history) as soon as it was read.
     assert "token" not in tab.url  # type: ignore[attr-defined]
     assert tab.evaluate("sessionStorage.getItem('rpm.token')") == live_api.token  # type: ignore[attr-defined]
@@ -215,6 +218,7 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     assert tab.problems == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.integration
 def test_sign_in_refuses_a_bad_token_then_accepts_a_pasted_one(page: object, live_api: LiveApi) -> None:
     from playwright.sync_api import expect
 
@@ -239,6 +243,7 @@ def test_sign_in_refuses_a_bad_token_then_accepts_a_pasted_one(page: object, liv
     assert [p for p in tab.problems if "401" not in p and "404" not in p] == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.integration
 def test_dense_glucose_is_drawn_as_daily_means_and_the_period_can_change(page: object, live_api: LiveApi,
                                                                           artifacts_dir: Path) -> None:
     """More readings than one page (1000) in the period: the chart asks the trends endpoint for daily means

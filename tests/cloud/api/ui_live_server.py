@@ -68,6 +68,8 @@ class Ward:
     expected_order: list[str]
     readings: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per patient, how many readings of each kind were stored (what the charts must show)."""
+    hostile_name: str = 'Steady <img src=x onerror="window.pwned=1">'
+    """The ``steady`` patient's display name: markup the page must show as text."""
 
 
 def _grant(conn: psycopg.Connection, patient_id: str, team: str) -> None:
@@ -114,6 +116,7 @@ def seed_ward(conn: psycopg.Connection, prefix: str) -> Ward:
             ingest(conn, [_glucose(devices["glucose"], end - timedelta(minutes=20), 300)], patient_id)
             counts["glucose"] += 1
         ward.readings[patient_id] = counts
+    conn.execute("UPDATE patients SET display_name = %s WHERE id = %s", (ward.hostile_name, patients["steady"]))
     return ward
 
 
