@@ -421,75 +421,23 @@ def patient_devices(conn: Any, patient_id: str) -> list[dict[str, Any]]:
 
 
 def unassigned_queue(conn: Any, *, limit: int) -> list[dict[str, Any]]:
-    """Devices (and user indexes) with readings stored but no patient: what needs assigning."""
+    """Devices (and user indexes) with readings stored but no patient: what needs assigning
+    (the ``unassigned_devices`` view of migration 0002, shared with ``rpm-cloud assign --list``)."""
     return _dicts(
         conn,
-        """
-        SELECT r.device_uid, r.user_index, count(*) AS readings, min(r.measured_at) AS first_measured_at,
-               max(r.measured_at) AS last_measured_at, array_agg(DISTINCT r.kind) AS kinds,
-               max(d.model) AS model, max(d.profile) AS profile, max(r.gateway_id) AS gateway_id
-          FROM readings r LEFT JOIN devices d ON d.uid = r.device_uid
-         WHERE r.patient_id IS NULL
-         GROUP BY r.device_uid, r.user_index
-         ORDER BY max(r.measured_at) DESC LIMIT %s
-        """,
+        "SELECT device_uid, user_index, profile, model, gateway_id, readings, first_measured_at, last_measured_at"
+        " FROM unassigned_devices ORDER BY last_stored_at DESC LIMIT %s",
         (limit,),
     )
-
-
-def device_exists(conn: Any, uid: str) -> bool:
-    return conn.execute("SELECT 1 FROM devices WHERE uid = %s", (uid,)).fetchone() is not None
 
 
 def current_assignees(conn: Any, uid: str, user_index: int | None) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT patient_id FROM device_assignments WHERE device_uid = %s"
-        " AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())",
+        " AND user_index IS NOT DISTINCT FROM %s AND valid_from < now() AND (valid_to IS NULL OR valid_to > now())",
         (uid, user_index),
     ).fetchall()
     return [r[0] for r in rows]
-
-
-def assign_device(conn: Any, uid: str, user_index: int | None, patient_id: str, valid_from: datetime | None,
-                  by: str) -> dict[str, Any]:
-    """Close the device's (user index's) open assignment at ``valid_from``, open the new one, and give
-    the queued readings measured since then to the patient. Call inside a transaction."""
-    start = valid_from
-    conn.execute(
-        "UPDATE device_assignments SET valid_to = coalesce(%s, now()) WHERE device_uid = %s"
-        " AND user_index IS NOT DISTINCT FROM %s AND valid_to IS NULL AND valid_from < coalesce(%s, now())",
-        (start, uid, user_index, start),
-    )
-    row = _dict(
-        conn,
-        "INSERT INTO device_assignments (device_uid, user_index, patient_id, valid_from, created_by)"
-        " VALUES (%s, %s, %s, coalesce(%s, '-infinity'::timestamptz), %s)"
-        " RETURNING id, device_uid, user_index, patient_id, nullif(valid_from, '-infinity') AS valid_from, valid_to,"
-        " created_at, created_by",
-        (uid, user_index, patient_id, start, by),
-    )
-    assert row is not None
-    claimed = conn.execute(
-        "UPDATE readings SET patient_id = %s WHERE patient_id IS NULL AND device_uid = %s"
-        " AND (%s::smallint IS NULL OR user_index IS NOT DISTINCT FROM %s::smallint)"
-        " AND measured_at >= coalesce(%s, '-infinity'::timestamptz) RETURNING id",
-        (patient_id, uid, user_index, user_index, start),
-    ).fetchall()
-    ids = [r[0] for r in claimed]
-    if ids:
-        conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)", (patient_id, ids))
-    return {**row, "readings_claimed": len(ids)}
-
-
-def unassign_device(conn: Any, uid: str, user_index: int | None) -> list[dict[str, Any]]:
-    """End the device's (user index's) open assignments now; stored readings keep their patient."""
-    return _dicts(
-        conn,
-        "UPDATE device_assignments SET valid_to = greatest(now(), valid_from + interval '1 microsecond')"
-        " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s AND (valid_to IS NULL OR valid_to > now())"
-        " RETURNING id, device_uid, user_index, patient_id, nullif(valid_from, '-infinity') AS valid_from, valid_to",
-        (uid, user_index),
-    )
 
 
 # --- daily statistics (migration 0420): exact per-day stats kept lazily -------------------------------

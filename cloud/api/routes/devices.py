@@ -3,7 +3,7 @@ with no patient yet), assigning a device and user index to a patient, and unassi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from cloud.api import queries
 from cloud.api.deps import CLINICAL_ROLES, AdminPrincipal, CurrentPrincipal, DbConn, ReadingsAccess, authorise_patient
 from cloud.api.problems import ApiProblem, forbidden, not_found
+from cloud.db import assign as assignments
 from cloud.twin import service as twin
 
 router = APIRouter(tags=["devices"])
@@ -45,7 +46,8 @@ def patient_devices(access: ReadingsAccess, conn: DbConn) -> dict[str, Any]:
 
 
 @router.post("/v1/devices/{device_uid}/assignments", status_code=201,
-             summary="Assign the device (and user index) to a patient; queued readings follow")
+             summary="Assign the device (and user index) to a patient from valid_from (default now); "
+                     "readings queued since then follow")
 def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
            body: Assignment) -> dict[str, Any]:
     if principal.role == "patient":
@@ -56,14 +58,19 @@ def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_u
         raise not_found("patient")
     if body.valid_from is not None and body.valid_from.tzinfo is None:
         raise ApiProblem(422, "valid_from needs a time zone", slug="validation")
-    if not queries.device_exists(conn, device_uid):
-        raise not_found("device")
-    with conn.transaction():
-        row = queries.assign_device(conn, device_uid, body.user_index, body.patient_id, body.valid_from,
-                                    principal.subject)
-        twin.record_device_assigned(conn, body.patient_id, device_uid, user_index=body.user_index,
-                                    valid_from=body.valid_from, by=principal.subject)
-    return row
+    valid_from = body.valid_from or datetime.now(UTC)
+    try:
+        with conn.transaction():
+            # cloud.db.assign owns the rule (close the open assignment, backfill queued readings); the twin hears of it.
+            result = assignments.assign_device(conn, device_uid, body.patient_id, user_index=body.user_index,
+                                               valid_from=valid_from, created_by=principal.subject)
+            twin.record_device_assigned(conn, body.patient_id, device_uid, user_index=body.user_index,
+                                        valid_from=valid_from, by=principal.subject)
+    except assignments.AssignmentError as exc:
+        raise ApiProblem(422, str(exc), slug="invalid-assignment") from exc
+    return {"assignment_id": result.assignment_id, "device_uid": device_uid, "user_index": body.user_index,
+            "patient_id": body.patient_id, "valid_from": valid_from, "readings_claimed": result.readings_backfilled,
+            "closed_assignments": result.closed}
 
 
 @router.delete("/v1/devices/{device_uid}/assignments", summary="End the device's (user index's) assignment now")
@@ -77,6 +84,8 @@ def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device
             authorise_patient(conn, request, principal, patient_id, "readings")
     if not assignees:
         raise not_found("assignment")
-    with conn.transaction():
-        ended = queries.unassign_device(conn, device_uid, user_index)
-    return {"device_uid": device_uid, "user_index": user_index, "ended": ended}
+    try:
+        closed = assignments.unassign_device(conn, device_uid, user_index=user_index)
+    except assignments.AssignmentError as exc:
+        raise not_found("assignment") from exc
+    return {"device_uid": device_uid, "user_index": user_index, "closed_assignments": closed}
