@@ -49,8 +49,11 @@ class TestAcker:
         client.subscribe([(readings_topic(self.gateway_id), 1), (status_topic(self.gateway_id), 1)])
 
     def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        data = json.loads(message.payload)
-        if message.topic == status_topic(self.gateway_id):
+        try:
+            data = json.loads(message.payload)
+        except ValueError:
+            return  # an empty retained message (a cleared status)
+        if "readings" not in data:
             with self._lock:
                 self.statuses.append(data)
             return
