@@ -23,11 +23,15 @@ function niceStep(span, ticks) {
   return nice * power;
 }
 
-function valueRange(series, band) {
+function valueRange(series, band, minSpan = 0) {
   const values = series.flatMap((s) => s.points.flatMap((p) => [p.value, p.low ?? p.value, p.high ?? p.value]));
   if (band) values.push(band.low, band.high);
   let low = Math.min(...values);
   let high = Math.max(...values);
+  // A floor on the span keeps a 0.3 kg wobble from filling the chart like a 3 kg gain.
+  const widen = Math.max(minSpan - (high - low), 0) / 2;
+  low -= widen;
+  high += widen;
   if (low === high) { low -= 1; high += 1; }
   const pad = (high - low) * 0.08;
   const step = niceStep(high - low + 2 * pad, 5);
@@ -56,7 +60,7 @@ function legendSwatch(index) {
 
 /**
  * Draw a chart into ``figure`` (which keeps its figcaption).
- * spec: { label, unit, since: Date, until: Date, note, band: {low, high, label} | null,
+ * spec: { label, unit, since: Date, until: Date, note, band: {low, high, label} | null, minSpan (value units),
  *         series: [{ name, points: [{ time: Date, value: number }] }], formatTime(Date), formatValue(number) }
  */
 export function drawChart(figure, spec) {
@@ -85,7 +89,7 @@ export function drawChart(figure, spec) {
 
   const start = spec.since.getTime();
   const end = spec.until.getTime();
-  const { low, high, step } = valueRange(spec.series, spec.band);
+  const { low, high, step } = valueRange(spec.series, spec.band, spec.minSpan);
   const xOf = (time) => x0 + ((time - start) / (end - start)) * (x1 - x0);
   const yOf = (value) => y0 - ((value - low) / (high - low)) * (y0 - y1);
 

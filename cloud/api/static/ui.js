@@ -322,9 +322,9 @@ async function loadSeries(patientId, kind, metrics, range) {
     note: `${bucket === "hour" ? "Hourly" : "Daily"} means (bars: lowest to highest) of ${count} readings` };
 }
 
-function chartSpec(label, loaded, names, range, band = null) {
+function chartSpec(label, loaded, names, range, { band = null, minSpan = 0 } = {}) {
   return {
-    label, unit: UNIT_LABEL[loaded.unit] ?? loaded.unit, since: range.since, until: range.until, band,
+    label, unit: UNIT_LABEL[loaded.unit] ?? loaded.unit, since: range.since, until: range.until, band, minSpan,
     note: `${loaded.note}, ${formatTime(range.since)} to ${formatTime(range.until)}, local time.`,
     series: Object.entries(names).map(([metric, name]) => ({ name, points: loaded.points[metric] })),
     formatTime, formatValue: formatNumber,
@@ -340,13 +340,15 @@ async function renderCharts(detail) {
     loadSeries(detail.id, "body_weight", ["body_weight"], range),
   ]);
   if (currentPatient !== detail) return; // the user moved on while these loaded
-  drawChart($("chart-bp"), chartSpec("Blood pressure", bp, { systolic: "Systolic", diastolic: "Diastolic" }, range));
+  drawChart($("chart-bp"), chartSpec("Blood pressure", bp, { systolic: "Systolic", diastolic: "Diastolic" }, range,
+    { minSpan: 60 }));
   const perMgdl = glucose.unit === "mmol/L" ? 1 / MGDL_PER_MMOLL : 1;
   const [low, high] = GLUCOSE_TARGET_MGDL.map((v) => Math.round(v * perMgdl * 10) / 10);
   const glucoseUnit = UNIT_LABEL[glucose.unit] ?? glucose.unit;
   drawChart($("chart-glucose"), chartSpec("Glucose", glucose, { glucose: "Glucose" }, range,
-    { low, high, label: `Target range ${low}–${high} ${glucoseUnit}` }));
-  drawChart($("chart-weight"), chartSpec("Weight", weight, { body_weight: "Weight" }, range));
+    { band: { low, high, label: `Target range ${low}–${high} ${glucoseUnit}` } }));
+  const weightSpan = weight.unit === "[lb_av]" ? 8 : 4;
+  drawChart($("chart-weight"), chartSpec("Weight", weight, { body_weight: "Weight" }, range, { minSpan: weightSpan }));
 }
 
 // --- routing -----------------------------------------------------------------------------------------
