@@ -117,6 +117,7 @@ class Uplink:
         self._will_payload = will_payload
         self._on_change = on_change
         self._protocol = mqtt.MQTTv5
+        self._fallback_unconfirmed = False
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
@@ -261,15 +262,25 @@ class Uplink:
                                          return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             if connack not in done:
+                why = "closed the connection" if lost.is_set() else "did not answer"
                 if v5:
-                    why = "closed the connection" if lost.is_set() else f"no CONNACK within {V5_SILENCE_S:.0f} s"
-                    return self._fall_back(f"{why} after a v5 CONNECT")
-                self._set_error(f"broker {self.address.host}:{self.address.port} did not answer CONNECT")
+                    return self._fall_back(f"it {why} after a v5 CONNECT", confirmed=False)
+                if self._fallback_unconfirmed:
+                    # 3.1.1 fared no better: the protocol was not the problem. Back to v5 next time, and say
+                    # what else it can be.
+                    self._protocol = mqtt.MQTTv5
+                    self._fallback_unconfirmed = False
+                    self._set_error(f"broker {self.address.host}:{self.address.port} {why} during CONNECT with "
+                                    "MQTT 5 and 3.1.1 (TLS client certificate, broker policy or overload? see the "
+                                    "broker's log)", level=logging.ERROR)
+                else:
+                    self._set_error(f"broker {self.address.host}:{self.address.port} {why} during CONNECT")
                 return "failed"
+            self._fallback_unconfirmed = False
             code, text, session_present = connack.result()
             if code != 0:
                 if code in _UNSUPPORTED_PROTOCOL and self._protocol == mqtt.MQTTv5:
-                    return self._fall_back(text)
+                    return self._fall_back(text, confirmed=True)
                 if code in _BAD_CREDENTIALS:
                     user = self.config.username or self.address.username
                     self._set_error(f"broker refused the credentials for user {user!r}: {text}", level=logging.ERROR)
@@ -289,10 +300,13 @@ class Uplink:
             self._connected.clear()
             await asyncio.to_thread(self._stop_client, client)
 
-    def _fall_back(self, why: str) -> str:
+    def _fall_back(self, why: str, *, confirmed: bool) -> str:
+        """Try 3.1.1 next. ``confirmed``: the broker said so; else it only went silent or closed, which
+        a TLS or policy failure also looks like, so 3.1.1 must then prove itself."""
         log.warning("uplink: broker refused MQTT v5 (%s): falling back to MQTT 3.1.1 with a persistent session",
                     why)
         self._protocol = mqtt.MQTTv311
+        self._fallback_unconfirmed = not confirmed
         return "fallback"
 
     def _make_client(self) -> mqtt.Client:
@@ -306,6 +320,8 @@ class Uplink:
         # paho's own queue holds what we publish while a (re)connect is in progress; the outbox is the
         # real store, so no cap here beyond what max_in_flight allows.
         client.max_inflight_messages_set(100)
+        # TLS alerts and socket errors surface through paho's log (the "paho" logger level applies).
+        client.enable_logger(logging.getLogger("paho.uplink"))
         username = self.config.username or self.address.username
         password = self.config.password or self.address.password
         if username:

@@ -37,6 +37,7 @@ BACKLOG = int(os.environ.get("RPM_BENCH_BACKLOG", "100000"))
 GATEWAY_S = float(os.environ.get("RPM_BENCH_GATEWAY_S", "30"))
 
 
+@pytest.mark.timeout(900)
 def test_drain_a_backlog_through_the_real_broker(tmp_path: Path, mqtt_broker, unique_id: str) -> None:  # type: ignore[no-untyped-def]
     box = Outbox(tmp_path / "outbox.sqlite", max_readings=BACKLOG + 1000)
     readings = [bp_reading(i) for i in range(BACKLOG)]
@@ -102,6 +103,7 @@ def _proc_stat(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+@pytest.mark.timeout(GATEWAY_S + 120)
 def test_rss_and_cpu_of_rpm_gateway_run_with_four_simulated_devices(
         tmp_path: Path, mqtt_broker, unique_id: str) -> None:  # type: ignore[no-untyped-def]
     if not Path("/proc/self/stat").exists():

@@ -14,7 +14,9 @@ from cloud.embedded import free_port, mosquitto_binary, port_open, wait_for_port
 
 
 class PrivateMosquitto:
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path, Path] | None = None, require_client_cert: bool = False) -> None:
+        """``tls``: (CA, server certificate, server key) for a TLS listener."""
         binary = mosquitto_binary()
         if binary is None:
             pytest.skip("needs the mosquitto binary (broker restarts and password auth)")
@@ -23,8 +25,13 @@ class PrivateMosquitto:
         self.port = free_port()
         self.workdir = workdir
         self._process: subprocess.Popen[bytes] | None = None
+        self.tls = tls is not None
         lines = [f"listener {self.port} {self.host}", "persistence false", "max_queued_messages 1000000",
                  "max_inflight_messages 1000", "max_packet_size 16777216"]
+        if tls:
+            ca, cert, key = tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}",
+                      f"require_certificate {'true' if require_client_cert else 'false'}"]
         # As root, mosquitto drops to user "mosquitto", who cannot read pytest's private tmp dir.
         if os.geteuid() == 0:
             lines.insert(0, "user root")
@@ -44,7 +51,7 @@ class PrivateMosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self) -> PrivateMosquitto:
         self._process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,

@@ -282,3 +282,28 @@ def test_readings_taken_while_the_broker_is_unreachable_all_arrive_when_it_is_ba
         asyncio.run(scenario())
     finally:
         broker.stop()
+
+
+def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path, outbox: Outbox, unique_id: str) -> None:
+    from tls_material import make_tls_files
+
+    files = make_tls_files(tmp_path, unique_id)
+    broker = PrivateMosquitto(tmp_path, tls=(files.ca, files.server_cert, files.server_key),
+                              require_client_cert=True).start()
+
+    async def scenario() -> None:
+        without_cert = Uplink(fast_config(broker.url, ca_file=files.ca), unique_id, outbox)
+        async with running(without_cert):
+            await eventually(lambda: without_cert.error is not None and "MQTT 5 and 3.1.1" in without_cert.error,
+                             15, "a failure that does not blame the protocol")
+            assert not without_cert.state.connected
+        with_cert = Uplink(fast_config(broker.url, ca_file=files.ca, cert_file=files.client_cert,
+                                       key_file=files.client_key), unique_id, outbox)
+        async with running(with_cert):
+            assert await with_cert.wait_connected(10), with_cert.error
+            assert with_cert.state.protocol == "5"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.stop()
