@@ -1,0 +1,124 @@
+"""The demo's simulated devices and how the week reaches them.
+
+BLE devices live in the gateway process's simulated radio, described by a scenario file this module
+rewrites each simulated day. USB devices run here, on pseudo-terminals behind stable link paths that
+the gateway's config names, and are plugged in once a day for a download, as patients do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cloud.demo import story
+from cloud.demo.services import write_scenario
+from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
+from firmware_sims.serial.taidoc import BP_MONITOR, BpRecord, PtyTaidoc, TaidocMeter
+
+log = logging.getLogger(__name__)
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class DemoWorld:
+    def __init__(self, data_dir: Path, now: datetime) -> None:
+        self.plans = story.week(now)
+        self.first_day_utc = (now - timedelta(days=story.DAYS + 1)).astimezone(UTC)
+        self.scenario_path = data_dir / "ble-scenario.json"
+        self.tty_dir = data_dir / "tty"
+        self.tty_dir.mkdir(parents=True, exist_ok=True)
+        self._bp: list[dict] = []
+        self._weights: list[dict] = []
+        self.astm_meter = GlucoseMeter(serial=story.ASTM_SERIAL)
+        self.taidoc_meter = TaidocMeter(BP_MONITOR, story.TAIDOC_SERIAL)
+        self._sent: dict[str, int] = {d.key: 0 for d in story.devices()}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
+        self._write_scenario()
+
+    # ------------------------------------------------------------------ what the gateway is told
+
+    def ble_addresses(self) -> list[str]:
+        return [story.CUFF_ADDRESS, story.SCALE_ADDRESS]
+
+    def usb_ports(self) -> dict[str, str]:
+        return {"serial.astm": str(self.tty_dir / "astm-meter"), "serial.taidoc": str(self.tty_dir / "taidoc-bp")}
+
+    # ------------------------------------------------------------------ the week
+
+    def deliver_day(self, day: int) -> None:
+        """The day's measurements enter the devices' memories; USB meters are plugged in for a download."""
+        plan = self.plans[day]
+        with self._lock:
+            self._bp.extend(plan.bp)
+            self._weights.extend(plan.weight)
+            self._sent["cuff"] += sum(1 for r in plan.bp if r["user_id"] == 1)
+            self._sent["cuff-u2"] += sum(1 for r in plan.bp if r["user_id"] == 2)
+            self._sent["scale"] += len(plan.weight)
+        self._write_scenario()
+        for when, value in plan.astm:
+            self.astm_meter.results.append(GlucoseResult(when, value))
+        for when, systolic, diastolic, pulse in plan.taidoc:
+            self.taidoc_meter.store(BpRecord(when, systolic=systolic, diastolic=diastolic, pulse=pulse))
+        with self._lock:
+            self._sent["astm"] += len(plan.astm)
+            self._sent["taidoc"] += len(plan.taidoc)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        if not self._threads:
+            # A patient plugs the meters in once a day; a download still running skips the day's plug.
+            for target in (self._download_astm, self._download_taidoc):
+                thread = threading.Thread(target=target, daemon=True, name=target.__name__)
+                thread.start()
+                self._threads.append(thread)
+
+    def sent(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._sent)
+
+    def close(self) -> None:
+        self._closing.set()
+        for thread in self._threads:
+            thread.join(DOWNLOAD_TIMEOUT_S + 5)
+
+    # ------------------------------------------------------------------ devices
+
+    def _write_scenario(self) -> None:
+        with self._lock:
+            bp, weights = list(self._bp), list(self._weights)
+        write_scenario(self.scenario_path, [
+            {"type": "blood_pressure", "address": story.CUFF_ADDRESS, "name": "Demo BP cuff",
+             "model": "SIM-BP2", "serial": "BP2-0001", "records": bp},
+            {"type": "weight_scale", "address": story.SCALE_ADDRESS, "name": "Demo scale",
+             "model": "SIM-SCALE", "serial": "SC-0001", "records": weights},
+        ])
+
+    def _download_astm(self) -> None:
+        cable = PtyAstmMeter(self.astm_meter, link_path=self.usb_ports()["serial.astm"])
+        cable.plug_in()
+        try:
+            self._wait(lambda: cable.finished, "ASTM meter download")
+        finally:
+            cable.pull_cable()
+
+    def _download_taidoc(self) -> None:
+        self.taidoc_meter.powered_off.clear()
+        cable = PtyTaidoc(self.taidoc_meter, link_path=self.usb_ports()["serial.taidoc"])
+        cable.plug_in()
+        try:
+            self._wait(self.taidoc_meter.powered_off.is_set, "TaiDoc download")
+        finally:
+            cable.pull_cable()
+
+    def _wait(self, done, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = threading.Event()
+        timer = threading.Timer(DOWNLOAD_TIMEOUT_S, deadline.set)
+        timer.start()
+        try:
+            while not done() and not deadline.is_set() and not self._closing.is_set():
+                self._closing.wait(0.1)
+            if not done():
+                log.warning("%s did not finish in %.0f s; the cable is pulled", what, DOWNLOAD_TIMEOUT_S)
+        finally:
+            timer.cancel()
