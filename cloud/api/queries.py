@@ -6,7 +6,7 @@ plain rows; the routes stay thin and the maths lives in :mod:`cloud.api.summarie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -158,6 +158,11 @@ WITH visible AS MATERIALIZED (
      LIMIT %(limit)s OFFSET %(offset)s
 ), ordered AS MATERIALIZED (
     SELECT r.*, row_number() OVER () AS position FROM ranked r
+), audit AS (
+    -- The access is audited by the statement that reads the data: one row naming every patient shown.
+    INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id)
+    SELECT %(subject)s, %(role)s, %(teams)s, %(action)s, array_agg(patient_id), 'allowed', 200, %(request_id)s
+      FROM ordered HAVING count(*) > 0
 )
 SELECT array_agg(r.patient_id ORDER BY r.position), string_agg(json_build_object(
            'patient_id', r.patient_id, 'display_name', p.display_name,
@@ -173,15 +178,16 @@ SELECT array_agg(r.patient_id ORDER BY r.position), string_agg(json_build_object
 
 
 def panel_json(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, first_day: str, limit: int,
-               offset: int) -> tuple[list[str], str]:
+               offset: int, audit: Mapping[str, str]) -> tuple[list[str], str]:
     """The visible patients' ids and their JSON objects joined by commas (one row from PostgreSQL), in triage
     order: open critical, warning, info alerts, then the fewest days with readings (at risk of missing the
-    16-day rule), then id."""
+    16-day rule), then id. The same statement writes the audit row (``audit``: subject, role, action,
+    request_id)."""
     with conn.transaction():
         # The page's JSON (about 700 bytes a patient) is ordered in memory, not in a temporary file.
         conn.execute("SET LOCAL work_mem = '64MB'")
         row = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
-                                    "limit": limit, "offset": offset}).fetchone()
+                                    "limit": limit, "offset": offset, **audit}).fetchone()
     if row is None or row[0] is None:
         return [], ""
     return row[0], row[1]

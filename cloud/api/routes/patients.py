@@ -19,9 +19,11 @@ def panel(request: Request, principal: PanelPrincipal, conn: DbConn,
           limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
           offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> Response:
     first_day = (datetime.now(UTC).date() - timedelta(days=29)).isoformat()
-    patient_ids, objects = queries.panel_json(conn, care_teams=principal.care_teams, own_patient=principal.patient_id,
-                                              first_day=first_day, limit=limit, offset=offset)
-    request.state.audit_patients = patient_ids
+    audit = {"subject": principal.subject, "role": principal.role, "action": "GET /v1/patients",
+             "request_id": request.state.request_id}
+    _, objects = queries.panel_json(conn, care_teams=principal.care_teams, own_patient=principal.patient_id,
+                                    first_day=first_day, limit=limit, offset=offset, audit=audit)
+    # Audited by the query itself (in the same statement as the read), so the middleware has nothing to add.
     # PostgreSQL already wrote each patient's JSON: joining texts keeps a 10 000-patient panel fast.
     body = f'{{"patients":[{objects}],"limit":{limit},"offset":{offset}}}'
     return Response(body, media_type="application/json")
