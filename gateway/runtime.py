@@ -26,6 +26,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.ble_config import normalise_address
 from gateway.codecs.common import Measurement
 from gateway.config import GatewayConfig
 from gateway.contract import GatewayStatus, Reading
@@ -187,6 +188,9 @@ class Gateway:
         self.device_state = DeviceStateStore(config.data_dir / "device_state.sqlite")
         self._closers.append(self.device_state.close)
         if config.ble.enabled:
+            # Enrolled devices show in the status from the start: one never seen is a finding too.
+            for device in config.ble.enrolled:
+                self.board.device_update(f"ble:{normalise_address(device.address)}", profile=device.profile)
             self._start_manager("ble", self._make_ble_manager)
         if config.usb.enabled:
             self._start_manager("usb", self._make_usb_manager)

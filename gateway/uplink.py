@@ -219,8 +219,10 @@ class Uplink:
 
     async def _connection_loop(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             outcome = await self._connect_once()
+            if self._closing:
+                return
             if outcome == "fallback":
                 continue  # straight away, as 3.1.1
             failures = 0 if outcome == "was_up" else failures + 1

@@ -212,3 +212,16 @@ def test_rpm_gateway_run_with_a_bad_config_exits_2_naming_the_key(tmp_path) -> N
     result = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "mqtt.batch_max" in result.stderr
+
+
+def test_enrolled_devices_show_in_the_status_before_they_are_seen(tmp_path, mqtt_broker, unique_id) -> None:
+    config = gateway_config(tmp_path, mqtt_broker.url, unique_id, ble={
+        "enabled": True, "backend": "sim", "enrolled": [{"address": "c0:ff:ee:00:00:01", "profile": "ble.glucose"}]})
+
+    async def scenario() -> None:
+        async with started(Gateway(config)) as gateway:
+            devices = gateway.status().devices
+            assert [(d.uid, d.profile, d.last_seen) for d in devices] == [("ble:C0:FF:EE:00:00:01", "ble.glucose",
+                                                                           None)]
+
+    asyncio.run(scenario())
