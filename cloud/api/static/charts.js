@@ -44,10 +44,10 @@ function localMidnight(time) {
   return day.getTime();
 }
 
-function marker(index, x, y, label) {
+function marker(index, x, y, label, kind = "point") {
   const title = svg("title");
   title.textContent = label;
-  const cls = `point series-${index}`;
+  const cls = `${kind} series-${index}`;
   if (index === 1) return svg("rect", { class: cls, x: x - 3.5, y: y - 3.5, width: 7, height: 7 }, title);
   return svg("circle", { class: cls, cx: x, cy: y, r: 4 }, title);
 }
@@ -55,7 +55,7 @@ function marker(index, x, y, label) {
 function legendSwatch(index) {
   return svg("svg", { viewBox: "0 0 28 12", "aria-hidden": "true" },
     svg("line", { class: `series-line series-${index}`, x1: 0, y1: 6, x2: 28, y2: 6 }),
-    marker(index, 14, 6, ""));
+    marker(index, 14, 6, "", "legend-marker"));
 }
 
 /**

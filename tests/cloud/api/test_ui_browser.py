@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from ui_live_server import LiveServer, Ward, seed_continuous_glucose, seed_ward, wait_until
+from ui_live_server import (
+    LiveServer,
+    Ward,
+    seed_continuous_glucose,
+    seed_readings_only_patient,
+    seed_ward,
+    wait_until,
+)
 
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
@@ -273,4 +280,25 @@ def test_dense_glucose_is_drawn_as_daily_means_and_the_period_can_change(page: o
     tab.get_by_label("Period").select_option("7")  # type: ignore[attr-defined]
     expect(weight).to_have_count(6)
     expect(tab.locator("#chart-bp .chart-note")).to_contain_text("6 readings")  # type: ignore[attr-defined]
+    assert tab.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.integration
+def test_a_patient_sharing_readings_only_shows_charts_but_no_alerts(page: object, live_api: LiveApi) -> None:
+    from playwright.sync_api import expect
+
+    tab, private = page, f"{live_api.ward.team}-private"
+    with psycopg.connect(live_api.database_url, autocommit=True) as conn:
+        seed_readings_only_patient(conn, private, live_api.ward.team)
+    assert alert_row(live_api.database_url, private)["severity"] == "critical"  # it exists, and stays hidden
+    tab.goto(f"{live_api.url}/ui#token={live_api.token}")  # type: ignore[attr-defined]
+    row = tab.locator(f'tr[data-patient-id="{private}"]')  # type: ignore[attr-defined]
+    expect(row).to_contain_text("not shared")
+    expect(row).to_contain_text("185/100 mmHg")
+    expect(row.locator(".badge")).to_have_count(0)
+    row.locator("a").click()
+    expect(tab.locator("#alerts-empty")).to_have_text(  # type: ignore[attr-defined]
+        "This patient has not shared alerts with your care team.")
+    expect(tab.locator("#alert-list li")).to_have_count(0)  # type: ignore[attr-defined]
+    expect(tab.locator("#chart-bp svg .point")).to_have_count(2)  # type: ignore[attr-defined]
     assert tab.problems == []  # type: ignore[attr-defined]

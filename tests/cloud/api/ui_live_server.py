@@ -129,3 +129,11 @@ def seed_continuous_glucose(conn: psycopg.Connection, patient_id: str, team: str
               for i in range(readings)]
     ingest(conn, stored, patient_id)
     return stored
+
+
+def seed_readings_only_patient(conn: psycopg.Connection, patient_id: str, team: str) -> None:
+    """A patient in crisis who shares readings, not alerts, with ``team``: the page must not show the alert."""
+    devices = add_patient(conn, patient_id, kinds=("blood_pressure",))
+    conn.execute("INSERT INTO consents (patient_id, care_team_id, scopes, granted_by) VALUES (%s, %s, %s, %s)",
+                 (patient_id, team, ["readings"], patient_id))
+    ingest(conn, [bp(devices["blood_pressure"], now() - timedelta(minutes=3), 185, 100)], patient_id)
