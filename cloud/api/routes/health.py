@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud.api.problems import ApiProblem
 
 router = APIRouter(tags=["health"])
-REQUIRED_MIGRATION = "0400"
+REQUIRED_MIGRATION = "0420"  # the newest migration the API reads (day statistics)
 
 
 @router.get("/healthz")
