@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # The share of a batch kept for the newest readings while a backlog drains.
 LIVE_SHARE = 0.25
+# Batches stay well under the contract's MAX_PAYLOAD_BYTES (4 MiB), whatever batch_max says.
+DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -211,37 +213,56 @@ class Outbox:
             ).fetchone()[0]
         return unsent + expired
 
-    def take_batch(self, batch_id: str, limit: int, ack_timeout_s: float) -> OutboxBatch | None:
-        """Mark up to ``limit`` sendable readings as in flight under ``batch_id`` and return them.
+    def take_batch(self, batch_id: str, limit: int, ack_timeout_s: float,
+                   max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> OutboxBatch | None:
+        """Mark up to ``limit`` sendable readings (at most ``max_bytes`` of JSON, but always at least
+        one) as in flight under ``batch_id`` and return them.
 
         Order: batches whose ack timed out first (they are the oldest), then the oldest unsent readings,
         with ``LIVE_SHARE`` of the batch kept for the newest unsent ones.
         """
         now = self._now()
         cutoff = now - ack_timeout_s
+        chosen: dict[int, tuple[str, str]] = {}
+        used = 0
+
+        def add(seq: int, rid: str, payload: str) -> bool:
+            nonlocal used
+            if seq in chosen:
+                return True
+            if len(chosen) >= limit or (chosen and used + len(payload) + 1 > max_bytes):
+                return False
+            chosen[seq] = (rid, payload)
+            used += len(payload) + 1
+            return True
+
         with self._lock:
             self._check_open()
-            chosen: dict[int, tuple[str, str]] = {}
-            for seq, rid, payload in self._db.execute(
+            for row in self._db.execute(
                 "SELECT seq, id, payload FROM readings WHERE sent_at < ? ORDER BY sent_at, seq LIMIT ?",
                 (cutoff, limit),
             ):
-                chosen[seq] = (rid, payload)
+                if not add(*row):
+                    break
             room = limit - len(chosen)
             if room > 0:
                 live = max(1, int(room * LIVE_SHARE)) if room > 1 else 0
-                for seq, rid, payload in self._db.execute(
+                oldest_budget = max_bytes - int(max_bytes * LIVE_SHARE)
+                for row in self._db.execute(
                     "SELECT seq, id, payload FROM readings WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
                     (room - live,),
                 ):
-                    chosen[seq] = (rid, payload)
-                for seq, rid, payload in self._db.execute(
+                    # Leave the live share of the bytes too, not only of the count.
+                    if chosen and used + len(row[2]) + 1 > oldest_budget:
+                        break
+                    if not add(*row):
+                        break
+                for row in self._db.execute(
                     "SELECT seq, id, payload FROM readings WHERE sent_at IS NULL ORDER BY seq DESC LIMIT ?",
                     (limit,),
                 ):
-                    if len(chosen) >= limit:
+                    if not add(*row):
                         break
-                    chosen.setdefault(seq, (rid, payload))
             if not chosen:
                 return None
             seqs = sorted(chosen)

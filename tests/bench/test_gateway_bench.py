@@ -1,6 +1,7 @@
 """Gateway benchmarks (``-m bench``): print figures, assert only what makes the figures meaningful.
 
-- Drain of a 100 000-reading backlog (``RPM_BENCH_BACKLOG``) through the real broker to a test acker.
+- Drain of a 100 000-reading backlog (``RPM_BENCH_BACKLOG``) through the real broker to a test acker,
+  and to the real ``rpm-cloud ingest`` + PostgreSQL.
 - RSS and CPU of ``rpm-gateway run`` with four simulated BLE devices (cuff, glucose meter, scale,
   heart-rate strap) for ``RPM_BENCH_GATEWAY_S`` seconds (default 30; the issue asks 600).
 
@@ -25,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
 from mqtt_acker import TestAcker
+from process_harness import Ingest
 from reading_factory import bp_reading
 
 from gateway.config import MqttConfig
@@ -91,6 +93,47 @@ def test_drain_a_backlog_through_the_real_broker(tmp_path: Path, mqtt_broker, un
     print(f"[gateway bench] select+mark one 500-reading batch from {total}: {select_ms:.1f} ms")
     print(f"[gateway bench] drain to acker: {drain_s:.2f} s ({total / drain_s:,.0f} readings/s), "
           f"{acker.batches} batches, {sum(acker.seen.values()) - total} re-sent")
+
+
+@pytest.mark.timeout(900)
+def test_drain_a_backlog_to_the_real_ingest(tmp_path: Path, mqtt_broker, fresh_database_url: str,  # type: ignore[no-untyped-def]
+                                           unique_id: str) -> None:
+    import psycopg
+
+    box = Outbox(tmp_path / "outbox.sqlite", max_readings=BACKLOG + 1000)
+    readings = [bp_reading(i, uid=f"ble:{unique_id}") for i in range(BACKLOG)]
+    for chunk in range(0, BACKLOG, 5000):
+        box.put_many(readings[chunk:chunk + 5000])
+    ingest = Ingest(fresh_database_url, mqtt_broker.url, f"ingest-{unique_id}")
+    config = MqttConfig(url=mqtt_broker.url, batch_max=500, batch_ms=50, ack_timeout_s=120)
+
+    async def drain() -> float:
+        uplink = Uplink(config, unique_id, box)
+        task = asyncio.create_task(uplink.run())
+        try:
+            assert await uplink.wait_connected(15)
+            began = time.perf_counter()
+            while box.depth() > 0:
+                if time.perf_counter() - began > 800:
+                    raise AssertionError(f"not drained in 800 s: {box.depth()} left")
+                await asyncio.sleep(0.1)
+            return time.perf_counter() - began
+        finally:
+            await uplink.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        drain_s = asyncio.run(drain())
+    finally:
+        ingest.terminate()
+        box.close()
+    with psycopg.connect(fresh_database_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM readings WHERE gateway_id = %s", (unique_id,)).fetchone()[0]
+    assert stored == BACKLOG
+    print(f"\n[gateway bench] drain {BACKLOG} readings to rpm-cloud ingest --workers 1 + PostgreSQL "
+          f"(broker={mqtt_broker.kind}): {drain_s:.2f} s ({BACKLOG / drain_s:,.0f} readings/s)")
 
 
 def _proc_stat(pid: int) -> tuple[float, int]:

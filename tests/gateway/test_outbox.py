@@ -194,3 +194,13 @@ def test_kill_9_mid_write_loses_nothing_committed_and_duplicates_nothing(tmp_pat
     box.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_batch_stays_under_its_byte_budget_but_always_carries_one(outbox: Outbox) -> None:
+    outbox.put_many(bp_reading(i) for i in range(50))
+    size = len(bp_reading(0).model_dump_json(exclude_none=True))
+    batch = outbox.take_batch("b1", 50, 30, max_bytes=size * 10)
+    assert batch is not None and 5 <= len(batch) <= 10
+    assert sum(len(p) + 1 for p in batch.payloads) <= size * 10 + 20
+    tiny = outbox.take_batch("b2", 50, 30, max_bytes=1)
+    assert tiny is not None and len(tiny) == 1
