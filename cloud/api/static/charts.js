@@ -3,7 +3,7 @@
 // (aria-label) and a data table for screen readers and for copying values.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const WIDTH = 720;
+const DEFAULT_WIDTH = 720;
 const HEIGHT = 260;
 const MARGIN = { left: 52, right: 14, top: 14, bottom: 30 };
 const DAY_MS = 86_400_000;
@@ -73,16 +73,20 @@ export function drawChart(figure, spec) {
   note.textContent = spec.note;
   figure.append(note);
 
+  // Drawn at the figure's own width, so text stays readable on a phone instead of shrinking with the picture.
+  const style = getComputedStyle(figure);
+  const inner = figure.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const width = Math.max(320, Math.min(1200, Math.round(inner) || DEFAULT_WIDTH));
   const x0 = MARGIN.left;
-  const x1 = WIDTH - MARGIN.right;
+  const x1 = width - MARGIN.right;
   const y0 = HEIGHT - MARGIN.bottom;
   const y1 = MARGIN.top;
-  const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", class: "chart-svg",
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, role: "img", class: "chart-svg",
     "data-points": count, "aria-label": summary(spec) });
   figure.append(chart);
   if (count === 0) {
-    chart.setAttribute("viewBox", `0 0 ${WIDTH} 48`); // nothing to draw: a line of text, not an empty frame
-    chart.append(svg("text", { class: "empty-note", x: WIDTH / 2, y: 28, "text-anchor": "middle" },
+    chart.setAttribute("viewBox", `0 0 ${width} 48`); // nothing to draw: a line of text, not an empty frame
+    chart.append(svg("text", { class: "empty-note", x: width / 2, y: 28, "text-anchor": "middle" },
       "No readings in this period"));
     return chart;
   }
@@ -112,7 +116,7 @@ export function drawChart(figure, spec) {
     axis.append(svg("text", { x: x0 - 6, y: y + 4, "text-anchor": "end" }, value.toFixed(decimals)));
   }
   const days = (end - start) / DAY_MS;
-  const every = Math.max(1, Math.ceil(days / 8));
+  const every = Math.max(1, Math.ceil(days / Math.max(2, Math.floor((x1 - x0) / 70))));
   for (let tick = localMidnight(start + DAY_MS); tick <= end; tick += every * DAY_MS) {
     // Re-align on local midnight: a daylight-saving change makes some days 23 or 25 hours long.
     const at = localMidnight(tick + DAY_MS / 2);
