@@ -171,9 +171,6 @@ def _apply_in_place(state: dict[str, Any], event_type: str, data: Mapping[str, A
         device = state["devices"].setdefault(data["device_uid"], {})
         device["user_index"] = data.get("user_index")
         device["assigned_from"] = data.get("valid_from")
-    elif event_type == "device_seen":
-        device = state["devices"].setdefault(data["device_uid"], {})
-        device.update({k: v for k, v in data.items() if k != "device_uid"})
     else:
         raise UnknownTwinEvent(f"unknown twin event type {event_type!r}")
 

@@ -15,7 +15,7 @@ CREATE TABLE twin_events (
     at         timestamptz NOT NULL DEFAULT now(),
     event_type text NOT NULL CHECK (event_type IN (
         'reading_added', 'baselines_computed', 'alert_opened', 'alert_updated', 'alert_acknowledged',
-        'alert_resolved', 'threshold_changed', 'device_assigned', 'device_seen')),
+        'alert_resolved', 'threshold_changed', 'device_assigned')),
     data       jsonb NOT NULL,
     PRIMARY KEY (patient_id, version)
 );

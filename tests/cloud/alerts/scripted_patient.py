@@ -8,6 +8,7 @@ Until ``cloud.ingest`` exposes its writer, this is the stand-in for its insert; 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,8 @@ from cloud.hooks import Notification, StoredReading, run_in_transaction_hooks
 from gateway.contract import Alert, Reading, compute_reading_id
 from gateway.metrics import METRICS
 
-_sequence = itertools.count(1)
+# Random start: benchmark writer processes each have their own counter and must not collide.
+_sequence = itertools.count(random.getrandbits(40))
 PROFILE_OF = {"blood_pressure": "ble.blood_pressure", "glucose": "ble.glucose",
               "body_weight": "ble.weight_scale", "heart_rate": "ble.heart_rate"}
 
