@@ -159,7 +159,7 @@ def _apply_in_place(state: dict[str, Any], event_type: str, data: Mapping[str, A
     if event_type == "reading_added":
         _add_reading(state, data)
     elif event_type == "baselines_computed":
-        state["baselines"].update(copy.deepcopy(dict(data["baselines"])))
+        state["baselines"].update({metric: dict(stats) for metric, stats in data["baselines"].items()})
     elif event_type in ("alert_opened", "alert_updated", "alert_acknowledged"):
         alert = dict(data)
         state["open_alerts"][str(alert.pop("alert_id"))] = alert
