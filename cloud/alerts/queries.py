@@ -232,3 +232,22 @@ def missing_data_candidates(conn: Any, kind: str, profiles: list[str], now: date
         """,
         {"now": now, "kind": kind, "profiles": profiles},
     )
+
+
+def adherence_candidates(conn: Any, now: datetime, excluded_flags: list[str]) -> list[dict[str, Any]]:
+    """Enrolled patients (an active assignment): first assignment time and the UTC days of the last 31
+    with a patient reading of any kind."""
+    return _all(
+        conn,
+        """
+        SELECT a.patient_id, min(a.created_at) AS enrolled_at,
+               ARRAY(SELECT DISTINCT (r.measured_at AT TIME ZONE 'UTC')::date FROM readings r
+                      WHERE r.patient_id = a.patient_id AND r.measured_at > %(now)s - interval '31 days'
+                        AND r.measured_at <= %(now)s AND NOT (r.flags && %(excluded)s::text[])) AS days
+          FROM device_assignments a
+         WHERE a.valid_from <= %(now)s AND (a.valid_to IS NULL OR a.valid_to > %(now)s)
+         GROUP BY a.patient_id
+         ORDER BY a.patient_id
+        """,
+        {"now": now, "excluded": excluded_flags},
+    )

@@ -4,8 +4,9 @@ Missing data cannot be seen when a reading arrives: it is the reading that did n
 asks, per ``missing_data`` rule, which patients are expected to send that kind (an active device
 assignment) and how long ago their latest reading of it was measured; past the rule's ``hours`` it
 opens an alert (once: an open alert is left alone), which the next reading of that kind resolves in
-ingest. Several schedulers may run: each patient is handled under its twin row lock and deliveries
-are claimed with ``FOR UPDATE SKIP LOCKED``.
+ingest. The adherence rule warns while the 16-days-of-30 rule for RPM billing can still be met, and
+resolves itself when it no longer applies. Several schedulers may run: each patient is handled under
+its twin row lock and deliveries are claimed with ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ from cloud.alerts.delivery import Backoff, DeliveryReport, Publish, deliver_due,
 from cloud.alerts.lifecycle import AlertBook
 from cloud.settings import get_settings
 from cloud.twin import service as twin
+from cloud.twin.state import EXCLUDED_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,61 @@ def evaluate_missing_data(conn: Any, now: datetime | None = None) -> int:
     return opened
 
 
+def adherence_status(enrolled_at: datetime, reading_days: list[date], now: datetime, *, period_days: int = 30,
+                     required_days: int = 16, buffer_days: int = 3) -> tuple[bool, str]:
+    """Whether the patient is at risk of missing ``required_days`` in the current period, and why.
+
+    Periods of ``period_days`` run from the enrolment day. At risk: the days with readings so far plus
+    every day left (today included while it has no reading) fall short of ``required_days`` plus a
+    ``buffer_days`` margin, so the warning comes while the period can still be saved.
+    """
+    today = now.astimezone(UTC).date()
+    enrolled = enrolled_at.astimezone(UTC).date()
+    elapsed = max(0, (today - enrolled).days)
+    period_start = enrolled + timedelta(days=period_days * (elapsed // period_days))
+    day_index = (today - period_start).days
+    done = sorted(d for d in reading_days if period_start <= d <= today)
+    left = period_days - day_index - 1 + (0 if today in done else 1)
+    at_risk = len(done) + left < required_days + buffer_days
+    why = (f"readings on {len(done)} of the {day_index + 1} days so far of the {period_days}-day period"
+           f" from {period_start.isoformat()}; {required_days} needed, at most {len(done) + left} still possible")
+    return at_risk, why
+
+
+def evaluate_adherence(conn: Any, now: datetime | None = None) -> tuple[int, int]:
+    """Open adherence alerts for patients at risk of missing the 16-day rule, resolve those no longer
+    at risk (a new period, or readings came in); return (opened, resolved)."""
+    now = now or datetime.now(UTC)
+    opened = resolved = 0
+    rules = [r for r in rule_catalogue.catalogue(conn).values() if r.rule_type == "adherence"]
+    if not rules:
+        return 0, 0
+    for candidate in queries.adherence_candidates(conn, now, sorted(EXCLUDED_FLAGS)):
+        patient_id = candidate["patient_id"]
+        for rule in rules:
+            with conn.transaction():
+                twin.lock(conn, [patient_id])
+                in_force = next(r for r in rule_catalogue.effective_rules(conn, patient_id) if r.id == rule.id)
+                book = AlertBook(conn, [patient_id], now)
+                alert = book.open.get((patient_id, rule.id))
+                at_risk, why = adherence_status(
+                    candidate["enrolled_at"], candidate["days"], now,
+                    period_days=int(in_force.params.get("period_days", 30)),
+                    required_days=int(in_force.params.get("required_days", 16)),
+                    buffer_days=int(in_force.params.get("buffer_days", 3)),
+                )
+                if in_force.enabled and at_risk and alert is None:
+                    book.trigger(in_force, patient_id, message=f"{in_force.description}: {why}", metric=None,
+                                 value=None, reading_id=None, measured_at=None,
+                                 late=False, flags=[])
+                    opened += 1
+                elif alert is not None and (not at_risk or not in_force.enabled):
+                    book.resolve(alert, "system", detail={"why": why})
+                    resolved += 1
+                record_changes(conn, book.changes, now, mqtt_via_outbox=True)
+    return opened, resolved
+
+
 def mqtt_publisher(url: str, username: str | None, password: str | None,
                    timeout_s: float = 10.0) -> tuple[Any, Publish]:
     """A connected paho client and a ``publish(topic, payload) -> acked`` function (QoS 1)."""
@@ -99,7 +156,9 @@ def mqtt_publisher(url: str, username: str | None, password: str | None,
 
 def run_once(conn: Any, http: httpx.Client, publish: Publish | None, backoff: Backoff,
              check_missing: bool) -> tuple[int, DeliveryReport]:
-    opened = evaluate_missing_data(conn) if check_missing else 0
+    opened = 0
+    if check_missing:
+        opened = evaluate_missing_data(conn) + evaluate_adherence(conn)[0]
     report = deliver_due(conn, http=http, publish=publish, backoff=backoff)
     return opened, report
 
@@ -108,7 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="default: RPM_DATABASE_URL")
     parser.add_argument("--mqtt-url", default=None, help="default: RPM_MQTT_URL")
     parser.add_argument("--no-mqtt", action="store_true", help="deliver webhooks only")
-    parser.add_argument("--missing-every", type=float, default=300.0, help="seconds between missing-data checks")
+    parser.add_argument("--missing-every", type=float, default=300.0,
+                        help="seconds between missing-data and adherence checks")
     parser.add_argument("--deliver-every", type=float, default=1.0, help="seconds between delivery passes")
     parser.add_argument("--once", action="store_true", help="one missing-data check and one delivery pass, then exit")
 
