@@ -36,7 +36,12 @@ def facts_of(item: StoredReading) -> ReadingFacts | None:
 
 def evaluate_readings(conn: Any, stored: Sequence[StoredReading], now: datetime,
                       *, mqtt_via_outbox: bool = False) -> list[Notification]:
-    """Evaluate every rule on these (already stored) readings; return the MQTT messages to publish."""
+    """Evaluate every rule on these (already stored) readings; return the MQTT messages to publish.
+
+    Lock order is twin rows, then alert rows (as in ``cloud.alerts.service``): in ingest the twin's hook,
+    registered first, has locked the twins already. Without it, correctness still holds (the unique
+    index decides who opens an alert), but an acknowledgement could then deadlock with a worker.
+    """
     by_patient: dict[str, list[ReadingFacts]] = defaultdict(list)
     for item in stored:
         facts = facts_of(item)
