@@ -234,8 +234,9 @@ def start_amqtt(host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBro
     thread.start()
     if not started.wait(15) or "error" in holder:
         raise EmbeddedServiceError(f"amqtt broker failed to start: {holder.get('error', 'timeout')}")
+    # amqtt logs each refused MQTT v5 CONNECT (clients then fall back to 3.1.1) as a warning.
     for name in ("amqtt", "transitions"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     return EmbeddedBroker(host, port, "amqtt", False, _thread=thread, _loop=loop, _broker=holder["broker"])
 
 

@@ -36,7 +36,9 @@ def get_conn(request: Request) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-DbConn = Annotated[psycopg.Connection, Depends(get_conn)]
+# Returned to the pool when the handler returns, not after the response is sent: the audit write in the
+# middleware needs a connection of its own, and holding one per in-flight response starved the pool.
+DbConn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 def get_principal(request: Request,

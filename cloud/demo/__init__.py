@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 import warnings
@@ -68,8 +69,24 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
+class DemoStop(Exception):
+    """Ctrl-C or SIGTERM: stop everything the demo started, once, whatever it was doing."""
+
+
+def _stop_on_signals() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        # Later signals must not interrupt the orderly stop of the children.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise DemoStop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _stop_on_signals()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The in-process broker logs every refused MQTT v5 CONNECT (the clients then fall back to 3.1.1).
     logging.getLogger("amqtt").setLevel(logging.ERROR)
@@ -83,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     run_started = datetime.now(UTC)
     out = sys.stderr if args.duration else sys.stdout
 
+    try:
+        return _run(args, started, week_seconds, data_dir, run_started, out)
+    except DemoStop as stop:
+        print(f"\nrpm-demo: {stop}: stopped the services and the gateway", file=out)
+        return 0
+
+
+def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir: Path, run_started: datetime,
+         out: Any) -> int:
     with ExitStack() as stack:
         print(f"rpm-demo: data in {data_dir}", file=out)
         endpoints = start_backing_services(stack, data_dir, args.broker)
@@ -120,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runner.play_week(week_seconds)
             runner.wait_drained(timeout=max(20.0, (args.duration or 120) - (time.monotonic() - started) - 5))
+            runner.close_view()
             summary = runner.summary()
             if args.duration:
                 remaining = args.duration - (time.monotonic() - started)
@@ -134,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"Clinician token (care team {story.CARE_TEAM[0]}):\n{token}\n\n"
                   f"Try: curl -H 'Authorization: Bearer <token>' {api}/v1/patients\nCtrl-C to stop.")
             runner.idle(None)
-        except KeyboardInterrupt:
-            print("\nstopping…", file=out)
-        return 0
+            return 0
+        finally:
+            runner.close_view()
 
 
 class Runner:
@@ -151,6 +178,7 @@ class Runner:
         self.header = header
         self.plain = plain
         self.day = 0
+        self.live: Any = None
 
     def snapshot(self) -> Snapshot:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -161,22 +189,26 @@ class Runner:
         lines = [f"[red]{name} exited with {code}: see logs[/]" for name, code in self.children.dead().items()]
         return Snapshot(self.day, story.DAYS, self.world.sent(), stored, alerts, dead, lines)
 
-    def _show(self, seconds: float, until: Any = None) -> None:
+    def _show(self, seconds: float | None, until: Any = None) -> None:
+        """Refresh the live view (one for the whole run) for ``seconds``, or until ``until()`` holds."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        if self.plain:
-            while deadline is None or time.monotonic() < deadline:
-                if until is not None and until():
-                    return
-                time.sleep(0.25)
-            return
-        from rich.live import Live
+        while deadline is None or time.monotonic() < deadline:
+            if not self.plain:
+                if self.live is None:
+                    from rich.live import Live
 
-        with Live(render(self.snapshot(), story.devices(), self.header), refresh_per_second=4) as live:
-            while deadline is None or time.monotonic() < deadline:
-                live.update(render(self.snapshot(), story.devices(), self.header))
-                if until is not None and until():
-                    return
-                time.sleep(0.25)
+                    self.live = Live(refresh_per_second=4, vertical_overflow="visible")
+                    self.live.start()
+                self.live.update(render(self.snapshot(), story.devices(), self.header))
+            if until is not None and until():
+                return
+            time.sleep(0.25)
+
+    def close_view(self) -> None:
+        if self.live is not None:
+            self.live.update(render(self.snapshot(), story.devices(), self.header))
+            self.live.stop()
+            self.live = None
 
     def play_week(self, week_seconds: float) -> None:
         per_day = week_seconds / story.DAYS
@@ -196,6 +228,12 @@ class Runner:
         self._show(timeout, until=drained)
 
     def idle(self, seconds: float | None) -> None:
+        """Keep the system up: quietly, or with the live view while it is still open."""
+        if self.live is None:
+            deadline = None if seconds is None else time.monotonic() + seconds
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5)
+            return
         self._show(seconds)
 
     def summary(self) -> dict[str, Any]:

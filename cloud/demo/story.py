@@ -97,8 +97,9 @@ def week(now: datetime) -> list[DayPlan]:
                                                        (150, 146, 92, 76), (90, 134, 86, 72), (40, 128, 82, 70)):
                 plan.bp.append(_bp(now - timedelta(minutes=offset), systolic, diastolic, pulse, user=1))
         plan.bp.append(_bp(morning + timedelta(minutes=20), 121, 79, 64, user=2))
-        plan.weight.append({"weight": weights[day], "user_id": 1,
-                            "timestamp": (morning - timedelta(minutes=30)).isoformat()})
+        # Ben weighs himself on waking; on the last day the demo starts late morning, so 3 h ago.
+        weighed = morning - timedelta(minutes=30) if day < DAYS - 1 else now - timedelta(hours=3)
+        plan.weight.append({"weight": weights[day], "user_id": 1, "timestamp": weighed.isoformat()})
         for offset, value in zip((10.5, 6, 1.5), glucose[day], strict=True):
             plan.astm.append((base - timedelta(hours=offset), value))
         plan.taidoc.append((morning + timedelta(minutes=5), 138 - day, 86, 68))

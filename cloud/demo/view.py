@@ -31,7 +31,7 @@ def render(snapshot: Snapshot, devices: tuple[DemoDevice, ...], header: str) -> 
     progress = Progress(TextColumn("simulated week"), BarColumn(), TextColumn("day {task.completed}/{task.total}"))
     progress.add_task("week", total=snapshot.days, completed=snapshot.day)
 
-    device_table = Table(title="Devices", expand=True)
+    device_table = Table(title="Devices", title_justify="left")
     for column in ("device", "transport", "patient", "sent", "stored"):
         device_table.add_column(column, justify="right" if column in ("sent", "stored") else "left")
     for device in devices:
@@ -40,7 +40,7 @@ def render(snapshot: Snapshot, devices: tuple[DemoDevice, ...], header: str) -> 
         device_table.add_row(device.label, device.transport.upper(), device.patient_id or "(unassigned queue)",
                              str(sent), f"[{style}]{stored}[/]" if style else str(stored))
 
-    alert_table = Table(title="Alerts", expand=True)
+    alert_table = Table(title="Alerts", title_justify="left")
     for column in ("patient", "rule", "severity", "status", "value", "times", "note"):
         alert_table.add_column(column)
     for alert in snapshot.alerts[-8:]:
@@ -55,4 +55,5 @@ def render(snapshot: Snapshot, devices: tuple[DemoDevice, ...], header: str) -> 
         alert_table.add_row("—", "", "", "", "", "", "")
     totals = (f"readings sent {sum(snapshot.sent.values())} · stored {sum(snapshot.stored.values())} · "
               f"dead letters {snapshot.dead_letters}")
-    return Group(Panel(header, title="rpm-demo"), progress, device_table, alert_table, totals, *snapshot.lines)
+    return Group(Panel(header, title="rpm-demo", expand=False), progress, device_table, alert_table, totals,
+                 *snapshot.lines)
