@@ -41,7 +41,7 @@ def on_readings_stored(conn: Any, stored: Sequence[StoredReading]) -> Sequence[N
     if not mine:
         return ()
     patient_ids = sorted({s.patient_id for s in mine if s.patient_id})
-    service.lock(conn, patient_ids)
+    locked = service.lock(conn, patient_ids)
     devices = queries.device_details(conn, sorted({s.reading.device.uid for s in mine}))
     events: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for item in sorted(mine, key=lambda s: (s.patient_id or "", s.reading.measured_at)):
@@ -58,7 +58,7 @@ def on_readings_stored(conn: Any, stored: Sequence[StoredReading]) -> Sequence[N
                                                               history))
         for patient_id, data in baselines_event(history, mine).items():
             events[patient_id].append(("baselines_computed", data))
-    service.append_events(conn, events)
+    service.append_events(conn, events, locked=locked)
     return ()
 
 

@@ -46,8 +46,12 @@ def lock(conn: Any, patient_ids: Sequence[str]) -> dict[str, tuple[int, dict]]:
 
 
 def append_events(conn: Any, events_by_patient: Mapping[str, Sequence[TwinEvent]],
-                  at: datetime | None = None) -> dict[str, int]:
-    """Append events per patient and fold them into each twin; return the new versions."""
+                  at: datetime | None = None, *,
+                  locked: Mapping[str, tuple[int, dict]] | None = None) -> dict[str, int]:
+    """Append events per patient and fold them into each twin; return the new versions.
+
+    ``locked``: what :func:`lock` returned earlier in this transaction (saves locking and reading again).
+    """
     at = at or datetime.now(UTC)
     wanted = {p: e for p, e in events_by_patient.items() if e}
     if not wanted:
@@ -56,7 +60,8 @@ def append_events(conn: Any, events_by_patient: Mapping[str, Sequence[TwinEvent]
     rows: list[tuple[str, int, str, dict]] = []
     twins: list[tuple[str, int, dict]] = []
     with conn.transaction():
-        locked = queries.lock_twins(conn, list(wanted))
+        if locked is None or not set(wanted) <= set(locked):
+            locked = queries.lock_twins(conn, list(wanted))
         for patient_id in sorted(wanted):
             version, state = locked[patient_id]
             ready = [(event_type, _json_ready(data)) for event_type, data in wanted[patient_id]]
