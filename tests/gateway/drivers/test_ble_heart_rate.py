@@ -135,5 +135,7 @@ def test_shutdown_mid_window_keeps_the_partial_window(tmp_path: Path) -> None:
 
     asyncio.run(run())
     (partial,) = sink.measurements
-    assert partial.details["samples"] >= 10 and partial.values["heart_rate"].value in (70, 70.5, 71, 71.5, 72)
+    # Cancellation may land before the driver handled the last frames sent: the window keeps what it had.
+    assert 1 <= partial.details["samples"] <= len(strap.sent_frames)
+    assert partial.values["heart_rate"].value in (70, 70.5, 71, 71.5, 72)
     assert strap.link is None
