@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -87,34 +88,32 @@ def _migrated_template(pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
     """A migrated database for the whole test session (tests use unique ids to stay apart)."""
+    with _own_database(pg_admin_url, _migrated_template) as url:
+        yield url
+
+
+@contextmanager
+def _own_database(admin_url: str, template: str | None = None) -> Iterator[str]:
     name = f"rpm_test_{uuid.uuid4().hex[:10]}"
-    url = _create_database(pg_admin_url, name, template=_migrated_template)
+    url = _create_database(admin_url, name, template=template)
     try:
         yield url
     finally:
-        _drop_database(pg_admin_url, name)
+        _drop_database(admin_url, name)
 
 
 @pytest.fixture
 def fresh_database_url(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
     """A migrated database of this test's own, dropped after it."""
-    name = f"rpm_test_{uuid.uuid4().hex[:10]}"
-    url = _create_database(pg_admin_url, name, template=_migrated_template)
-    try:
+    with _own_database(pg_admin_url, _migrated_template) as url:
         yield url
-    finally:
-        _drop_database(pg_admin_url, name)
 
 
 @pytest.fixture
 def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     """An unmigrated database of this test's own (for migration tests)."""
-    name = f"rpm_test_{uuid.uuid4().hex[:10]}"
-    url = _create_database(pg_admin_url, name)
-    try:
+    with _own_database(pg_admin_url) as url:
         yield url
-    finally:
-        _drop_database(pg_admin_url, name)
 
 
 @dataclass(frozen=True)
