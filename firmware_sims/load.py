@@ -263,6 +263,25 @@ def measure_storage(database_url: str, plan: LoadPlan) -> dict[str, Any]:
     }
 
 
+def wait_for_storage(database_url: str, plan: LoadPlan, expected: int, quiet_s: float) -> int:
+    """Poll until ``expected`` readings of this run are stored, or the count stops growing for ``quiet_s``."""
+    import psycopg
+
+    last, last_change = -1, time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT count(*) FROM readings WHERE gateway_id LIKE %s",
+                               (f"load-{plan.run_id}-%",)).fetchone()
+            stored = row[0] if row else 0
+            if stored >= expected:
+                return stored
+            if stored != last:
+                last, last_change = stored, time.monotonic()
+            elif time.monotonic() - last_change > quiet_s:
+                return stored
+            time.sleep(0.5)
+
+
 def run_load(plan: LoadPlan, database_url: str | None) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -305,6 +324,8 @@ def run_load(plan: LoadPlan, database_url: str | None) -> dict[str, Any]:
         "ack_latency_ms": _percentiles(latencies),
     }
     if database_url:
+        # Ingest may still be draining a backlog the broker holds: wait while the count still grows.
+        wait_for_storage(database_url, plan, sent, quiet_s=max(5.0, min(plan.settle_s, 30.0)))
         storage = measure_storage(database_url, plan)
         report.update(storage)
         report["lost"] = sent - storage["stored"]
