@@ -225,3 +225,52 @@ def test_enrolled_devices_show_in_the_status_before_they_are_seen(tmp_path, mqtt
                                                                            None)]
 
     asyncio.run(scenario())
+
+
+def test_refused_credentials_show_in_the_status_and_metrics(tmp_path, unique_id) -> None:
+    import httpx
+    from private_broker import PrivateMosquitto
+
+    from cloud.embedded import free_port
+
+    broker = PrivateMosquitto(tmp_path, users={unique_id: "right"}).start()
+    port = free_port()
+    config = gateway_config(tmp_path, broker.url, unique_id, metrics_port=port,
+                            mqtt={"url": broker.url, "username": unique_id, "password": "wrong",
+                                  "reconnect_min_s": 0.1, "reconnect_max_s": 0.5})
+
+    async def scenario() -> None:
+        async with started(Gateway(config, start_devices=False)) as gateway:
+            await gateway.submit(bp_reading(1))
+            await eventually(lambda: gateway.status().uplink_error is not None, 10, "uplink error in the status")
+            assert "refused the credentials" in gateway.status().uplink_error
+            body = await asyncio.to_thread(lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+            assert "rpm_gateway_outbox_depth 1.0" in body
+            assert "rpm_gateway_uplink_connected 0.0" in body
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.stop()
+
+
+def test_json_logs_carry_level_logger_message_and_extra_fields() -> None:
+    import io
+    import logging
+
+    from gateway.config import LogConfig
+    from gateway.logging_setup import configure_logging
+
+    stream = io.StringIO()
+    old_level = logging.getLogger().level
+    configure_logging(LogConfig(json=True, level="INFO"), stream=stream)
+    try:
+        logging.getLogger("gateway.test").warning("outbox at %d%%", 95, extra={"outbox_depth": 950})
+        entry = json.loads(stream.getvalue().splitlines()[-1])
+        assert entry["level"] == "warning" and entry["logger"] == "gateway.test"
+        assert entry["msg"] == "outbox at 95%" and entry["outbox_depth"] == 950 and entry["ts"].endswith("Z")
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_rpm_gateway", False)]:
+            root.removeHandler(handler)
+        root.setLevel(old_level)
