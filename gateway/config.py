@@ -49,6 +49,8 @@ class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_readings: int = Field(1_000_000, gt=0)
     when_full: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
+    remember_delivered_days: float = Field(90.0, ge=0)
+    """How long ids the cloud confirmed are remembered, so a device re-sending its memory costs no traffic."""
 
 
 class LogConfig(BaseModel):

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     quarantined_at REAL NOT NULL
 );
+-- Ids the cloud has confirmed: a device that sends its whole memory again (cuffs, USB meters) does
+-- not send those readings over the network again. Forgotten after remember_delivered_s; a forgotten
+-- id that comes back is only sent once more (the cloud stores it once).
+CREATE TABLE IF NOT EXISTS delivered (
+    id TEXT PRIMARY KEY,
+    acked_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivered_age ON delivered (acked_at);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -114,8 +122,10 @@ class Outbox:
         max_readings: int = 1_000_000,
         when_full: Literal["drop_oldest", "refuse_new"] = "drop_oldest",
         clock: Callable[[], float] | None = None,
+        remember_delivered_s: float = 90 * 86400,
     ) -> None:
         self.path = Path(path)
+        self.remember_delivered_s = remember_delivered_s
         self.max_readings = max_readings
         self.when_full = when_full
         self._now = clock or time.time
@@ -137,7 +147,8 @@ class Outbox:
         return self.put_many([reading]) == 1
 
     def put_many(self, readings: Iterable[Reading]) -> int:
-        """Store readings in one durable transaction; returns how many were new."""
+        """Store readings in one durable transaction; returns how many were new (neither here, quarantined,
+        nor already delivered)."""
         rows = [(r.id, r.model_dump_json(exclude_none=True)) for r in readings]
         if not rows:
             return 0
@@ -149,6 +160,8 @@ class Outbox:
             try:
                 for reading_id, payload in rows:
                     if self._db.execute("SELECT 1 FROM quarantine WHERE id = ?", (reading_id,)).fetchone():
+                        continue
+                    if self._db.execute("SELECT 1 FROM delivered WHERE id = ?", (reading_id,)).fetchone():
                         continue
                     if self._depth >= self.max_readings and not self._make_room(reading_id):
                         refused += 1
@@ -307,6 +320,8 @@ class Outbox:
                     cursor = self._db.execute(f"DELETE FROM readings WHERE id IN ({marks})", chunk)
                     accepted += cursor.rowcount
                     unknown += len(chunk) - cursor.rowcount
+                    self._db.executemany("INSERT OR REPLACE INTO delivered (id, acked_at) VALUES (?, ?)",
+                                         [(reading_id, now) for reading_id in chunk])
                 for rejection in ack.rejected:
                     row = self._db.execute("SELECT payload FROM readings WHERE id = ?", (rejection.id,)).fetchone()
                     if row is None:
@@ -320,6 +335,7 @@ class Outbox:
                     quarantined += 1
                     log.warning("cloud rejected reading %s: %s (quarantined, not retried)", rejection.id,
                                 rejection.reason)
+                self._db.execute("DELETE FROM delivered WHERE acked_at < ?", (now - self.remember_delivered_s,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -67,7 +67,8 @@ class Gateway:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.data_dir / "outbox.sqlite", max_readings=config.outbox.max_readings,
-                             when_full=config.outbox.when_full)
+                             when_full=config.outbox.when_full,
+                             remember_delivered_s=config.outbox.remember_delivered_days * 86400)
         self.board = StatusBoard(config.gateway_id, self.outbox, uplink_error=self._uplink_error,
                                  publish=self._publish_status, interval_s=config.status_interval_s)
         self.uplink = Uplink(config.mqtt, config.gateway_id, self.outbox, will_payload=self.board.offline_payload,

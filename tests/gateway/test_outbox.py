@@ -204,3 +204,22 @@ def test_a_batch_stays_under_its_byte_budget_but_always_carries_one(outbox: Outb
     assert sum(len(p) + 1 for p in batch.payloads) <= size * 10 + 20
     tiny = outbox.take_batch("b2", 50, 30, max_bytes=1)
     assert tiny is not None and len(tiny) == 1
+
+
+def test_a_memory_read_again_after_delivery_is_not_sent_again(tmp_path: Path, clock: FakeClock) -> None:
+    box = Outbox(tmp_path / "o.sqlite", clock=clock, remember_delivered_s=86400)
+    box.put_many(bp_reading(i) for i in range(3))
+    batch = box.take_batch("b1", 10, ack_timeout_s=30)
+    assert batch is not None
+    box.apply_ack(Ack(batch_id="b1", accepted=batch.ids))
+    # The cuff sends its whole memory again on the next connection: nothing new to send.
+    assert box.put_many(bp_reading(i) for i in range(4)) == 1
+    assert box.ids() == [bp_reading(3).id]
+    box.close()
+    reopened = Outbox(tmp_path / "o.sqlite", clock=clock, remember_delivered_s=86400)
+    assert reopened.put(bp_reading(0)) is False
+    # Long after, the id is forgotten: sent once more, which the idempotent cloud stores once.
+    clock.now += 2 * 86400
+    reopened.apply_ack(Ack(batch_id="b2", accepted=[]))
+    assert reopened.put(bp_reading(0)) is True
+    reopened.close()
