@@ -30,9 +30,11 @@ CREATE TABLE observation_day_stale (
 
 CREATE FUNCTION observation_day_mark_stale() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- In key order: two ingest workers marking overlapping days then wait on each other, never deadlock.
     INSERT INTO observation_day_stale (patient_id, metric, day)
     SELECT DISTINCT patient_id, metric, (measured_at AT TIME ZONE 'UTC')::date FROM changed_rows
      WHERE patient_id IS NOT NULL
+     ORDER BY 1, 2, 3
     ON CONFLICT DO NOTHING;
     RETURN NULL;
 END;
