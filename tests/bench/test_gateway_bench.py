@@ -23,15 +23,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-
-from mqtt_acker import TestAcker
-from process_harness import Ingest
-from reading_factory import bp_reading
-
 from gateway.config import MqttConfig
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink
+from tests.gateway.mqtt_acker import TestAcker
+from tests.gateway.process_harness import Ingest
+from tests.gateway.reading_factory import bp_reading
 
 pytestmark = [pytest.mark.bench, pytest.mark.integration]
 

@@ -20,14 +20,9 @@ from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[2]
-if sys.path[0] != str(_REPO):
-    sys.path.insert(0, str(_REPO))
-for _name in [n for n in sys.modules if n == "cloud" or n.startswith("cloud.")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
+from firmware_sims.load import LoadPlan, run_load
 
-from firmware_sims.load import LoadPlan, run_load  # noqa: E402
+_REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1800)]
 DURATION = float(os.environ.get("RPM_BENCH_DURATION", "10"))

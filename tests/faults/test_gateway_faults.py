@@ -6,18 +6,15 @@ simulated device), the real broker, the real ``rpm-cloud ingest`` and PostgreSQL
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-
-from mqtt_acker import TestAcker
-from private_broker import PrivateMosquitto
-from process_harness import GatewayProcess, Ingest, LoggedProcess, wait_until
+from tests.gateway.mqtt_acker import TestAcker
+from tests.gateway.private_broker import PrivateMosquitto
+from tests.gateway.process_harness import GatewayProcess, Ingest, LoggedProcess, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

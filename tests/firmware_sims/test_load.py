@@ -3,21 +3,10 @@ what it sent and what the database holds."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# "cloud" must be the project's package, not the tests/cloud folder (see tests/cloud/alerts/conftest.py).
-_REPO = str(Path(__file__).resolve().parents[2])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n == "cloud" or n.startswith("cloud.")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from firmware_sims.load import LoadPlan, _batch_payload, _iso, _templates, run_load  # noqa: E402
-from gateway.contract import Batch  # noqa: E402
+from firmware_sims.load import LoadPlan, _batch_payload, _iso, _templates, run_load
+from gateway.contract import Batch
 
 
 @pytest.mark.unit

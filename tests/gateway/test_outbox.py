@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reading_factory import bp_reading
 
 from gateway.contract import Ack, Rejection
 from gateway.outbox import Outbox, OutboxFullError
+from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.unit
 

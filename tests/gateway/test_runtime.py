@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_acker import TestAcker
-from reading_factory import bp_measurement, bp_reading, cuff
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.drivers.base import ClockCheck
 from gateway.runtime import Gateway
+from tests.gateway.mqtt_acker import TestAcker
+from tests.gateway.reading_factory import bp_measurement, bp_reading, cuff
 
 pytestmark = pytest.mark.integration
 
@@ -229,9 +229,9 @@ def test_enrolled_devices_show_in_the_status_before_they_are_seen(tmp_path, mqtt
 
 def test_refused_credentials_show_in_the_status_and_metrics(tmp_path, unique_id) -> None:
     import httpx
-    from private_broker import PrivateMosquitto
 
     from cloud.embedded import free_port
+    from tests.gateway.private_broker import PrivateMosquitto
 
     broker = PrivateMosquitto(tmp_path, users={unique_id: "right"}).start()
     port = free_port()

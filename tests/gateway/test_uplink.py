@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_acker import TestAcker
-from private_broker import PrivateMosquitto
-from reading_factory import bp_reading
-from tcp_proxy import CuttableLink
 
 from gateway.config import MqttConfig
 from gateway.outbox import Outbox
 from gateway.uplink import Uplink, parse_broker_url
+from tests.gateway.mqtt_acker import TestAcker
+from tests.gateway.private_broker import PrivateMosquitto
+from tests.gateway.reading_factory import bp_reading
+from tests.gateway.tcp_proxy import CuttableLink
 
 pytestmark = pytest.mark.integration
 
@@ -285,7 +285,7 @@ def test_readings_taken_while_the_broker_is_unreachable_all_arrive_when_it_is_ba
 
 
 def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path, outbox: Outbox, unique_id: str) -> None:
-    from tls_material import make_tls_files
+    from tests.gateway.tls_material import make_tls_files
 
     files = make_tls_files(tmp_path, unique_id)
     broker = PrivateMosquitto(tmp_path, tls=(files.ca, files.server_cert, files.server_key),

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import psycopg
-from scripted_patient import bp, insert_for_patients, now
 
 from cloud.hooks import run_in_transaction_hooks
+from tests.cloud.alerts.scripted_patient import bp, insert_for_patients, now
 
 
 def run_writer(database_url: str, cuffs: dict[str, str], start: float, batches: list[int], batch_size: int,

@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
-from scripted_patient import add_patient, bp, ingest, now
 
 from cloud.alerts import service
 from cloud.alerts.scheduler import adherence_status, evaluate_adherence
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, now
 
 NOON = datetime(2026, 6, 20, 12, tzinfo=UTC)
 ENROLLED = datetime(2026, 6, 1, 9, tzinfo=UTC)  # day 20 of the first period is 2026-06-20

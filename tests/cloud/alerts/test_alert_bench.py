@@ -19,8 +19,9 @@ from datetime import timedelta
 import numpy as np
 import psycopg
 import pytest
-from bench_writer import run_writer
-from scripted_patient import add_patient, bp, insert_readings, now
+
+from tests.cloud.alerts.bench_writer import run_writer
+from tests.cloud.alerts.scripted_patient import add_patient, bp, insert_readings, now
 
 pytestmark = pytest.mark.bench
 

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from scripted_patient import add_patient, alerts_in, bp, insert_readings, now
 
 from cloud.alerts import service
 from cloud.alerts.hook import evaluate_readings
 from cloud.hooks import run_in_transaction_hooks
+from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, insert_readings, now
 
 pytestmark = pytest.mark.integration
 

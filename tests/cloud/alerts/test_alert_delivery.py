@@ -12,13 +12,13 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from scripted_patient import add_patient, alerts_in, bp, ingest, now
-from webhook_receiver import FAST, Receiver, free_port, wait_for
 
 from cloud.alerts import service
 from cloud.alerts.delivery import SIGNATURE_HEADER, Backoff, deliver_due, verify
 from cloud.alerts.scheduler import mqtt_publisher
 from gateway.contract import Alert, alerts_topic
+from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, ingest, now
+from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,10 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from scripted_patient import (
+
+from cloud.alerts import AlertStateError, InvalidOverride, RuleNotFound, service
+from cloud.twin import service as twin
+from tests.cloud.alerts.scripted_patient import (
     add_patient,
     alerts_in,
     bp,
@@ -17,9 +20,6 @@ from scripted_patient import (
     now,
     weight,
 )
-
-from cloud.alerts import AlertStateError, InvalidOverride, RuleNotFound, service
-from cloud.twin import service as twin
 
 pytestmark = pytest.mark.integration
 

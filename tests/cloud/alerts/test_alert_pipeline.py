@@ -17,14 +17,14 @@ import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from scripted_patient import add_patient, bp, normal_week, now
-from webhook_receiver import FAST, Receiver, free_port, wait_for
 
 from cloud.alerts import service
 from cloud.alerts.delivery import SIGNATURE_HEADER, deliver_due, verify
 from cloud.ingest.consumer import IngestWorker
 from cloud.settings import CloudSettings
 from gateway.contract import Alert, Batch, Reading, alerts_topic, readings_topic
+from tests.cloud.alerts.scripted_patient import add_patient, bp, normal_week, now
+from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

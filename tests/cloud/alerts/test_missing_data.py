@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from scripted_patient import add_patient, alerts_in, bp, ingest, now
 
 from cloud.alerts import service
 from cloud.alerts.scheduler import evaluate_missing_data
 from cloud.twin import service as twin
+from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, ingest, now
 
 pytestmark = pytest.mark.integration
 

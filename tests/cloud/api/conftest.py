@@ -1,30 +1,17 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
-# See tests/cloud/alerts/conftest.py: the repository must come before tests/ (which holds cloud/).
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n == "cloud" or n.startswith("cloud.")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-# Patients and readings are stored the way ingest stores them, hooks included (shared with alerts/twin tests).
-sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "alerts"))
-
-from fastapi.testclient import TestClient  # noqa: E402
-from scripted_patient import add_patient, bp, ingest, make_reading, now, weight  # noqa: E402
-
-from cloud.api.app import create_app  # noqa: E402
-from cloud.api.tokens import mint_token  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
+from cloud.api.app import create_app
+from cloud.api.tokens import mint_token
+from cloud.settings import CloudSettings
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, now, weight
 
 DEV_KEY = "test-dev-key-not-secret-0123456789abcdef"
 

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import DEV_KEY
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
@@ -26,6 +25,7 @@ from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 from cloud.twin.state import apply_events, empty_state
+from tests.cloud.api.conftest import DEV_KEY
 
 pytestmark = pytest.mark.bench
 YEAR_OF_5_MINUTES = 365 * 288  # 105 120

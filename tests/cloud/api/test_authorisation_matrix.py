@@ -18,9 +18,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import World, build_world, grant
 from fastapi.testclient import TestClient
-from scripted_patient import bp, ingest, now
+
+from tests.cloud.alerts.scripted_patient import bp, ingest, now
+from tests.cloud.api.conftest import World, build_world, grant
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import TokenFactory, World
 from fastapi.testclient import TestClient
+
+from tests.cloud.api.conftest import TokenFactory, World
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
-from scripted_patient import bp, insert_readings
+
+from tests.cloud.alerts.scripted_patient import bp, insert_readings
+from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
 

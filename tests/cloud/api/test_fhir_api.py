@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+
+from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
 

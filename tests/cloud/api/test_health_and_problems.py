@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
+
+from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
 

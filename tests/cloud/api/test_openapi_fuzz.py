@@ -9,8 +9,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
+
+from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
 REQUESTS_PER_OPERATION = 24

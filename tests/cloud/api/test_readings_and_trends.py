@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
-from scripted_patient import bp, ingest, make_reading
+
+from tests.cloud.alerts.scripted_patient import bp, ingest, make_reading
+from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import World
 from fastapi.testclient import TestClient
-from scripted_patient import bp, ingest, make_reading, weight
 
 from cloud.api.summaries import adherence_summary, bp_summary, glucose_summary, gmi, weight_summary
+from tests.cloud.alerts.scripted_patient import bp, ingest, make_reading, weight
+from tests.cloud.api.conftest import World
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 

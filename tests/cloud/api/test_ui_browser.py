@@ -18,7 +18,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from ui_live_server import (
+
+from cloud.api.app import create_app
+from cloud.api.tokens import mint_token
+from cloud.settings import CloudSettings
+from tests.cloud.api.ui_live_server import (
     LiveServer,
     Ward,
     seed_continuous_glucose,
@@ -26,10 +30,6 @@ from ui_live_server import (
     seed_ward,
     wait_until,
 )
-
-from cloud.api.app import create_app
-from cloud.api.tokens import mint_token
-from cloud.settings import CloudSettings
 
 DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
 BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies

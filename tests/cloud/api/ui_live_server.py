@@ -17,9 +17,9 @@ from types import TracebackType
 import psycopg
 import uvicorn
 from fastapi import FastAPI
-from scripted_patient import add_patient, bp, ingest, make_reading, now, weight
 
 from gateway.contract import Reading
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, now, weight
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:

@@ -1,26 +1,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-# tests/ is on sys.path and holds a folder named cloud/ without __init__.py: make sure "cloud" is the
-# project's package, not that namespace (same fix as tests/cloud/alerts/conftest.py).
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n == "cloud" or n.startswith("cloud.")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from ingest_traffic import Gateway, deploy_queueing_section  # noqa: E402
-
-from cloud.ingest.consumer import IngestWorker  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
+from cloud.ingest.consumer import IngestWorker
+from cloud.settings import CloudSettings
+from tests.cloud.ingest.ingest_traffic import Gateway, deploy_queueing_section
 
 
 @pytest.fixture

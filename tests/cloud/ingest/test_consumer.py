@@ -6,9 +6,9 @@ import json
 
 import psycopg
 import pytest
-from ingest_traffic import bp_reading, wait_until
 
 from gateway.contract import MAX_PAYLOAD_BYTES
+from tests.cloud.ingest.ingest_traffic import bp_reading, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from ingest_traffic import Gateway, bp_reading, wait_until
 
 from cloud.settings import CloudSettings
+from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from ingest_traffic import bp_reading
 
 from cloud.ingest.validation import validate_message, validate_status
 from gateway.contract import MAX_PAYLOAD_BYTES, Batch, GatewayStatus
+from tests.cloud.ingest.ingest_traffic import bp_reading
 
 pytestmark = pytest.mark.unit
 TOPIC = "rpm/v1/gw/gw-1/readings"

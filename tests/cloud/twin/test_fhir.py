@@ -9,10 +9,10 @@ import pytest
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
-from scripted_patient import add_patient, alerts_in, bp, ingest, make_reading, now, weight
 
 from cloud.alerts import service as alerts
 from cloud.twin.fhir import fhir_id, flag_from_alert, observations_from_row, patient_resource, reading_row
+from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, ingest, make_reading, now, weight
 
 pytestmark = pytest.mark.integration
 

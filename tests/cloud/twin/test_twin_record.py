@@ -7,10 +7,19 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from scripted_patient import add_patient, alerts_in, bp, ingest, make_reading, normal_week, now, weight
 
 from cloud.alerts import service as alerts
 from cloud.twin import service as twin
+from tests.cloud.alerts.scripted_patient import (
+    add_patient,
+    alerts_in,
+    bp,
+    ingest,
+    make_reading,
+    normal_week,
+    now,
+    weight,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +95,10 @@ def test_unknown_patient_is_a_typed_error(conn, unique_id):
 
 
 def test_the_alerts_hook_reuses_the_history_the_twin_hook_read_for_the_same_batch(conn, unique_id, monkeypatch):
-    from scripted_patient import insert_readings
-
     from cloud.alerts.hook import on_readings_stored as alerts_hook
     from cloud.twin import baselines
     from cloud.twin.hook import on_readings_stored as twin_hook
+    from tests.cloud.alerts.scripted_patient import insert_readings
 
     cuff = add_patient(conn, unique_id)["blood_pressure"]
     reads: list[frozenset[str]] = []

@@ -11,26 +11,15 @@ client (YentingChia-Ultron/Ultron-esp32BLE, ``foraBP.c``).
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-# tests/ is on sys.path and holds folders named gateway/ and firmware_sims/ without __init__.py: put the
-# repository first so those names are the project's packages (as tests/cloud/*/conftest.py do).
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n.split(".")[0] in ("gateway", "firmware_sims")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from gateway.codecs import taidoc  # noqa: E402
-from gateway.codecs.common import ChecksumError, DecodeError, InvalidFieldError, NoReadingError, TruncatedError  # noqa: E402
-from gateway.decode import decode_to_json, run  # noqa: E402
+from gateway.codecs import taidoc
+from gateway.codecs.common import ChecksumError, DecodeError, InvalidFieldError, NoReadingError, TruncatedError
+from gateway.decode import decode_to_json, run
 
 pytestmark = pytest.mark.unit
 

@@ -5,24 +5,16 @@ about 8.3 ms of wire time, 16 bytes at 10 bits each)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n.split(".")[0] in ("gateway", "firmware_sims")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter  # noqa: E402
-from gateway.device_state import DeviceStateStore  # noqa: E402
-from gateway.drivers.base import DeviceInfo  # noqa: E402
-from gateway.drivers.taidoc import TaidocDriver  # noqa: E402
+from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import DeviceInfo
+from gateway.drivers.taidoc import TaidocDriver
 
 pytestmark = pytest.mark.bench
 

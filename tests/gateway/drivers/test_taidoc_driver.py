@@ -4,22 +4,11 @@ cleared memory, a wrapped memory, a wrong clock, bad frames, the 2-in-1 meter.""
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-# tests/ is on sys.path and holds folders named gateway/ and firmware_sims/ without __init__.py: put the
-# repository first so those names are the project's packages (as tests/cloud/*/conftest.py do).
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n.split(".")[0] in ("gateway", "firmware_sims")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from firmware_sims.serial.taidoc import (  # noqa: E402
+from firmware_sims.serial.taidoc import (
     TWO_IN_ONE,
     BpRecord,
     Faults,
@@ -27,12 +16,12 @@ from firmware_sims.serial.taidoc import (  # noqa: E402
     PtyTaidoc,
     TaidocMeter,
 )
-from gateway.codecs.common import Measurement  # noqa: E402
-from gateway.device_state import DeviceStateStore  # noqa: E402
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError, SessionResult  # noqa: E402
-from gateway.drivers.serial_port import ProtocolError  # noqa: E402
-from gateway.drivers.taidoc import TaidocDriver, UnsupportedModelError  # noqa: E402
-from gateway.normalise import to_reading  # noqa: E402
+from gateway.codecs.common import Measurement
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError, SessionResult
+from gateway.drivers.serial_port import ProtocolError
+from gateway.drivers.taidoc import TaidocDriver, UnsupportedModelError
+from gateway.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 

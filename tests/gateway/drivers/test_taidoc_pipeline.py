@@ -6,7 +6,6 @@ the outbox."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,27 +13,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-# tests/ is on sys.path and holds folders named cloud/, gateway/ and firmware_sims/ without __init__.py: put the
-# repository first so those names are the project's packages (as tests/cloud/*/conftest.py do).
-_REPO = str(Path(__file__).resolve().parents[3])
-if sys.path[0] != _REPO:
-    sys.path.insert(0, _REPO)
-for _name in [n for n in sys.modules if n.split(".")[0] in ("cloud", "firmware_sims", "gateway")]:
-    if getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
-
-from cloud.ingest.consumer import IngestWorker  # noqa: E402
-from cloud.settings import CloudSettings  # noqa: E402
-from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter  # noqa: E402
-from gateway.codecs.common import Measurement  # noqa: E402
-from gateway.config import MqttConfig  # noqa: E402
-from gateway.contract import Reading  # noqa: E402
-from gateway.device_state import DeviceStateStore  # noqa: E402
-from gateway.drivers.base import ClockCheck, DeviceInfo  # noqa: E402
-from gateway.drivers.taidoc import TaidocDriver  # noqa: E402
-from gateway.normalise import to_reading  # noqa: E402
-from gateway.outbox import Outbox  # noqa: E402
-from gateway.uplink import Uplink  # noqa: E402
+from cloud.ingest.consumer import IngestWorker
+from cloud.settings import CloudSettings
+from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter
+from gateway.codecs.common import Measurement
+from gateway.config import MqttConfig
+from gateway.contract import Reading
+from gateway.device_state import DeviceStateStore
+from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.drivers.taidoc import TaidocDriver
+from gateway.normalise import to_reading
+from gateway.outbox import Outbox
+from gateway.uplink import Uplink
 
 pytestmark = pytest.mark.integration
 
