@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, GlucoseMeter, GlucoseRecord, WeightScale
 from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import BleManager, ble_candidates
-from gateway.codecs.common import Measurement
 from gateway.config import parse_config
-from gateway.contract import Reading
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.enrolment import EnrolmentStore
-from gateway.normalise import to_reading
+from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
@@ -31,20 +28,8 @@ CONFIG = BleConfig(backend="sim", op_timeout_s=1.0, idle_timeout_s=0.2, connect_
                    session_cooldown_s=60, retry_backoff_s=0.05, retry_backoff_max_s=0.2)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        self.readings.append(to_reading(device, measurement, clock, datetime.now(UTC)))
 
 
 async def run_until(manager: BleManager, done: Callable[[], bool], limit_s: float = 5.0) -> None:

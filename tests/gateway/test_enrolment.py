@@ -18,16 +18,11 @@ from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import pair_window
 from gateway.config import parse_config
 from gateway.enrolment import EnrolmentStore, run_pair
+from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
 def test_enrolment_survives_reopening_the_store(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
 from gateway.ble_config import BleConfig
@@ -21,6 +21,7 @@ from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.enrolment import EnrolmentStore
 from gateway.normalise import to_reading
+from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.bench
 
@@ -28,12 +29,6 @@ T = datetime(2026, 1, 1)
 CONFIG = BleConfig(backend="sim", op_timeout_s=2.0, idle_timeout_s=0.2, connect_attempts=1, session_cooldown_s=600)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
 class CountingSink:

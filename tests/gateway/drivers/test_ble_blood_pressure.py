@@ -10,40 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, WeightRecord, WeightScale
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
-from gateway.codecs.common import Measurement
-from gateway.contract import ClockJudgement, Reading
+from gateway.contract import ClockJudgement
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.metrics import KG_PER_LB, MMHG_PER_KPA
-from gateway.normalise import to_reading
+from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 CONFIG = BleConfig(backend="sim", op_timeout_s=1.0, idle_timeout_s=0.3, connect_timeout_s=1.0, connect_attempts=1)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.clocks: list[ClockCheck | None] = []
-
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        self.clocks.append(clock)
-        self.readings.append(to_reading(device, measurement, clock, datetime.now(UTC)))
 
 
 def run(address: str, profile: str, sink: RecordingSink, tmp_path: Path, config: BleConfig = CONFIG):

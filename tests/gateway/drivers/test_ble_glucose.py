@@ -4,24 +4,22 @@ reads, a link lost mid-transfer, contexts joined by sequence number, garbage and
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
-from gateway.codecs.common import Measurement
 from gateway.codecs.glucose import MEALS as MEAL_NAMES
-from gateway.contract import Reading
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError
+from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY, SequenceRestartedError
-from gateway.normalise import to_reading
+from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
@@ -29,25 +27,8 @@ T = datetime(2026, 3, 14, 7, 0, 0)
 CONFIG = BleConfig(backend="sim", op_timeout_s=1.0, idle_timeout_s=0.3, connect_timeout_s=1.0, connect_attempts=1)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
-class RecordingSink:
-    """The outbox's contract: returns once the reading is durable (here: once it is in the list)."""
-
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.measurements: list[Measurement] = []
-
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        self.measurements.append(measurement)
-        self.readings.append(to_reading(device, measurement, clock, datetime.now(UTC),
-                                        discriminator=measurement.details.get("window_start")))
 
 
 def meter(address: str, n: int = 6, **kwargs) -> GlucoseMeter:

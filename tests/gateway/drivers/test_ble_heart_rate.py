@@ -9,40 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import HeartRateStrap
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
-from gateway.codecs.common import Measurement
-from gateway.contract import Reading
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceInfo
-from gateway.normalise import to_reading
+from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 MINUTE = datetime(2026, 3, 14, 7, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.measurements: list[Measurement] = []
-
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        self.measurements.append(measurement)
-        self.readings.append(to_reading(device, measurement, clock, datetime.now(UTC),
-                                        discriminator=measurement.details.get("window_start")))
 
 
 class QuarterSecondClock:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from firmware_sims.ble.air import AIR, SCENARIO_ENV
+from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import ATT_READ_NOT_PERMITTED, Faults, GattError
 from firmware_sims.ble.peripherals import BloodPressureCuff, HeartRateStrap
@@ -21,18 +21,13 @@ from gateway.drivers.ble_session import (
     SessionTimeouts,
     backoff_delay,
 )
+from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit
 
 FAST = SessionTimeouts(connect_s=1.0, connect_attempts=3, op_s=0.3, idle_s=0.2, retry_base_s=0.01, retry_cap_s=0.05)
 
 
-@pytest.fixture(autouse=True)
-def empty_air(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(SCENARIO_ENV, raising=False)
-    AIR.clear()
-    yield
-    AIR.clear()
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
