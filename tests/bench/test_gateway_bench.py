@@ -36,6 +36,25 @@ BACKLOG = int(os.environ.get("RPM_BENCH_BACKLOG", "100000"))
 GATEWAY_S = float(os.environ.get("RPM_BENCH_GATEWAY_S", "30"))
 
 
+async def drain_outbox(config: MqttConfig, gateway_id: str, box: Outbox, *, limit_s: float) -> float:
+    """Run an uplink until the outbox is empty; the seconds it took from the first connection."""
+    uplink = Uplink(config, gateway_id, box)
+    task = asyncio.create_task(uplink.run())
+    try:
+        assert await uplink.wait_connected(15)
+        began = time.perf_counter()
+        while box.depth() > 0:
+            if time.perf_counter() - began > limit_s:
+                raise AssertionError(f"not drained in {limit_s:.0f} s: {box.depth()} left")
+            await asyncio.sleep(0.05)
+        return time.perf_counter() - began
+    finally:
+        await uplink.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.mark.timeout(900)
 def test_drain_a_backlog_through_the_real_broker(tmp_path: Path, mqtt_broker, unique_id: str) -> None:  # type: ignore[no-untyped-def]
     box = Outbox(tmp_path / "outbox.sqlite", max_readings=BACKLOG + 1000)
@@ -61,25 +80,8 @@ def test_drain_a_backlog_through_the_real_broker(tmp_path: Path, mqtt_broker, un
     acker = TestAcker(mqtt_broker.host, mqtt_broker.port, unique_id, v5=mqtt_broker.supports_v5)
     config = MqttConfig(url=mqtt_broker.url, batch_max=500, batch_ms=50, ack_timeout_s=60)
 
-    async def drain() -> float:
-        uplink = Uplink(config, unique_id, box)
-        task = asyncio.create_task(uplink.run())
-        try:
-            assert await uplink.wait_connected(15)
-            began = time.perf_counter()
-            while box.depth() > 0:
-                if time.perf_counter() - began > 600:
-                    raise AssertionError(f"not drained in 600 s: {box.depth()} left")
-                await asyncio.sleep(0.05)
-            return time.perf_counter() - began
-        finally:
-            await uplink.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     try:
-        drain_s = asyncio.run(drain())
+        drain_s = asyncio.run(drain_outbox(config, unique_id, box, limit_s=600))
         assert len(acker.ids()) == total
     finally:
         acker.close()
@@ -104,25 +106,8 @@ def test_drain_a_backlog_to_the_real_ingest(tmp_path: Path, mqtt_broker, fresh_d
     ingest = Ingest(fresh_database_url, mqtt_broker.url, f"ingest-{unique_id}")
     config = MqttConfig(url=mqtt_broker.url, batch_max=500, batch_ms=50, ack_timeout_s=120)
 
-    async def drain() -> float:
-        uplink = Uplink(config, unique_id, box)
-        task = asyncio.create_task(uplink.run())
-        try:
-            assert await uplink.wait_connected(15)
-            began = time.perf_counter()
-            while box.depth() > 0:
-                if time.perf_counter() - began > 800:
-                    raise AssertionError(f"not drained in 800 s: {box.depth()} left")
-                await asyncio.sleep(0.1)
-            return time.perf_counter() - began
-        finally:
-            await uplink.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     try:
-        drain_s = asyncio.run(drain())
+        drain_s = asyncio.run(drain_outbox(config, unique_id, box, limit_s=800))
     finally:
         ingest.terminate()
         box.close()
