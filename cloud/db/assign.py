@@ -7,18 +7,36 @@ observations) already stored for that device/user from that time on, while they 
 Unassigning closes the assignment at a time; readings stored after it queue again.
 
 ``user_index`` None means every user of the device; a user-specific assignment wins over it.
+
+In the same transaction the patient's twin records a ``device_assigned`` event and the claimed
+readings, rebuilt in contract form (``cloud.db.readings``), go through the in-transaction hooks
+(``cloud.hooks``: twin, alerts) in measured order, exactly as if ingest had just stored them for
+this patient. A claimed reading measured longer ago than ``late_after_s`` is passed as late (it
+reaches the patient's record now): the twin keeps a newer latest value and its alert is marked late,
+never paged as if it were now. The alert messages the hooks return go to the delivery outbox
+(``alert_deliveries``, channel mqtt) in the same transaction, for the scheduler's sender to publish.
+Re-running an assignment that is already in force changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from pydantic import ValidationError
 
+from cloud.alerts import queries as alert_queries
+from cloud.db.readings import load_stored_readings
+from cloud.hooks import Notification, StoredReading, run_in_transaction_hooks
 from cloud.settings import get_settings
+from cloud.twin import service as twin
+from gateway.contract import Alert
+
+log = logging.getLogger(__name__)
 
 
 class AssignmentError(Exception):
@@ -32,6 +50,14 @@ class AssignmentResult:
     observations_backfilled: int
     closed: int
     """Earlier open assignments of the same device/user closed at ``valid_from``."""
+    created: bool = True
+    """False when the same assignment was already in force (a re-run): nothing changed."""
+    alerts_queued: int = 0
+    """Alert messages the hooks produced for the claimed readings, queued for MQTT delivery."""
+    unpublished: tuple[Notification, ...] = ()
+    """Hook notifications that are not alert messages (none today): the caller publishes them."""
+    unreadable: tuple[str, ...] = ()
+    """Claimed reading ids whose rows no longer make a valid reading: assigned, but the hooks did not see them."""
 
 
 _LOCK_DEVICE = "SELECT pg_advisory_xact_lock(hashtext('rpm.assign:' || %s))"
@@ -44,9 +70,15 @@ def _transport_of(uid: str) -> str:
 
 def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *, user_index: int | None = None,
                   valid_from: datetime | None = None, create_patient: bool = False,
-                  display_name: str | None = None, created_by: str | None = None) -> AssignmentResult:
-    """Assign in one transaction on ``conn``; returns what was backfilled."""
+                  display_name: str | None = None, created_by: str | None = None,
+                  late_after: timedelta | None = None) -> AssignmentResult:
+    """Assign in one transaction on ``conn`` (a savepoint inside the caller's); returns what was backfilled.
+
+    ``late_after``: a claimed reading measured longer ago than this is late (default: the settings'
+    ``late_after_s``, as in ingest).
+    """
     valid_from = valid_from or datetime.now(UTC)
+    late_after = late_after if late_after is not None else timedelta(seconds=get_settings().late_after_s)
     with conn.transaction():
         # Two assigners of one device serialise here, so "close the open one" sees the other's row.
         conn.execute(_LOCK_DEVICE, (device_uid,))
@@ -58,21 +90,39 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
         # A device assigned before it ever sent anything: its row is created here, ingest completes it.
         conn.execute("INSERT INTO devices (uid, transport, profile) VALUES (%s, %s, 'unknown')"
                      " ON CONFLICT (uid) DO NOTHING", (device_uid, _transport_of(device_uid)))
-        closed = conn.execute(
-            "UPDATE device_assignments SET valid_to = %s"
-            " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s"
-            "   AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)",
-            (valid_from, device_uid, user_index, valid_from, valid_from)).rowcount
         later = conn.execute(
             "SELECT min(valid_from) FROM device_assignments WHERE device_uid = %s"
-            " AND user_index IS NOT DISTINCT FROM %s AND valid_from >= %s",
+            " AND user_index IS NOT DISTINCT FROM %s AND valid_from > %s",
             (device_uid, user_index, valid_from)).fetchone()
         valid_to = later[0] if later else None
-        row = conn.execute(
-            "INSERT INTO device_assignments (device_uid, user_index, patient_id, valid_from, valid_to, created_by)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-            (device_uid, user_index, patient_id, valid_from, valid_to, created_by)).fetchone()
-        assert row is not None
+        current = conn.execute(
+            "SELECT id, patient_id, valid_from, valid_to FROM device_assignments WHERE device_uid = %s"
+            " AND user_index IS NOT DISTINCT FROM %s AND valid_from <= %s AND (valid_to IS NULL OR valid_to > %s)"
+            " ORDER BY valid_from DESC LIMIT 1",
+            (device_uid, user_index, valid_from, valid_from)).fetchone()
+        closed = 0
+        if current is not None and current[1] == patient_id and current[3] == valid_to:
+            # Already covered from valid_from up to the next assignment: a re-run changes nothing.
+            assignment_id, created = current[0], False
+        else:
+            if current is not None and current[2] == valid_from:
+                raise AssignmentError(
+                    f"{device_uid} (user {user_index}) already has an assignment from {valid_from.isoformat()}"
+                    f" (to {current[1]!r}); unassign it or choose another time")
+            closed = conn.execute(
+                "UPDATE device_assignments SET valid_to = %s"
+                " WHERE device_uid = %s AND user_index IS NOT DISTINCT FROM %s"
+                "   AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)",
+                (valid_from, device_uid, user_index, valid_from, valid_from)).rowcount
+            row = conn.execute(
+                "INSERT INTO device_assignments (device_uid, user_index, patient_id, valid_from, valid_to, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (device_uid, user_index, patient_id, valid_from, valid_to, created_by)).fetchone()
+            assert row is not None
+            assignment_id, created = row[0], True
+            # Before the readings' events: the twin knows the device when its readings arrive.
+            twin.record_device_assigned(conn, patient_id, device_uid, user_index=user_index, valid_from=valid_from,
+                                        by=created_by)
         backfilled = conn.execute(
             "UPDATE readings SET patient_id = %s"
             " WHERE device_uid = %s AND patient_id IS NULL AND measured_at >= %s"
@@ -82,10 +132,42 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
             (patient_id, device_uid, valid_from, valid_to, valid_to, user_index, user_index)).fetchall()
         ids = [r[0] for r in backfilled]
         observations = 0
+        queued, unpublished, unreadable = 0, (), ()
         if ids:
             observations = conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)",
                                         (patient_id, ids)).rowcount
-    return AssignmentResult(row[0], len(ids), observations, closed)
+            queued, unpublished, unreadable = _run_hooks_on_claimed(conn, ids, late_after)
+    return AssignmentResult(assignment_id, len(ids), observations, closed, created, queued, unpublished, unreadable)
+
+
+def _run_hooks_on_claimed(conn: psycopg.Connection, reading_ids: list[str], late_after: timedelta
+                          ) -> tuple[int, tuple[Notification, ...], tuple[str, ...]]:
+    """The hooks on the claimed readings, as ingest runs them on new ones; their alert messages queued."""
+    loaded = load_stored_readings(conn, reading_ids)
+    for err in loaded.unreadable:
+        log.warning("assignment: %s; assigned, but not seen by the twin or the alerts", err)
+    now = datetime.now(UTC)
+    stored = [_late_now(item, now, late_after) for item in loaded.readings]
+    notifications = run_in_transaction_hooks(conn, stored)
+    outbox: list[tuple[Any, ...]] = []
+    unpublished: list[Notification] = []
+    for note in notifications:
+        try:
+            alert = Alert.model_validate_json(note.payload)
+        except ValidationError:
+            unpublished.append(note)
+            continue
+        # No MQTT client here (a CLI, an API request): the scheduler's sender publishes from the outbox.
+        outbox.append(("mqtt", None, note.topic, int(alert.alert_id), alert.status, note.payload, now))
+    alert_queries.insert_deliveries(conn, outbox)
+    return len(outbox), tuple(unpublished), tuple(err.reading_id for err in loaded.unreadable)
+
+
+def _late_now(item: StoredReading, now: datetime, late_after: timedelta) -> StoredReading:
+    # It reaches the patient's record now: judged by its age now, as ingest judges a reading on arrival.
+    if item.late or now - item.reading.measured_at <= late_after:
+        return item
+    return replace(item, late=True)
 
 
 def unassign_device(conn: psycopg.Connection, device_uid: str, *, user_index: int | None = None,

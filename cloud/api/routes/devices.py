@@ -13,7 +13,6 @@ from cloud.api import queries
 from cloud.api.deps import CLINICAL_ROLES, AdminPrincipal, CurrentPrincipal, DbConn, ReadingsAccess, authorise_patient
 from cloud.api.problems import ApiProblem, forbidden, not_found
 from cloud.db import assign as assignments
-from cloud.twin import service as twin
 
 router = APIRouter(tags=["devices"])
 DeviceUid = Annotated[str, Path(min_length=1, max_length=300)]
@@ -60,12 +59,10 @@ def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_u
         raise ApiProblem(422, "valid_from needs a time zone", slug="validation")
     valid_from = body.valid_from or datetime.now(UTC)
     try:
-        with conn.transaction():
-            # cloud.db.assign owns the rule (close the open assignment, backfill queued readings); the twin hears of it.
-            result = assignments.assign_device(conn, device_uid, body.patient_id, user_index=body.user_index,
-                                               valid_from=valid_from, created_by=principal.subject)
-            twin.record_device_assigned(conn, body.patient_id, device_uid, user_index=body.user_index,
-                                        valid_from=valid_from, by=principal.subject)
+        # cloud.db.assign owns the rule in one transaction: close the open assignment, backfill queued
+        # readings, tell the twin, run the twin and alert hooks on what was claimed.
+        result = assignments.assign_device(conn, device_uid, body.patient_id, user_index=body.user_index,
+                                           valid_from=valid_from, created_by=principal.subject)
     except assignments.AssignmentError as exc:
         raise ApiProblem(422, str(exc), slug="invalid-assignment") from exc
     return {"assignment_id": result.assignment_id, "device_uid": device_uid, "user_index": body.user_index,
