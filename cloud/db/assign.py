@@ -233,8 +233,16 @@ def main(args: argparse.Namespace) -> int:
             result = assign_device(conn, args.device_uid, args.patient_id, user_index=args.user_index,
                                    valid_from=_aware(args.valid_from), create_patient=args.create_patient,
                                    display_name=args.name, created_by="rpm-cloud assign")
+            if not result.created:
+                print(f"{args.device_uid} (user {args.user_index}) is already assigned to {args.patient_id} from then;"
+                      f" backfilled {result.readings_backfilled} reading(s)")
+                return 0
             print(f"assigned {args.device_uid} (user {args.user_index}) to {args.patient_id}; backfilled "
-                  f"{result.readings_backfilled} reading(s), {result.observations_backfilled} observation(s)")
+                  f"{result.readings_backfilled} reading(s), {result.observations_backfilled} observation(s); "
+                  f"{result.alerts_queued} alert message(s) queued")
+            for reading_id in result.unreadable:
+                print(f"warning: reading {reading_id} was assigned but its stored row is not a valid reading;"
+                      " the twin and the alerts did not see it")
             return 0
     except AssignmentError as err:
         print(f"error: {err}")

@@ -10,13 +10,17 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
 from cloud.alerts.delivery import deliver_due
+from cloud.api.app import create_app
+from cloud.api.tokens import mint_token
 from cloud.db.assign import AssignmentError, assign_device
 from cloud.db.readings import load_stored_readings
 from cloud.ingest.validation import ValidatedBatch
 from cloud.ingest.writer import BatchWriter
+from cloud.settings import CloudSettings
 from cloud.twin import service as twin
 from gateway.contract import Alert, Reading, alerts_topic, compute_reading_id
 from gateway.metrics import METRICS
@@ -208,3 +212,26 @@ def test_arrived_late_readings_stay_late_and_unreadable_rows_are_assigned_but_sk
     assign_device(conn, other, patient, valid_from=now - timedelta(days=1), late_after=timedelta(days=1))
     counted = twin.get_twin(conn, patient)["state"]["counts"]
     assert (counted["readings"], counted["late_readings"]) == (1, 1), "late from the row, though young by late_after"
+
+
+def test_the_api_assignment_goes_through_the_same_transaction(fresh_database_url: str, conn: psycopg.Connection,
+                                                               unique_id: str) -> None:
+    uid, patient = f"ble:{unique_id}:cuff", f"pat-{unique_id}"
+    now = datetime.now(UTC)
+    crisis = cuff_reading(uid, now - timedelta(minutes=20), 200, 125, sequence=1)
+    store(conn, [crisis], now - timedelta(minutes=19), unique_id)
+    conn.execute("INSERT INTO patients (id) VALUES (%s)", (patient,))
+    settings = CloudSettings(database_url=fresh_database_url, jwt_dev_key="test-dev-key-not-secret-0123456789abcdef",
+                             api_pool_max=2)
+    admin = {"Authorization": f"Bearer {mint_token(settings, role='admin', sub='admin-1')}"}
+    body = {"patient_id": patient, "user_index": 1, "valid_from": (now - timedelta(hours=1)).isoformat()}
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        first = client.post(f"/v1/devices/{uid}/assignments", headers=admin, json=body)
+        again = client.post(f"/v1/devices/{uid}/assignments", headers=admin, json=body)
+    assert first.status_code == 201 and again.status_code == 201, (first.text, again.text)
+    assert (first.json()["readings_claimed"], again.json()["readings_claimed"]) == (1, 0)
+    assert first.json()["assignment_id"] == again.json()["assignment_id"]
+    types = [e["event_type"] for e in twin.twin_events(conn, patient)]
+    assert types.count("device_assigned") == 1 and types.count("reading_added") == 1
+    assert [(a["rule_id"], a["reading_id"]) for a in alerts_of(conn, patient)] == [("bp_crisis", crisis.id)]
