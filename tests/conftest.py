@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """A URL with the right to create databases."""
     from cloud.embedded import EmbeddedPostgres, port_open
 
@@ -44,12 +46,16 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not FORCE_EMBEDDED and port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgserver")).start()
+    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemp folders, which would
+    # pull the data directory out from under a running server.
+    data_dir = Path(tempfile.mkdtemp(prefix="rpm-test-pg-"))
+    server = EmbeddedPostgres(data_dir).start()
     log.warning("no PostgreSQL running: using an embedded one at %s", server.url)
     try:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _create_database(admin_url: str, name: str, template: str | None = None) -> str:
