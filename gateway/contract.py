@@ -146,6 +146,13 @@ def compute_reading_id(
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+_VALUE_RULES: dict[str, tuple[Kind, str, bool, float | None, float | None]] = {
+    name: (m.kind, m.unit, m.is_list, *(m.limits if m.limits is not None else (None, None)))
+    for name, m in METRICS.items()
+}
+"""Per metric: kind, canonical unit, is_list, limits (the catalogue flattened for the hot check)."""
+
+
 class Reading(ContractModel):
     id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     device: Device
@@ -181,6 +188,26 @@ class Reading(ContractModel):
 
     @model_validator(mode="after")
     def _values_match_catalogue(self) -> Reading:
+        # Runs once per reading on ingest's hot path: a flat check of the usual, valid case first;
+        # anything it does not pass is judged again below, which raises the precise message.
+        kind = self.kind
+        for name, value in self.values.items():
+            rule = _VALUE_RULES.get(name)
+            if rule is None or rule[0] != kind or value.unit != rule[1]:
+                break
+            number, low, high = value.value, rule[3], rule[4]
+            if type(number) is list:
+                if not rule[2] or (low is not None and not all(low <= n <= high and math.isfinite(n)
+                                                               for n in number)):
+                    break
+            elif rule[2] or (low is not None and not (low <= number <= high and math.isfinite(number))):
+                break
+        else:
+            if self.values or "measurement_unsuccessful" in self.flags:
+                return self
+        return self._judge_values()
+
+    def _judge_values(self) -> Reading:
         if not self.values and "measurement_unsuccessful" not in self.flags:
             raise ValueError("a reading without values must carry the flag measurement_unsuccessful")
         for name, value in self.values.items():
