@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gateway.config import MqttConfig
-from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
+from gateway.contract import Ack, acks_topic, apply_receive_maximum, now_utc, readings_topic, status_topic
 from gateway.outbox import Outbox, OutboxBatch
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 _UNSUPPORTED_PROTOCOL = {1, 132}
 _BAD_CREDENTIALS = {4, 5, 134, 135}
 CONNACK_TIMEOUT_S = 10.0
+MAX_IN_FLIGHT = 100  # batches awaiting PUBACK, before the broker's Receive Maximum caps it
 # amqtt never answers a v5 CONNECT that asks for a persistent session (it answers a bare one with
 # "unsupported protocol version"): silence this long after a v5 CONNECT means "try 3.1.1".
 V5_SILENCE_S = 3.0
@@ -238,7 +239,8 @@ class Uplink:
         lost = asyncio.Event()
         client = self._make_client()
 
-        def on_connect(_c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any = None) -> None:
+        def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            apply_receive_maximum(c, MAX_IN_FLIGHT, props)
             result = (int(reason.value), str(reason), bool(getattr(flags, "session_present", False)))
             loop.call_soon_threadsafe(lambda: connack.done() or connack.set_result(result))
 
@@ -321,7 +323,7 @@ class Uplink:
         )
         # paho's own queue holds what we publish while a (re)connect is in progress; the outbox is the
         # real store, so no cap here beyond what max_in_flight allows.
-        client.max_inflight_messages_set(100)
+        client.max_inflight_messages_set(MAX_IN_FLIGHT)
         # TLS alerts and socket errors surface through paho's log (the "paho" logger level applies).
         client.enable_logger(logging.getLogger("paho.uplink"))
         username = self.config.username or self.address.username

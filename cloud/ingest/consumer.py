@@ -40,12 +40,20 @@ from cloud.hooks import _load as load_hook
 from cloud.ingest.validation import DeadLetter, StatusUpdate, ValidatedBatch, validate_message, validate_status
 from cloud.ingest.writer import BatchWriter, WriteResult, as_store_failure
 from cloud.settings import CloudSettings
-from gateway.contract import INGEST_SHARE_GROUP, INGEST_SUBSCRIPTION, READINGS_FILTER, TOPIC_PREFIX, acks_topic
+from gateway.contract import (
+    INGEST_SHARE_GROUP,
+    INGEST_SUBSCRIPTION,
+    READINGS_FILTER,
+    TOPIC_PREFIX,
+    acks_topic,
+    apply_receive_maximum,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_FILTER = f"{TOPIC_PREFIX}/gw/+/status"
 RECEIVE_MAXIMUM_LIMIT = 65535
+ACKS_IN_FLIGHT = 1000  # unacknowledged ack publishes, before the broker's Receive Maximum caps it
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 
@@ -338,7 +346,7 @@ class IngestWorker:
             manual_ack=True,
         )
         _configure_security(client, self.address, self.settings)
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(ACKS_IN_FLIGHT)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -359,6 +367,7 @@ class IngestWorker:
         if reason_code.is_failure:
             log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
+        apply_receive_maximum(client, ACKS_IN_FLIGHT, properties)
         # Delivery ids (mids) belong to one connection: deliveries queued under an older one are
         # stored but not acked on this one (the broker redelivers them; storing again is a no-op).
         self._generation += 1

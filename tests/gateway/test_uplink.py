@@ -21,6 +21,7 @@ from tests.gateway.mqtt_acker import TestAcker
 from tests.gateway.private_broker import PrivateMosquitto
 from tests.gateway.reading_factory import bp_reading
 from tests.gateway.tcp_proxy import CuttableLink
+from tests.strict_broker import StrictBroker
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +145,25 @@ def test_a_batch_not_acked_in_time_is_sent_again(mqtt_broker, acker, outbox, uni
             await eventually(lambda: outbox.depth() == 0, 10, "drained once acks come")
 
     asyncio.run(scenario())
+
+
+def test_never_more_batches_in_flight_than_the_brokers_receive_maximum(outbox, unique_id) -> None:
+    """MQTT 5 §3.3.4: a strict broker disconnects a client over its Receive Maximum; paho does not cap."""
+    broker = StrictBroker(receive_maximum=3)
+
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(20))
+        uplink = Uplink(fast_config(broker.url, batch_max=1, batch_ms=5), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: broker.received >= 3, 10, "the first batches")
+            await asyncio.sleep(0.5)  # time for more to be sent, if the uplink were going to
+
+    try:
+        asyncio.run(scenario())
+        assert broker.received == 3
+        assert broker.violations == []
+    finally:
+        broker.close()
 
 
 def test_acks_published_while_the_gateway_was_away_still_arrive(mqtt_broker, acker, outbox, unique_id) -> None:
