@@ -27,6 +27,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def midday(days_ago: int) -> datetime:
+    """Noon UTC ``days_ago`` days back: readings a few hours either side stay on that UTC day whatever
+    the hour the test runs (day counts such as adherence are per UTC day)."""
+    return (now() - timedelta(days=days_ago)).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
 def add_patient(conn: Any, patient_id: str, *, kinds: Sequence[str] = ("blood_pressure",),
                 assigned_at: datetime | None = None) -> dict[str, str]:
     """A patient with one assigned device per kind; returns {kind: device uid}."""

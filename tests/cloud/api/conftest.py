@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
-from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, now, weight
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, midday, now, weight
 
 DEV_KEY = "test-dev-key-not-secret-0123456789abcdef"
 
@@ -70,9 +70,9 @@ def seed_patient(conn: psycopg.Connection, patient_id: str) -> dict[str, str]:
     """A patient with a cuff, a scale and a meter, a week of readings and one open crisis alert."""
     devices = add_patient(conn, patient_id, kinds=("blood_pressure", "body_weight", "glucose"))
     end = now()
-    readings = [bp(devices["blood_pressure"], end - timedelta(days=d, hours=1), 128, 82) for d in range(6, 0, -1)]
-    readings += [weight(devices["body_weight"], end - timedelta(days=d, hours=2), 80 + d / 10) for d in range(6, 0, -1)]
-    readings += [make_reading(devices["glucose"], "glucose", end - timedelta(days=d, hours=3), {"glucose": 110 + d})
+    readings = [bp(devices["blood_pressure"], midday(d) - timedelta(hours=1), 128, 82) for d in range(6, 0, -1)]
+    readings += [weight(devices["body_weight"], midday(d) - timedelta(hours=2), 80 + d / 10) for d in range(6, 0, -1)]
+    readings += [make_reading(devices["glucose"], "glucose", midday(d) - timedelta(hours=3), {"glucose": 110 + d})
                  for d in range(6, 0, -1)]
     ingest(conn, readings, patient_id)
     ingest(conn, [bp(devices["blood_pressure"], end - timedelta(minutes=5), 190, 125)], patient_id)

@@ -167,7 +167,7 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     expect(rows.nth(1).locator(".badge")).to_have_text("Warning: 1")
     expect(rows.nth(0)).to_contain_text("190/125 mmHg")
     expect(rows.nth(1)).to_contain_text("300 mg/dL")
-    expect(rows.nth(3)).to_contain_text("20 of 30 days")
+    expect(rows.nth(3)).to_contain_text(f"{ward.reading_days[ward.patients['steady']]} of 30 days")
     # A name holding markup is shown as text, never run or parsed.
     expect(rows.nth(3).locator("a")).to_have_text(ward.hostile_name)
     assert rows.nth(3).locator("img").count() == 0 and tab.evaluate("window.pwned") is None  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from types import TracebackType
 
 import psycopg
@@ -68,6 +68,8 @@ class Ward:
     expected_order: list[str]
     readings: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per patient, how many readings of each kind were stored (what the charts must show)."""
+    reading_days: dict[str, int] = field(default_factory=dict)
+    """Per patient, on how many UTC days it has readings (adherence: which depends on the hour the test runs)."""
     hostile_name: str = 'Steady <img src=x onerror="window.pwned=1">'
     """The ``steady`` patient's display name: markup the page must show as text."""
 
@@ -110,11 +112,14 @@ def seed_ward(conn: psycopg.Connection, prefix: str) -> Ward:
         ingest(conn, readings, patient_id)
         counts = {"blood_pressure": days, "body_weight": days, "glucose": days}
         if name == "crisis":
-            ingest(conn, [bp(devices["blood_pressure"], end - timedelta(minutes=5), 190, 125)], patient_id)
+            readings.append(bp(devices["blood_pressure"], end - timedelta(minutes=5), 190, 125))
+            ingest(conn, readings[-1:], patient_id)
             counts["blood_pressure"] += 1
         if name == "hyper":
-            ingest(conn, [_glucose(devices["glucose"], end - timedelta(minutes=20), 300)], patient_id)
+            readings.append(_glucose(devices["glucose"], end - timedelta(minutes=20), 300))
+            ingest(conn, readings[-1:], patient_id)
             counts["glucose"] += 1
+        ward.reading_days[patient_id] = len({r.measured_at.astimezone(UTC).date() for r in readings})
         ward.readings[patient_id] = counts
     conn.execute("UPDATE patients SET display_name = %s WHERE id = %s", (ward.hostile_name, patients["steady"]))
     return ward
