@@ -181,11 +181,15 @@ class Runner:
         self.live: Any = None
 
     def snapshot(self) -> Snapshot:
+        delivered = self.world.delivered()
+        earliest = min((t for times in delivered.values() for t in times), default=None)
+        devices = story.devices()
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            stored_by_uid = queries.stored_per_device(conn, self.since)
+            held = ({} if earliest is None else
+                    queries.device_times_stored(conn, [(d.uid, d.user_index) for d in devices], earliest))
             alerts = queries.alerts_since(conn, self.since)
             dead = queries.dead_letters_since(conn, self.since)
-        stored = {d.key: stored_by_uid.get((d.uid, d.user_index), 0) for d in story.devices()}
+        stored = {d.key: len(delivered[d.key] & held.get((d.uid, d.user_index), set())) for d in devices}
         lines = [f"[red]{name} exited with {code}: see logs[/]" for name, code in self.children.dead().items()]
         return Snapshot(self.day, story.DAYS, self.world.sent(), stored, alerts, dead, lines)
 
@@ -239,12 +243,12 @@ class Runner:
     def summary(self) -> dict[str, Any]:
         snapshot = self.snapshot()
         sent = sum(snapshot.sent.values())
-        stored = sum(min(snapshot.stored.get(k, 0), n) for k, n in snapshot.sent.items())
+        stored = sum(snapshot.stored.values())
         return {
             "readings_sent": sent,
-            "readings_stored": sum(snapshot.stored.values()),
-            "alerts_opened": len(snapshot.alerts),
-            "alerts_resolved": sum(1 for a in snapshot.alerts if a["status"] == "resolved"),
+            "readings_stored": stored,
+            "alerts_opened": sum(1 for a in snapshot.alerts if a["opened_in_run"]),
+            "alerts_resolved": sum(1 for a in snapshot.alerts if a["resolved_in_run"]),
             "dead_letters": snapshot.dead_letters,
             "lost": sent - stored,
         }

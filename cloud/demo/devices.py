@@ -21,8 +21,24 @@ log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
+def _anchor(path: Path, now: datetime) -> datetime:
+    """The minute the story's week ends: now, or a minute after the last run's where a rerun on the same
+    data starts within that minute. Meters keep minutes, so the same minute would replay the same
+    records (the same reading ids): stored once already, they would open no alert."""
+    anchor = now.replace(second=0, microsecond=0)
+    try:
+        previous = datetime.fromisoformat(path.read_text().strip())
+    except (OSError, ValueError):
+        previous = None
+    if previous is not None and previous.tzinfo is None and anchor <= previous < anchor + timedelta(minutes=5):
+        anchor = previous + timedelta(minutes=1)  # a minute ahead at most: within every clock tolerance
+    path.write_text(anchor.isoformat())
+    return anchor
+
+
 class DemoWorld:
     def __init__(self, data_dir: Path, now: datetime) -> None:
+        now = _anchor(data_dir / "story-anchor", now)
         self.plans = story.week(now)
         self.first_day_utc = (now - timedelta(days=story.DAYS + 1)).astimezone(UTC)
         self.scenario_path = data_dir / "ble-scenario.json"
@@ -32,7 +48,9 @@ class DemoWorld:
         self._weights: list[dict] = []
         self.astm_meter = GlucoseMeter(serial=story.ASTM_SERIAL)
         self.taidoc_meter = TaidocMeter(BP_MONITOR, story.TAIDOC_SERIAL)
-        self._sent: dict[str, int] = {d.key: 0 for d in story.devices()}
+        # Per device key, the device-clock times of the records put in its memory so far: what "sent"
+        # counts, and what the database is checked against (a reading's device_time).
+        self._delivered: dict[str, set[datetime]] = {d.key: set() for d in story.devices()}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
@@ -54,17 +72,18 @@ class DemoWorld:
         with self._lock:
             self._bp.extend(plan.bp)
             self._weights.extend(plan.weight)
-            self._sent["cuff"] += sum(1 for r in plan.bp if r["user_id"] == 1)
-            self._sent["cuff-u2"] += sum(1 for r in plan.bp if r["user_id"] == 2)
-            self._sent["scale"] += len(plan.weight)
+            for record in plan.bp:
+                self._delivered["cuff" if record["user_id"] == 1 else "cuff-u2"].add(
+                    datetime.fromisoformat(record["timestamp"]))
+            self._delivered["scale"].update(datetime.fromisoformat(r["timestamp"]) for r in plan.weight)
         self._write_scenario()
         for when, value in plan.astm:
             self.astm_meter.results.append(GlucoseResult(when, value))
         for when, systolic, diastolic, pulse in plan.taidoc:
             self.taidoc_meter.store(BpRecord(when, systolic=systolic, diastolic=diastolic, pulse=pulse))
         with self._lock:
-            self._sent["astm"] += len(plan.astm)
-            self._sent["taidoc"] += len(plan.taidoc)
+            self._delivered["astm"].update(when for when, _ in plan.astm)
+            self._delivered["taidoc"].update(record[0] for record in plan.taidoc)
         self._threads = [t for t in self._threads if t.is_alive()]
         if not self._threads:
             # A patient plugs the meters in once a day; a download still running skips the day's plug.
@@ -75,7 +94,12 @@ class DemoWorld:
 
     def sent(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._sent)
+            return {key: len(times) for key, times in self._delivered.items()}
+
+    def delivered(self) -> dict[str, set[datetime]]:
+        """Per device key, the device times of the records its memory has held in this run."""
+        with self._lock:
+            return {key: set(times) for key, times in self._delivered.items()}
 
     def close(self) -> None:
         self._closing.set()

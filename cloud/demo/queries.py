@@ -41,19 +41,34 @@ def seed(conn: psycopg.Connection, demo_devices: Sequence[DemoDevice], since: da
                       created_by="rpm-demo")
 
 
-def stored_per_device(conn: psycopg.Connection, since: datetime) -> dict[tuple[str, int | None], int]:
-    """Readings stored in this run, by (device uid, user index)."""
+def device_times_stored(conn: psycopg.Connection, devices: Sequence[tuple[str, int | None]],
+                        since: datetime) -> dict[tuple[str, int | None], set[datetime]]:
+    """Device-clock times of the readings stored for these (device uid, user index) pairs, from ``since``
+    (a naive device time). By device time, not by when they were stored: a rerun on the same data whose
+    records the cloud already holds (the same ids) has lost nothing."""
     rows = conn.execute(
-        "SELECT device_uid, user_index, count(*) FROM readings WHERE stored_at >= %s GROUP BY 1, 2", (since,)
+        "SELECT device_uid, user_index, device_time FROM readings"
+        " WHERE device_uid = ANY(%s) AND device_time >= %s",
+        (sorted({uid for uid, _ in devices}), since),
     ).fetchall()
-    return {(uid, user_index): count for uid, user_index, count in rows}
+    stored: dict[tuple[str, int | None], set[datetime]] = {pair: set() for pair in devices}
+    for uid, user_index, device_time in rows:
+        if (uid, user_index) in stored:
+            stored[(uid, user_index)].add(device_time)
+    return stored
 
 
 def alerts_since(conn: psycopg.Connection, since: datetime) -> list[dict[str, Any]]:
+    """Alerts this run touched, oldest first, each saying whether it opened (or re-opened) and resolved
+    in this run. By events, not ``opened_at``: on a reused data directory the story's alerts re-open
+    within their suppression window and are folded into the earlier run's episodes."""
     rows = conn.execute(
         "SELECT a.id, a.patient_id, p.display_name, a.rule_id, a.severity, a.status, a.message, a.value,"
-        " a.trigger_count, a.late, a.opened_at, a.resolved_at"
-        " FROM alerts a JOIN patients p ON p.id = a.patient_id WHERE a.opened_at >= %s ORDER BY a.opened_at",
+        " a.trigger_count, a.late, a.opened_at, a.resolved_at,"
+        " bool_or(e.event IN ('opened', 'reopened')) AS opened_in_run,"
+        " bool_or(e.event = 'resolved') AS resolved_in_run"
+        " FROM alerts a JOIN patients p ON p.id = a.patient_id JOIN alert_events e ON e.alert_id = a.id"
+        " WHERE e.at >= %s GROUP BY a.id, p.display_name ORDER BY min(e.at), a.id",
         (since,),
     )
     columns = [c.name for c in rows.description or ()]
