@@ -14,7 +14,8 @@ import pytest
 
 from tests.gateway.mqtt_acker import TestAcker
 from tests.gateway.private_broker import PrivateMosquitto
-from tests.gateway.process_harness import GatewayProcess, Ingest, LoggedProcess, wait_until
+from tests.gateway.process_harness import GatewayProcess, Ingest, LoggedProcess
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -8,20 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = REPO / "tests" / "gateway" / "gateway_child.py"
-
-
-def wait_until(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
-        time.sleep(0.05)
 
 
 class LoggedProcess:

@@ -12,9 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from gateway.drivers.base import ClockCheck
 from gateway.runtime import Gateway
 from tests.gateway.mqtt_acker import TestAcker
 from tests.gateway.reading_factory import bp_measurement, bp_reading, cuff
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,6 @@ async def started(gateway: Gateway) -> AsyncIterator[Gateway]:
         yield gateway
     finally:
         await gateway.stop()
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from tests.gateway.private_broker import PrivateMosquitto
 from tests.gateway.reading_factory import bp_reading
 from tests.gateway.tcp_proxy import CuttableLink
 from tests.strict_broker import StrictBroker
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +44,6 @@ async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s} s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

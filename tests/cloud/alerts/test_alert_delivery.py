@@ -18,7 +18,8 @@ from cloud.alerts.delivery import SIGNATURE_HEADER, Backoff, deliver_due, verify
 from cloud.alerts.scheduler import mqtt_publisher
 from gateway.contract import Alert, alerts_topic
 from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, ingest, now
-from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port, wait_for
+from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def test_webhook_endpoint_down_gets_the_alert_after_it_recovers(conn, unique_id)
 
         receiver = Receiver(port)
         try:
-            wait_for(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
+            wait_until(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
             assert deliver_due(conn, http=http, backoff=FAST).delivered == 0  # sent once, not again
         finally:
             receiver.stop()
@@ -64,7 +65,7 @@ def test_delivery_gives_up_after_the_last_attempt(conn, unique_id):
     two = Backoff(base_s=0.01, max_s=0.01, max_attempts=2, lease_s=5)
     with httpx.Client(timeout=1) as http:
         assert deliver_due(conn, http=http, backoff=two).retrying == 1
-        wait_for(lambda: deliver_due(conn, http=http, backoff=two).failed == 1)
+        wait_until(lambda: deliver_due(conn, http=http, backoff=two).failed == 1)
     failed_at, attempts = conn.execute("SELECT failed_at, attempts FROM alert_deliveries").fetchone()
     assert failed_at is not None and attempts == 2
 
@@ -88,7 +89,7 @@ def test_acknowledgement_is_published_on_the_alerts_topic_from_the_outbox(conn, 
         client, publish = mqtt_publisher(mqtt_broker.url, None, None)
         with httpx.Client() as http:
             assert deliver_due(conn, http=http, publish=publish, backoff=FAST).delivered == 1
-        wait_for(lambda: len(got) == 1)
+        wait_until(lambda: len(got) == 1)
     finally:
         sub.loop_stop()
         sub.disconnect()

@@ -24,7 +24,8 @@ from cloud.ingest.consumer import IngestWorker
 from cloud.settings import CloudSettings
 from gateway.contract import Alert, Batch, Reading, alerts_topic, readings_topic
 from tests.cloud.alerts.scripted_patient import add_patient, bp, normal_week, now
-from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port, wait_for
+from tests.cloud.alerts.webhook_receiver import FAST, Receiver, free_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,7 @@ def test_scripted_patient_alerted_once_updated_and_resolved_through_the_real_pip
 
     def send(readings: list[Reading]) -> None:
         gateway.send(readings)
-        wait_for(lambda: stored(readings))
+        wait_until(lambda: stored(readings))
 
     try:
         worker.start()
@@ -98,26 +99,26 @@ def test_scripted_patient_alerted_once_updated_and_resolved_through_the_real_pip
         assert service.list_alerts(conn, patient_id=unique_id) == [] and listener.alerts == []
 
         send([bp(cuff, t - timedelta(minutes=30), 188, 118)])
-        wait_for(lambda: len(listener.alerts) == 1)
+        wait_until(lambda: len(listener.alerts) == 1)
         [opened] = listener.alerts
         assert (opened.rule, opened.status, opened.severity, opened.value) == ("bp_crisis", "open", "critical", 188)
-        wait_for(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
+        wait_until(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
         [(headers, body)] = receiver.received
         assert verify(secret, body, headers[SIGNATURE_HEADER])
         assert Alert.model_validate_json(body).alert_id == opened.alert_id
 
         send([bp(cuff, t - timedelta(minutes=20), 195, 124), bp(cuff, t - timedelta(minutes=15), 186, 110)])
-        wait_for(lambda: len(listener.alerts) >= 3)
+        wait_until(lambda: len(listener.alerts) >= 3)
         assert {(a.alert_id, a.status) for a in listener.alerts[1:]} == {(opened.alert_id, "updated")}
         [row] = service.list_alerts(conn, patient_id=unique_id)
         assert row["trigger_count"] == 3 and row["status"] == "open"
 
         send([bp(cuff, t - timedelta(minutes=10), 126, 80)])
         send([bp(cuff, t - timedelta(minutes=5), 122, 78)])
-        wait_for(lambda: listener.alerts[-1].status == "resolved")
+        wait_until(lambda: listener.alerts[-1].status == "resolved")
         assert listener.alerts[-1].alert_id == opened.alert_id
         assert [a.status for a in listener.alerts].count("open") == 1, "the care team heard about it once"
-        wait_for(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
+        wait_until(lambda: deliver_due(conn, http=http, backoff=FAST).delivered == 1)
         statuses = [Alert.model_validate_json(b).status for _, b in receiver.received]
         assert statuses == ["open", "resolved"]
     finally:

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cloud.alerts.delivery import Backoff
 
 FAST = Backoff(base_s=0.05, factor=2.0, max_s=0.2, max_attempts=50, lease_s=5)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
 class Receiver:

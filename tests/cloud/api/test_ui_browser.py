@@ -28,8 +28,8 @@ from tests.cloud.api.ui_live_server import (
     seed_continuous_glucose,
     seed_readings_only_patient,
     seed_ward,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
 BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from types import TracebackType
@@ -20,17 +18,7 @@ from fastapi import FastAPI
 
 from gateway.contract import Reading
 from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, now, weight
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+from tests.waiting import wait_until
 
 
 class LiveServer:

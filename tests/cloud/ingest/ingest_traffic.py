@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,17 +14,6 @@ from gateway.contract import Ack, Batch, Reading, acks_topic, compute_reading_id
 from gateway.metrics import METRICS
 
 _sequence = itertools.count(1)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def bp_reading(device_uid: str, *, systolic: float = 128, diastolic: float = 82, user_index: int | None = None,

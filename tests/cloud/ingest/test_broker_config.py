@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from gateway.contract import acks_topic, readings_topic
-from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading, wait_until
+from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
 

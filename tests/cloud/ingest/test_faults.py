@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from cloud.settings import CloudSettings
-from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading, wait_until
+from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

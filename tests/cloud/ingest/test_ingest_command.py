@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cloud.ingest.ingest_traffic import bp_reading, wait_until
+from tests.cloud.ingest.ingest_traffic import bp_reading
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]

@@ -11,8 +11,9 @@ import pytest
 
 from cloud.settings import CloudSettings
 from gateway.contract import Batch, readings_topic
-from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading, wait_until
+from tests.cloud.ingest.ingest_traffic import Gateway, bp_reading
 from tests.strict_broker import StrictBroker
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

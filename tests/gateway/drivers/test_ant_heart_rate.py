@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -114,8 +115,17 @@ def test_wrong_baud_rate_is_a_timeout_naming_the_step(state) -> None:
             asyncio.run(asyncio.wait_for(driver.run(), 5))
 
 
+def clear_of_a_window_boundary(cadence_s: float, margin_s: float = 5.0) -> None:
+    """Windows align to the cadence on the wall clock: start where a run of a few seconds cannot cross a
+    boundary (which would close one window on the way and make two)."""
+    to_boundary = cadence_s - time.time() % cadence_s
+    if to_boundary < margin_s:
+        time.sleep(to_boundary + 0.05)
+
+
 def test_pulled_stick_keeps_the_open_window(state) -> None:
     sink = Sink()
+    clear_of_a_window_boundary(60.0)
     with PtyAntStick(HeartRateStrap(network_key=KEY), AntFaults(pull_after_broadcasts=10)) as sim:
         with pytest.raises(DeviceDisconnectedError):
             run(sim, sink, state, cadence_s=60.0)
@@ -125,6 +135,7 @@ def test_pulled_stick_keeps_the_open_window(state) -> None:
 def test_strap_leaving_range_closes_its_window(state) -> None:
     sink = Sink()
     faults = AntFaults(strap_leaves_after=15)
+    clear_of_a_window_boundary(60.0)
     with PtyAntStick(HeartRateStrap(network_key=KEY), faults, search_timeout=0.1) as sim:
         run(sim, sink, state, cadence_s=60.0, max_readings=1)
     assert len(sink.items) == 1 and sink.items[0][1].details["samples"] >= 10
