@@ -45,9 +45,16 @@ class LoadPlan:
     settle_s: float
     username: str | None = None
     password: str | None = None
+    patients: bool = False
+    """Assign each gateway's cuff to a patient of its own first, so ingest runs the twin and alert hooks
+    on every reading (publish -> commit then includes them); else the readings wait unassigned."""
 
     def gateway_id(self, index: int) -> str:
         return f"load-{self.run_id}-{index:04d}"
+
+
+def cuff_uid(gateway_id: str) -> str:
+    return f"ble:{gateway_id}:cuff"
 
 
 @dataclass(slots=True)
@@ -65,7 +72,7 @@ class PublisherReport:
 
 def _templates(gateway_id: str, variants: int = 8) -> tuple[str, list[str]]:
     """Reading JSON templates (``%(id)s``, ``%(measured)s``, ``%(received)s``) for this gateway's cuff."""
-    device_uid = f"ble:{gateway_id}:cuff"
+    device_uid = cuff_uid(gateway_id)
     rng = random.Random(gateway_id)
     templates = []
     for variant in range(variants):
@@ -282,7 +289,25 @@ def wait_for_storage(database_url: str, plan: LoadPlan, expected: int, quiet_s: 
             time.sleep(0.5)
 
 
+def assign_patients(database_url: str, plan: LoadPlan) -> None:
+    """One patient per simulated gateway (id = gateway id), its cuff assigned from a day ago."""
+    import psycopg
+
+    from cloud.db.assign import assign_device
+
+    since = datetime.now(UTC) - timedelta(days=1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for index in range(plan.gateways):
+            gateway_id = plan.gateway_id(index)
+            assign_device(conn, cuff_uid(gateway_id), gateway_id, valid_from=since, create_patient=True,
+                          display_name=f"Load patient {index}", created_by="rpm-sim load")
+
+
 def run_load(plan: LoadPlan, database_url: str | None) -> dict[str, Any]:
+    if plan.patients:
+        if not database_url:
+            raise ValueError("assigning patients needs the database URL")
+        assign_patients(database_url, plan)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     start_at = time.time() + 1.5 + 0.02 * plan.gateways / plan.processes  # every process connected by then
@@ -345,6 +370,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=os.environ.get("RPM_DATABASE_URL"),
                         help="where ingest stores (to count stored, lost, duplicates and latency); "
                              "default RPM_DATABASE_URL")
+    parser.add_argument("--patients", action="store_true",
+                        help="assign each gateway's cuff to a patient of its own first, so ingest runs the twin "
+                             "and alert hooks on every reading (needs --database-url)")
 
 
 def plan_from_args(args: argparse.Namespace) -> LoadPlan:
@@ -355,12 +383,15 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     return LoadPlan(run_id=uuid.uuid4().hex[:8], host=url.hostname or "127.0.0.1", port=url.port or 1883,
                     gateways=args.gateways, rate=args.rate, duration_s=args.duration, batch=args.batch,
                     processes=max(1, min(processes, args.gateways)), settle_s=args.settle,
-                    username=args.username, password=args.password)
+                    username=args.username, password=args.password, patients=args.patients)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.gateways < 1 or args.rate <= 0 or args.duration <= 0 or not 1 <= args.batch <= 5000:
         print("error: need --gateways >= 1, --rate > 0, --duration > 0, 1 <= --batch <= 5000", file=sys.stderr)
+        return 2
+    if args.patients and not args.database_url:
+        print("error: --patients needs --database-url (or RPM_DATABASE_URL)", file=sys.stderr)
         return 2
     report = run_load(plan_from_args(args), args.database_url)
     print(json.dumps(report, indent=2))

@@ -38,3 +38,28 @@ def test_load_run_reports_every_reading_stored_once(fresh_database_url, mqtt_bro
     assert report["stored"] == 300 and report["lost"] == 0 and report["duplicate_rows"] == 0
     assert report["batches_acked"] == 60 and report["readings_accepted"] == 300
     assert report["publish_to_commit_ms"]["p99"] is not None and report["ack_latency_ms"]["p50"] is not None
+
+
+@pytest.mark.integration
+def test_load_run_with_patients_goes_through_the_twin_and_alert_hooks(fresh_database_url, mqtt_broker,  # type: ignore[no-untyped-def]
+                                                                      unique_id) -> None:
+    if not mqtt_broker.supports_v5:
+        pytest.skip("the load generator speaks MQTT v5")
+    import psycopg
+
+    from cloud.ingest.consumer import IngestWorker
+    from cloud.settings import CloudSettings
+
+    settings = CloudSettings(database_url=fresh_database_url, mqtt_url=mqtt_broker.url, ingest_batch_ms=20)
+    with IngestWorker(settings, client_id=f"ingest-{unique_id}") as worker:
+        worker.wait_ready()
+        plan = LoadPlan(run_id=unique_id, host=mqtt_broker.host, port=mqtt_broker.port, gateways=2, rate=100,
+                        duration_s=1.0, batch=1, processes=1, settle_s=15, patients=True)
+        report = run_load(plan, fresh_database_url)
+    assert report["stored"] == 100 and report["lost"] == 0
+    with psycopg.connect(fresh_database_url) as conn:
+        per_patient = dict(conn.execute("SELECT patient_id, count(*) FROM readings GROUP BY 1").fetchall())
+        events = dict(conn.execute("SELECT patient_id, count(*) FROM twin_events WHERE event_type = 'reading_added'"
+                                   " GROUP BY 1").fetchall())
+    assert per_patient == {plan.gateway_id(0): 50, plan.gateway_id(1): 50}
+    assert events == per_patient  # every reading reached its patient's twin in ingest's transaction
