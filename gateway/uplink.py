@@ -35,7 +35,8 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gateway.config import MqttConfig
-from gateway.contract import Ack, acks_topic, apply_receive_maximum, now_utc, readings_topic, status_topic
+from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
+from gateway.mqtt_flow import apply_receive_maximum
 from gateway.outbox import Outbox, OutboxBatch
 
 log = logging.getLogger(__name__)

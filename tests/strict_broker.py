@@ -2,8 +2,9 @@
 
 mosquitto sends Receive Maximum in CONNACK and then accepts any number of QoS 1 publishes; brokers
 that follow MQTT 5 §3.3.4 strictly (EMQX, HiveMQ) disconnect a client that exceeds it. This server
-never acknowledges a client's publish (so every one stays in flight) and records the most it saw at
-once; it can also deliver QoS 1 publishes to a client that subscribed.
+never acknowledges a client's publish (so every one stays in flight), counts them, and records each
+one over its Receive Maximum where a strict broker would disconnect; it can also deliver QoS 1
+publishes to a client that subscribed.
 """
 
 from __future__ import annotations

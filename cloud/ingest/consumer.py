@@ -40,14 +40,8 @@ from cloud.hooks import _load as load_hook
 from cloud.ingest.validation import DeadLetter, StatusUpdate, ValidatedBatch, validate_message, validate_status
 from cloud.ingest.writer import BatchWriter, WriteResult, as_store_failure
 from cloud.settings import CloudSettings
-from gateway.contract import (
-    INGEST_SHARE_GROUP,
-    INGEST_SUBSCRIPTION,
-    READINGS_FILTER,
-    TOPIC_PREFIX,
-    acks_topic,
-    apply_receive_maximum,
-)
+from gateway.contract import INGEST_SHARE_GROUP, INGEST_SUBSCRIPTION, READINGS_FILTER, TOPIC_PREFIX, acks_topic
+from gateway.mqtt_flow import apply_receive_maximum
 
 log = logging.getLogger(__name__)
 
