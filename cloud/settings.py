@@ -27,6 +27,11 @@ class CloudSettings(BaseSettings):
     """Messages held between the MQTT callback and the writer; past it the worker stops reading."""
     late_after_s: float = Field(6 * 3600, gt=0)
     """A reading measured longer ago than this when it arrives is 'late': stored, evaluated, never paged."""
+    ingest_session_expiry_s: int = Field(3600, ge=0, le=0xFFFFFFFF)
+    """MQTT v5 session expiry of ingest workers: how long the broker keeps queuing for a worker that
+    vanished (crash, restart, network) until the same client id comes back (0: clean sessions)."""
+    ingest_lock_dir: Path | None = None
+    """Where ingest instances on one host claim their instance number (default: the temp dir)."""
 
     # API and auth
     api_host: str = "127.0.0.1"
@@ -48,6 +53,8 @@ class CloudSettings(BaseSettings):
     # Clinician API
     api_pool_max: int = Field(8, gt=0)
     """Database connections the API holds (requests run in a thread pool of about this size)."""
+    api_max_body_bytes: int = Field(64 * 1024, gt=0)
+    """Largest request body the API reads (413 past it, checked before the body is read)."""
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,13 @@ One router per resource (``cloud/api/routes``); authorisation and the database c
 dependencies (``cloud/api/deps.py``); every error is problem+json (``cloud/api/problems.py``). One
 middleware gives each request an id (``X-Request-ID``, echoed), measures it (Prometheus and a
 ``Server-Timing`` header) and writes the audit rows for every patient the request touched, with its
-outcome, before the response leaves: no audit row, no data.
+outcome, before the response leaves: no audit row, no data. Every write by a signed-in caller is
+audited too, allowed or refused, even one that names no patient.
+
+Every response carries ``Cache-Control: no-store``, ``X-Content-Type-Options: nosniff`` and
+``Referrer-Policy: no-referrer``: nearly all of them are PHI (JSON, CSV, NDJSON, FHIR, the /ui page's
+data) and no response is worth caching. Under that middleware, ``cloud.api.body_limit`` bounds
+request bodies and refuses unauthenticated ones before anything reads them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from cloud.api import queries
+from cloud.api.body_limit import BodyLimitMiddleware
+from cloud.api.deps import WRITE_METHODS
 from cloud.api.problems import install_problem_handlers, problem_response
 from cloud.api.routes import (
     alerts,
@@ -44,6 +52,9 @@ from cloud.settings import CloudSettings, get_settings
 
 log = logging.getLogger(__name__)
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+# On every response (the /ui page adds its Content-Security-Policy): no cache, proxy or browser history
+# keeps PHI, no content is sniffed into something executable, no address leaks in a Referer.
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def _configure(conn: psycopg.Connection) -> None:
@@ -97,14 +108,19 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     audit_failures = Counter("rpm_api_audit_failures_total", "Requests refused because the audit row failed",
                              registry=registry)
 
-    def write_audit(request: Request, principal: Principal, patient_ids: list[str], status: int) -> None:
+    def write_audit(request: Request, principal: Principal, patient_ids: list[str], status: int,
+                    detail: dict[str, object] | None) -> None:
         route = request.scope.get("route")
         action = f"{request.method} {getattr(route, 'path', request.url.path)}"
         # A search that hides a patient answers 200 with nothing; the audit still says what happened.
         outcome = getattr(request.state, "audit_outcome", None) or _outcome(status)
         with app.state.pool.connection() as conn:
             queries.write_audit(conn, principal.subject, principal.role, principal.care_teams, action, patient_ids,
-                                outcome, status, request.state.request_id)
+                                outcome, status, request.state.request_id, detail)
+
+    # Added before the request-context middleware, so it runs inside it: its refusals get a request id,
+    # the security headers and a metric like any other answer.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.api_max_body_bytes, verifier=app.state.verifier)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -116,11 +132,12 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
                                                   slug="bad-request")
         else:
             response = await call_next(request)
-        patient_ids = getattr(request.state, "audit_patients", None)
+        patient_ids = getattr(request.state, "audit_patients", None) or []
         principal = getattr(request.state, "principal", None)
-        if patient_ids and principal is not None:
+        if principal is not None and (patient_ids or request.method in WRITE_METHODS):
             try:
-                await run_in_threadpool(write_audit, request, principal, patient_ids, response.status_code)
+                await run_in_threadpool(write_audit, request, principal, patient_ids, response.status_code,
+                                        getattr(request.state, "audit_detail", None))
             except Exception:
                 audit_failures.inc()
                 log.exception("audit write failed; refusing the response")
@@ -133,6 +150,7 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         latency.labels(request.method, route_path).observe(elapsed)
         response.headers["X-Request-ID"] = request.state.request_id
         response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
+        response.headers.update(SECURITY_HEADERS)
         return response
 
     install_problem_handlers(app)

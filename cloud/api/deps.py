@@ -10,7 +10,14 @@ Authorisation is a dependency, not an ``if`` in every handler:
   tokens get nothing from the HTTP API.
 - A patient the caller may not see answers 404 exactly like one that does not exist.
 - Every patient whose data a request touches is noted in ``request.state.audit_patients``; the audit
-  middleware writes one audit row per patient with the request's outcome.
+  middleware writes one audit row naming them with the request's outcome. Every write (POST, PUT,
+  PATCH, DELETE) by a signed-in caller is audited even when it names no patient (care-team
+  configuration) or is refused; ``request.state.audit_detail`` says what it changed.
+- Writes are authorised like reads: the same consent scope as the data they change, then the role
+  (403 where the caller sees the patient but may not change it). Device assignment is
+  :func:`authorise_device_change`: moving a device away from a patient needs access to that patient
+  too, and a move across care teams is an administrator's (configuration, audited with every
+  patient it touches).
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cloud.api import queries
 from cloud.api.problems import ApiProblem, forbidden, not_found
 from cloud.api.tokens import Principal
+from cloud.db.assign import AssignmentChange
 
 CLINICAL_ROLES = ("clinician", "care_team")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _bearer = HTTPBearer(auto_error=False, description="OAuth2 bearer token (JWT)")
 
 
@@ -96,18 +105,72 @@ def note_audit(request: Request, patient_id: str | None) -> None:
         noted.append(patient_id)
 
 
+def note_audit_detail(request: Request, detail: dict[str, object]) -> None:
+    """What a write changed, for its audit row (the administrators' log shows it)."""
+    request.state.audit_detail = detail
+
+
+def visible_scopes(conn: psycopg.Connection, principal: Principal, patient_id: str) -> frozenset[str]:
+    """What the caller may see of ``patient_id``: empty when nothing (or the patient does not exist)."""
+    if principal.role == "patient":
+        if principal.patient_id == patient_id and queries.patient_exists(conn, patient_id):
+            return frozenset(queries.SCOPES)
+    elif principal.role in CLINICAL_ROLES and principal.care_teams:
+        return frozenset(queries.consented_scopes(conn, patient_id, principal.care_teams))
+    return frozenset()
+
+
 def authorise_patient(conn: psycopg.Connection, request: Request, principal: Principal, patient_id: str,
                       scope: str) -> PatientAccess:
     """The caller's access to ``patient_id`` for ``scope``, or a 404 problem (audited either way)."""
     note_audit(request, patient_id)
-    if principal.role == "patient":
-        if principal.patient_id == patient_id and queries.patient_exists(conn, patient_id):
-            return PatientAccess(patient_id, principal, frozenset(queries.SCOPES))
-    elif principal.role in CLINICAL_ROLES and principal.care_teams:
-        scopes = queries.consented_scopes(conn, patient_id, principal.care_teams)
-        if scope in scopes:
-            return PatientAccess(patient_id, principal, frozenset(scopes))
+    scopes = visible_scopes(conn, principal, patient_id)
+    if scope in scopes:
+        return PatientAccess(patient_id, principal, scopes)
     raise not_found("patient")
+
+
+CROSS_TEAM = ("the device is assigned to a patient your care teams have no consent for; moving it between care"
+              " teams is an administrator's change")
+
+
+def authorise_device_change(conn: psycopg.Connection, request: Request, principal: Principal,
+                            change: AssignmentChange) -> None:
+    """Whether the caller may make ``change`` (called by ``cloud.db.assign`` under the device's lock).
+
+    - Every patient the change touches is audited, and the change itself (device, user index, the new
+      patient, the displaced ones) is the row's detail, whatever the outcome.
+    - ``admin``: may assign any device to any existing patient and move it away from anyone: a
+      configuration act that shows no clinical data (the answer holds counts, never readings).
+    - ``clinician`` / ``care_team``: the new patient needs the ``readings`` scope for one of their teams
+      (else 404, as for a missing patient), and so does every displaced patient (a device of a
+      patient they cannot see: 403, an administrator's move). Unassigning needs the scope for the
+      patients whose assignments close (none visible: 404, as for a missing assignment).
+    - ``patient``: sees their own record but does not assign (403); any other patient is 404.
+    Readings waiting in the unassigned queue belong to nobody yet: claiming them is the care team's
+    triage and needs only the new patient's consent.
+    """
+    for patient_id in change.patients:
+        note_audit(request, patient_id)
+    note_audit_detail(request, change.audit_detail())
+    if principal.role == "admin":
+        if change.patient_id is not None and not queries.patient_exists(conn, change.patient_id):
+            raise not_found("patient")
+        if change.patient_id is None and not change.displaced:
+            raise not_found("assignment")
+        return
+    if change.patient_id is not None:
+        authorise_patient(conn, request, principal, change.patient_id, "readings").require_clinical()
+        if any("readings" not in visible_scopes(conn, principal, q) for q in change.displaced):
+            raise forbidden(CROSS_TEAM)
+        return
+    seen = [q for q in change.displaced if "readings" in visible_scopes(conn, principal, q)]
+    if not seen:
+        raise not_found("assignment")
+    if principal.role not in CLINICAL_ROLES:
+        raise forbidden("only a clinician, a care team member or an administrator may unassign a device")
+    if len(seen) < len(change.displaced):
+        raise forbidden(CROSS_TEAM)
 
 
 def patient_scope(scope: str) -> Callable[..., PatientAccess]:

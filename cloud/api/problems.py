@@ -35,6 +35,16 @@ class ApiProblem(Exception):
         self.extra = extra or {}
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """The request body grew past the limit while it was read (``cloud.api.body_limit``). A Starlette
+    ``HTTPException``, because FastAPI passes those through its body parsing and turns others into 400."""
+
+    def __init__(self, limit: int) -> None:
+        # The rest of the body is never read: close the connection rather than let the server drain it.
+        super().__init__(413, f"the request body is larger than {limit} bytes", headers={"Connection": "close"})
+        self.limit = limit
+
+
 def not_found(what: str = "resource") -> ApiProblem:
     # The same answer whether it does not exist or the caller may not see it: no existence leak.
     return ApiProblem(404, f"no such {what}", slug="not-found")
@@ -70,6 +80,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
         return problem_response(request, exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers,
                                 extra=exc.extra)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return problem_response(request, 413, str(exc.detail), slug="payload-too-large", headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from cloud.twin.state import EXCLUDED_FLAGS
 
@@ -47,21 +48,27 @@ def consented_scopes(conn: Any, patient_id: str, care_teams: Sequence[str]) -> s
 
 
 def write_audit(conn: Any, subject: str, role: str, care_teams: Sequence[str], action: str,
-                patient_ids: Sequence[str], outcome: str, status: int | None, request_id: str) -> None:
-    """One row for the request, naming every patient it touched."""
+                patient_ids: Sequence[str], outcome: str, status: int | None, request_id: str,
+                detail: Mapping[str, Any] | None = None) -> None:
+    """One row for the request, naming every patient it touched (none for a configuration write), and what
+    a write changed (``detail``, migration 0510)."""
     conn.execute(
-        "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (subject, role, list(care_teams), action, list(patient_ids), outcome, status, request_id),
+        "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id, detail)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (subject, role, list(care_teams), action, list(patient_ids), outcome, status, request_id,
+         Jsonb(dict(detail)) if detail is not None else None),
     )
 
 
-def audit_trail(conn: Any, *, patient_id: str | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
-    """Newest first. Other patients named by the same request (a panel) are counted, never listed."""
+def audit_trail(conn: Any, *, patient_id: str | None, before_id: int | None, limit: int,
+                with_detail: bool = False) -> list[dict[str, Any]]:
+    """Newest first. Other patients named by the same request (a panel) are counted, never listed; so is
+    ``detail`` (which can name them) left out unless ``with_detail`` (the administrators' log)."""
+    detail = ", detail" if with_detail else ""
     return _dicts(
         conn,
         "SELECT id, at, subject, role, care_teams, action, cardinality(patient_ids) AS patients_in_request,"
-        " outcome, status, request_id FROM audit_log"
+        f" outcome, status, request_id{detail} FROM audit_log"
         " WHERE (%(patient)s::text IS NULL OR patient_ids @> ARRAY[%(patient)s::text])"
         " AND (%(before)s::bigint IS NULL OR id < %(before)s) ORDER BY id DESC LIMIT %(limit)s",
         {"patient": patient_id, "before": before_id, "limit": limit},
@@ -435,15 +442,6 @@ def unassigned_queue(conn: Any, *, limit: int) -> list[dict[str, Any]]:
         " FROM unassigned_devices ORDER BY last_stored_at DESC LIMIT %s",
         (limit,),
     )
-
-
-def current_assignees(conn: Any, uid: str, user_index: int | None) -> list[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT patient_id FROM device_assignments WHERE device_uid = %s"
-        " AND user_index IS NOT DISTINCT FROM %s AND valid_from < now() AND (valid_to IS NULL OR valid_to > now())",
-        (uid, user_index),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 # --- daily statistics (migration 0420): exact per-day stats kept lazily -------------------------------

@@ -16,12 +16,23 @@ reaches the patient's record now): the twin keeps a newer latest value and its a
 never paged as if it were now. The alert messages the hooks return go to the delivery outbox
 (``alert_deliveries``, channel mqtt) in the same transaction, for the scheduler's sender to publish.
 Re-running an assignment that is already in force changes nothing.
+
+Who may make a change is the caller's policy, not this module's: ``assign_device`` and
+``unassign_device`` take an ``authorise`` callback and call it under the device's lock, before
+anything changes, with the patients whose data the change redirects (:class:`AssignmentChange`). A
+callback that raises leaves everything as it was. The API passes its care-team/consent/role check;
+``rpm-cloud assign`` (an operator on the server) passes none and writes an audit row naming the
+same patients.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +55,38 @@ class AssignmentError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class AssignmentChange:
+    """What an assignment or unassignment would change, handed to ``authorise`` before it does.
+
+    ``displaced``: every other patient whose assignment of this device the change closes, truncates
+    or overrides from ``at`` on, so that their readings from then on would go elsewhere (or queue).
+    Assigning one user index of a device displaces the patient the whole device (user index None) is
+    assigned to, since a user-specific assignment wins over it in ingest. ``patient_id`` is the
+    patient the device goes to (None for an unassignment).
+    """
+
+    device_uid: str
+    user_index: int | None
+    patient_id: str | None
+    displaced: frozenset[str]
+    at: datetime
+
+    @property
+    def patients(self) -> list[str]:
+        """Every patient the change touches, the new one first (what its audit row names)."""
+        ordered = [self.patient_id] if self.patient_id else []
+        return ordered + sorted(self.displaced - {self.patient_id})
+
+    def audit_detail(self) -> dict[str, Any]:
+        return {"device_uid": self.device_uid, "user_index": self.user_index, "patient_id": self.patient_id,
+                "displaced": sorted(self.displaced), "at": self.at.isoformat()}
+
+
+Authorise = Callable[[AssignmentChange], None]
+"""Raises to refuse a change; called under the device's lock, inside the change's transaction."""
+
+
+@dataclass(frozen=True, slots=True)
 class AssignmentResult:
     assignment_id: int
     readings_backfilled: int
@@ -58,6 +101,8 @@ class AssignmentResult:
     """Hook notifications that are not alert messages (none today): the caller publishes them."""
     unreadable: tuple[str, ...] = ()
     """Claimed reading ids whose rows no longer make a valid reading: assigned, but the hooks did not see them."""
+    change: AssignmentChange | None = None
+    """What was authorised: the device, the new patient and the displaced ones."""
 
 
 _LOCK_DEVICE = "SELECT pg_advisory_xact_lock(hashtext('rpm.assign:' || %s))"
@@ -68,20 +113,43 @@ def _transport_of(uid: str) -> str:
     return prefix if prefix in ("ble", "usb") else "unknown"
 
 
+# The assignments the new one [valid_from, valid_to) overlaps for the same user index (the one in force
+# at valid_from, which it closes) or, for one user of the device, the whole-device ones it overrides.
+_DISPLACED = """
+SELECT DISTINCT patient_id FROM device_assignments
+ WHERE device_uid = %(uid)s AND patient_id IS DISTINCT FROM %(patient)s
+   AND (user_index IS NOT DISTINCT FROM %(user)s OR (%(user)s::smallint IS NOT NULL AND user_index IS NULL))
+   AND (valid_to IS NULL OR valid_to > %(from)s)
+   AND (%(to)s::timestamptz IS NULL OR valid_from < %(to)s)
+"""
+
+
 def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *, user_index: int | None = None,
                   valid_from: datetime | None = None, create_patient: bool = False,
                   display_name: str | None = None, created_by: str | None = None,
-                  late_after: timedelta | None = None) -> AssignmentResult:
+                  late_after: timedelta | None = None, authorise: Authorise | None = None) -> AssignmentResult:
     """Assign in one transaction on ``conn`` (a savepoint inside the caller's); returns what was backfilled.
 
     ``late_after``: a claimed reading measured longer ago than this is late (default: the settings'
-    ``late_after_s``, as in ingest).
+    ``late_after_s``, as in ingest). ``authorise`` is called with the change under the device's lock
+    before anything is written; if it raises, nothing is.
     """
     valid_from = valid_from or datetime.now(UTC)
     late_after = late_after if late_after is not None else timedelta(seconds=get_settings().late_after_s)
     with conn.transaction():
-        # Two assigners of one device serialise here, so "close the open one" sees the other's row.
+        # Two assigners of one device serialise here, so "close the open one" sees the other's row, and
+        # what is authorised is what is changed.
         conn.execute(_LOCK_DEVICE, (device_uid,))
+        later = conn.execute(
+            "SELECT min(valid_from) FROM device_assignments WHERE device_uid = %s"
+            " AND user_index IS NOT DISTINCT FROM %s AND valid_from > %s",
+            (device_uid, user_index, valid_from)).fetchone()
+        valid_to = later[0] if later else None
+        displaced = conn.execute(_DISPLACED, {"uid": device_uid, "patient": patient_id, "user": user_index,
+                                              "from": valid_from, "to": valid_to}).fetchall()
+        change = AssignmentChange(device_uid, user_index, patient_id, frozenset(r[0] for r in displaced), valid_from)
+        if authorise is not None:
+            authorise(change)
         if create_patient:
             conn.execute("INSERT INTO patients (id, display_name) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING",
                          (patient_id, display_name))
@@ -90,13 +158,10 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
         # A device assigned before it ever sent anything: its row is created here, ingest completes it.
         conn.execute("INSERT INTO devices (uid, transport, profile) VALUES (%s, %s, 'unknown')"
                      " ON CONFLICT (uid) DO NOTHING", (device_uid, _transport_of(device_uid)))
-        later = conn.execute(
-            "SELECT min(valid_from) FROM device_assignments WHERE device_uid = %s"
-            " AND user_index IS NOT DISTINCT FROM %s AND valid_from > %s",
-            (device_uid, user_index, valid_from)).fetchone()
-        valid_to = later[0] if later else None
+        # An assignment "since ever" starts at -infinity (the column's default), which Python cannot hold.
         current = conn.execute(
-            "SELECT id, patient_id, valid_from, valid_to FROM device_assignments WHERE device_uid = %s"
+            "SELECT id, patient_id, nullif(valid_from, '-infinity'), valid_to FROM device_assignments"
+            " WHERE device_uid = %s"
             " AND user_index IS NOT DISTINCT FROM %s AND valid_from <= %s AND (valid_to IS NULL OR valid_to > %s)"
             " ORDER BY valid_from DESC LIMIT 1",
             (device_uid, user_index, valid_from, valid_from)).fetchone()
@@ -137,7 +202,8 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
             observations = conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)",
                                         (patient_id, ids)).rowcount
             queued, unpublished, unreadable = _run_hooks_on_claimed(conn, ids, late_after)
-    return AssignmentResult(assignment_id, len(ids), observations, closed, created, queued, unpublished, unreadable)
+    return AssignmentResult(assignment_id, len(ids), observations, closed, created, queued, unpublished, unreadable,
+                            change)
 
 
 def _run_hooks_on_claimed(conn: psycopg.Connection, reading_ids: list[str], late_after: timedelta
@@ -170,12 +236,23 @@ def _late_now(item: StoredReading, now: datetime, late_after: timedelta) -> Stor
     return replace(item, late=True)
 
 
+_CLOSING = ("SELECT DISTINCT patient_id FROM device_assignments WHERE device_uid = %s"
+            " AND user_index IS NOT DISTINCT FROM %s AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)")
+
+
 def unassign_device(conn: psycopg.Connection, device_uid: str, *, user_index: int | None = None,
-                    at: datetime | None = None) -> int:
-    """Close the open assignment(s) of this device/user at ``at``; returns how many were closed."""
+                    at: datetime | None = None, authorise: Authorise | None = None) -> int:
+    """Close the open assignment(s) of this device/user at ``at``; returns how many were closed.
+
+    ``authorise`` gets the change (its ``displaced``: the patients whose assignments close; empty when
+    there is none, so the caller can answer as for a missing one) before anything is written.
+    """
     at = at or datetime.now(UTC)
     with conn.transaction():
         conn.execute(_LOCK_DEVICE, (device_uid,))
+        if authorise is not None:
+            closing = conn.execute(_CLOSING, (device_uid, user_index, at, at)).fetchall()
+            authorise(AssignmentChange(device_uid, user_index, None, frozenset(r[0] for r in closing), at))
         closed = conn.execute(
             "UPDATE device_assignments SET valid_to = %s WHERE device_uid = %s"
             " AND user_index IS NOT DISTINCT FROM %s AND valid_from < %s AND (valid_to IS NULL OR valid_to > %s)",
@@ -183,6 +260,23 @@ def unassign_device(conn: psycopg.Connection, device_uid: str, *, user_index: in
     if closed == 0:
         raise AssignmentError(f"{device_uid} (user {user_index}) has no assignment open at {at.isoformat()}")
     return closed
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in a bare container: still audited, as unknown
+        return "unknown"
+
+
+def audit_operator_change(conn: psycopg.Connection, action: str, change: AssignmentChange) -> None:
+    """The audit row of a change made on the server (``rpm-cloud assign``), in the caller's transaction:
+    the operator is the OS user, the patients are every one the change touched, as the API records them."""
+    conn.execute(
+        "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id, detail)"
+        " VALUES (%s, 'operator', '{}', %s, %s, 'allowed', NULL, %s, %s)",
+        (f"os:{_os_user()}", action, change.patients, f"cli-{uuid.uuid4().hex}",
+         json.dumps(change.audit_detail())))
 
 
 def list_unassigned(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -226,13 +320,17 @@ def main(args: argparse.Namespace) -> int:
                 print("error: give DEVICE_UID PATIENT_ID, or DEVICE_UID --unassign, or --list")
                 return 2
             if args.unassign:
+                changes: list[AssignmentChange] = []
                 closed = unassign_device(conn, args.device_uid, user_index=args.user_index,
-                                         at=_aware(args.valid_from))
+                                         at=_aware(args.valid_from), authorise=changes.append)
+                audit_operator_change(conn, "rpm-cloud assign --unassign", changes[0])
                 print(f"closed {closed} assignment(s) of {args.device_uid}")
                 return 0
             result = assign_device(conn, args.device_uid, args.patient_id, user_index=args.user_index,
                                    valid_from=_aware(args.valid_from), create_patient=args.create_patient,
                                    display_name=args.name, created_by="rpm-cloud assign")
+            if result.change is not None:
+                audit_operator_change(conn, "rpm-cloud assign", result.change)
             if not result.created:
                 print(f"{args.device_uid} (user {args.user_index}) is already assigned to {args.patient_id} from then;"
                       f" backfilled {result.readings_backfilled} reading(s)")

@@ -12,7 +12,15 @@ from pydantic import BaseModel, Field
 
 from cloud.alerts import service
 from cloud.api import queries
-from cloud.api.deps import CLINICAL_ROLES, CurrentPrincipal, DbConn, PatientAccess, authorise_patient, note_audit
+from cloud.api.deps import (
+    CLINICAL_ROLES,
+    CurrentPrincipal,
+    DbConn,
+    PatientAccess,
+    authorise_patient,
+    note_audit,
+    note_audit_detail,
+)
 from cloud.api.problems import ApiProblem, forbidden, not_found
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
@@ -78,10 +86,13 @@ def _alert_access(request: Request, principal: CurrentPrincipal, conn: DbConn, a
         raise not_found("alert") from None
 
 
-def _clinical(access: PatientAccess) -> None:
+def _change(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId) -> PatientAccess:
+    """A change of one alert: its patient's ``alerts`` consent (else 404, as a missing alert), then the role."""
+    note_audit_detail(request, {"alert_id": alert_id})
+    access = _alert_access(request, principal, conn, alert_id)
     if access.principal.role not in CLINICAL_ROLES:
         raise forbidden("only a clinician or care team member may change an alert")
-
+    return access
 
 
 
@@ -94,19 +105,19 @@ def get_alert(request: Request, principal: CurrentPrincipal, conn: DbConn, alert
 @router.post("/{alert_id}/acknowledge", summary="Mark the alert seen; it stays open until it resolves")
 def acknowledge(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
                 body: Note | None = None) -> dict[str, Any]:
-    _clinical(_alert_access(request, principal, conn, alert_id))
+    _change(request, principal, conn, alert_id)
     return service.acknowledge(conn, alert_id, principal.subject, body.note if body else None)
 
 
 @router.post("/{alert_id}/resolve", summary="Close the alert by hand")
 def resolve(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
             body: Note | None = None) -> dict[str, Any]:
-    _clinical(_alert_access(request, principal, conn, alert_id))
+    _change(request, principal, conn, alert_id)
     return service.resolve(conn, alert_id, principal.subject, body.note if body else None)
 
 
 @router.post("/{alert_id}/comments", status_code=201, summary="Add a note to the alert's history")
 def comment(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
             body: Comment) -> dict[str, Any]:
-    _clinical(_alert_access(request, principal, conn, alert_id))
+    _change(request, principal, conn, alert_id)
     return service.comment(conn, alert_id, principal.subject, body.text)

@@ -24,5 +24,5 @@ def my_access_trail(access: OwnRecord, conn: DbConn, before_id: BeforeId = None,
 @router.get("/v1/audit", summary="The audit log (administrators)")
 def audit_log(principal: AdminPrincipal, conn: DbConn, before_id: BeforeId = None, limit: Limit = 100,
               patient_id: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
-    rows = queries.audit_trail(conn, patient_id=patient_id, before_id=before_id, limit=limit)
+    rows = queries.audit_trail(conn, patient_id=patient_id, before_id=before_id, limit=limit, with_detail=True)
     return {"entries": rows, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from cloud.api import queries
-from cloud.api.deps import AdminPrincipal, CurrentPrincipal, DbConn
+from cloud.api.deps import AdminPrincipal, CurrentPrincipal, DbConn, note_audit_detail
 from cloud.api.problems import ApiProblem, not_found
 
 router = APIRouter(prefix="/v1/care-teams", tags=["care teams"])
@@ -32,7 +32,8 @@ def list_care_teams(principal: CurrentPrincipal, conn: DbConn) -> dict[str, Any]
 
 
 @router.post("", status_code=201, summary="Create a care team")
-def create_care_team(principal: AdminPrincipal, conn: DbConn, body: CareTeam) -> dict[str, Any]:
+def create_care_team(request: Request, principal: AdminPrincipal, conn: DbConn, body: CareTeam) -> dict[str, Any]:
+    note_audit_detail(request, {"care_team_id": body.id})
     row = queries.create_care_team(conn, body.id, body.name)
     if row is None:
         raise ApiProblem(409, f"care team {body.id!r} exists", slug="conflict")
@@ -47,7 +48,10 @@ def list_members(principal: AdminPrincipal, conn: DbConn, team_id: TeamId) -> di
 
 
 @router.post("/{team_id}/members", status_code=201, summary="Add (or change the role of) a member")
-def add_member(principal: AdminPrincipal, conn: DbConn, team_id: TeamId, body: Member) -> dict[str, Any]:
+def add_member(request: Request, principal: AdminPrincipal, conn: DbConn, team_id: TeamId,
+               body: Member) -> dict[str, Any]:
+    # Membership is who the directory says is in a team: audited, with whom it added.
+    note_audit_detail(request, {"care_team_id": team_id, "subject": body.subject, "role": body.role})
     if not queries.care_team_exists(conn, team_id):
         raise not_found("care team")
     return queries.add_member(conn, team_id, body.subject, body.role)

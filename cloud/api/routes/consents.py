@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field, field_validator
 
 from cloud.api import queries
-from cloud.api.deps import DbConn, OwnRecord
+from cloud.api.deps import DbConn, OwnRecord, note_audit_detail
 from cloud.api.problems import ApiProblem, not_found
 
 router = APIRouter(prefix="/v1/patients/{patient_id}/consents", tags=["consents"])
@@ -46,7 +46,8 @@ def list_consents(access: OwnRecord, conn: DbConn) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, summary="Grant a care team access to my data")
-def grant(access: OwnRecord, conn: DbConn, body: ConsentGrant) -> dict[str, Any]:
+def grant(request: Request, access: OwnRecord, conn: DbConn, body: ConsentGrant) -> dict[str, Any]:
+    note_audit_detail(request, {"care_team_id": body.care_team_id, "scopes": sorted(s.value for s in body.scopes)})
     if not queries.care_team_exists(conn, body.care_team_id):
         raise ApiProblem(422, f"no care team {body.care_team_id!r}", slug="unknown-care-team")
     scopes = sorted({s.value for s in body.scopes})
@@ -55,7 +56,9 @@ def grant(access: OwnRecord, conn: DbConn, body: ConsentGrant) -> dict[str, Any]
 
 
 @router.delete("/{consent_id}", summary="Revoke a consent (takes effect on the next request)")
-def revoke(access: OwnRecord, conn: DbConn, consent_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
+def revoke(request: Request, access: OwnRecord, conn: DbConn,
+           consent_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
+    note_audit_detail(request, {"consent_id": consent_id})
     row = queries.revoke_consent(conn, access.patient_id, consent_id, access.principal.subject)
     if row is None:
         raise not_found("consent")

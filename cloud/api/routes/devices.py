@@ -1,5 +1,9 @@
 """Devices: the list (administrators), a patient's devices, the unassigned queue (readings stored
-with no patient yet), assigning a device and user index to a patient, and unassigning."""
+with no patient yet), assigning a device and user index to a patient, and unassigning.
+
+Who may assign or unassign is :func:`cloud.api.deps.authorise_device_change`: the new patient's and
+every displaced patient's consent for the caller's team, the role, and administrators for moves
+between care teams; decided under the device's lock, audited with every patient the change touches."""
 
 from __future__ import annotations
 
@@ -10,7 +14,14 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from cloud.api import queries
-from cloud.api.deps import CLINICAL_ROLES, AdminPrincipal, CurrentPrincipal, DbConn, ReadingsAccess, authorise_patient
+from cloud.api.deps import (
+    CLINICAL_ROLES,
+    AdminPrincipal,
+    CurrentPrincipal,
+    DbConn,
+    ReadingsAccess,
+    authorise_device_change,
+)
 from cloud.api.problems import ApiProblem, forbidden, not_found
 from cloud.db import assign as assignments
 
@@ -49,20 +60,17 @@ def patient_devices(access: ReadingsAccess, conn: DbConn) -> dict[str, Any]:
                      "readings queued since then follow")
 def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
            body: Assignment) -> dict[str, Any]:
-    if principal.role == "patient":
-        raise forbidden("a care team or an administrator assigns devices")
-    if principal.role != "admin":
-        authorise_patient(conn, request, principal, body.patient_id, "readings")
-    elif not queries.patient_exists(conn, body.patient_id):
-        raise not_found("patient")
     if body.valid_from is not None and body.valid_from.tzinfo is None:
         raise ApiProblem(422, "valid_from needs a time zone", slug="validation")
     valid_from = body.valid_from or datetime.now(UTC)
     try:
-        # cloud.db.assign owns the rule in one transaction: close the open assignment, backfill queued
-        # readings, tell the twin, run the twin and alert hooks on what was claimed.
-        result = assignments.assign_device(conn, device_uid, body.patient_id, user_index=body.user_index,
-                                           valid_from=valid_from, created_by=principal.subject)
+        # cloud.db.assign owns the rule in one transaction: under the device's lock it asks the policy
+        # (deps.authorise_device_change) about the patients the change touches, then closes the open
+        # assignment, backfills queued readings, tells the twin, runs the twin and alert hooks.
+        result = assignments.assign_device(
+            conn, device_uid, body.patient_id, user_index=body.user_index, valid_from=valid_from,
+            created_by=principal.subject,
+            authorise=lambda change: authorise_device_change(conn, request, principal, change))
     except assignments.AssignmentError as exc:
         raise ApiProblem(422, str(exc), slug="invalid-assignment") from exc
     return {"assignment_id": result.assignment_id, "device_uid": device_uid, "user_index": body.user_index,
@@ -73,16 +81,10 @@ def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_u
 @router.delete("/v1/devices/{device_uid}/assignments", summary="End the device's (user index's) assignment now")
 def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
              user_index: UserIndex = None) -> dict[str, Any]:
-    if principal.role == "patient":
-        raise forbidden("a care team or an administrator unassigns devices")
-    assignees = queries.current_assignees(conn, device_uid, user_index)
-    if principal.role != "admin":
-        for patient_id in assignees:
-            authorise_patient(conn, request, principal, patient_id, "readings")
-    if not assignees:
-        raise not_found("assignment")
     try:
-        closed = assignments.unassign_device(conn, device_uid, user_index=user_index)
+        closed = assignments.unassign_device(
+            conn, device_uid, user_index=user_index,
+            authorise=lambda change: authorise_device_change(conn, request, principal, change))
     except assignments.AssignmentError as exc:
         raise not_found("assignment") from exc
     return {"device_uid": device_uid, "user_index": user_index, "closed_assignments": closed}

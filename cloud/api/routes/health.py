@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud.api.problems import ApiProblem
 
 router = APIRouter(tags=["health"])
-REQUIRED_MIGRATION = "0420"  # the newest migration the API reads (day statistics)
+REQUIRED_MIGRATION = "0510"  # the newest migration the API uses (audit_log.detail for writes)
 
 
 @router.get("/healthz")

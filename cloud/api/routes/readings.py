@@ -50,20 +50,41 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
+# OWASP CSV injection: a spreadsheet runs a cell that starts with one of these as a formula (ASVS 1.2.10
+# adds NUL; a leading line feed is just as invisible). Device strings come from the device and the
+# gateway, so a cuff's model number could otherwise reach the clinician's spreadsheet as =HYPERLINK(...).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+
+
+def text_cell(value: object) -> str:
+    """A text cell made inert for spreadsheets: a single quote before a formula's first character.
+
+    Only for text columns: numeric columns hold numbers from the database (a negative value is a
+    number, and must stay one)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _number_cell(value: object) -> object:
+    if isinstance(value, list):
+        return ";".join(map(str, value))
+    return value
+
+
 def _csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180 line ends: the writer then quotes any field holding a CR or LF (a device string can).
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["reading_id", "measured_at", "kind", "metric", "value", "unit", "original_value", "original_unit",
                      "device_uid", "device_model", "user_index", "device_time", "clock_judgement", "flags"])
     for row in rows:
         for metric, value in sorted((row["values"] or {}).items()):
-            number = value["value"]
-            writer.writerow([row["id"], row["measured_at"].isoformat(), row["kind"], metric,
-                             ";".join(map(str, number)) if isinstance(number, list) else number, value["unit"],
-                             value.get("original_value"), value.get("original_unit"), row["device"]["uid"],
-                             row["device"].get("model"), row["user_index"],
-                             row["device_time"].isoformat() if row["device_time"] else "", row["clock_judgement"],
-                             ";".join(row["flags"])])
+            t = text_cell
+            writer.writerow([t(row["id"]), row["measured_at"].isoformat(), t(row["kind"]), t(metric),
+                             _number_cell(value["value"]), t(value["unit"]), value.get("original_value"),
+                             t(value.get("original_unit")), t(row["device"]["uid"]), t(row["device"].get("model")),
+                             row["user_index"], row["device_time"].isoformat() if row["device_time"] else "",
+                             t(row["clock_judgement"]), t(";".join(row["flags"]))])
     return out.getvalue()
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.alerts import service
-from cloud.api.deps import AlertsAccess, DbConn
+from cloud.api.deps import AlertsAccess, DbConn, note_audit_detail
 
 router = APIRouter(prefix="/v1/patients/{patient_id}/thresholds", tags=["thresholds"])
 RuleId = Annotated[str, Path(min_length=1, max_length=100)]
@@ -34,7 +34,9 @@ def rules_in_force(access: AlertsAccess, conn: DbConn) -> dict[str, Any]:
 
 
 @router.put("/{rule_id}", summary="Override a rule for this patient (only the fields given)")
-def set_override(access: AlertsAccess, conn: DbConn, rule_id: RuleId, body: RuleOverride) -> dict[str, Any]:
+def set_override(request: Request, access: AlertsAccess, conn: DbConn, rule_id: RuleId,
+                 body: RuleOverride) -> dict[str, Any]:
+    note_audit_detail(request, {"rule_id": rule_id, "override": body.model_dump(exclude_none=True)})
     access.require_clinical()
     rule = service.set_rule_override(conn, access.patient_id, rule_id, by=access.principal.subject,
                                      **body.model_dump(exclude_none=True))
@@ -42,6 +44,7 @@ def set_override(access: AlertsAccess, conn: DbConn, rule_id: RuleId, body: Rule
 
 
 @router.delete("/{rule_id}", summary="Back to the catalogue default for this patient")
-def clear_override(access: AlertsAccess, conn: DbConn, rule_id: RuleId) -> dict[str, Any]:
+def clear_override(request: Request, access: AlertsAccess, conn: DbConn, rule_id: RuleId) -> dict[str, Any]:
+    note_audit_detail(request, {"rule_id": rule_id})
     access.require_clinical()
     return service.clear_rule_override(conn, access.patient_id, rule_id, by=access.principal.subject).as_dict()

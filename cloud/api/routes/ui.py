@@ -31,7 +31,7 @@ _HEADERS = {
                                "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
+    "Cache-Control": "no-store",  # as every answer of the API (cloud.api.app.SECURITY_HEADERS)
 }
 
 

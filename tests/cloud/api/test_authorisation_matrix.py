@@ -4,7 +4,11 @@ patient), expected status derived from the policy below, not hand-picked per cas
 Policy (cloud/api/deps.py): a patient sees only their own record; clinician and care_team see a
 patient while an active consent grants their team the endpoint's scope; admin configures and sees
 no clinical data; gateway gets 403 everywhere. What the caller may not see is 404; what it may see
-but not change is 403. A test also checks that every route of the app is in the catalogue.
+but not change is 403. Writes are authorised like reads: device assignment needs the consent of the
+new patient and of every patient the device is moved away from (another team's patient: 403, an
+administrator's move; admins may move any device, audited with both patients). Every write, allowed
+or refused, leaves an audit row naming the patients it touched. A test enumerates ``app.routes`` so
+that a route (above all a write route) without an entry here fails.
 """
 
 from __future__ import annotations
@@ -54,13 +58,21 @@ class Context:
         raise AssertionError("no open alert could be made")
 
     def new_device(self, assign_to: str | None = None) -> str:
+        """A cuff, assigned (whole device, since ever) to ``assign_to``: a target name or a patient id."""
         uid = f"ble:{uuid.uuid4().hex[:10]}"
         self.conn.execute("INSERT INTO devices (uid, transport, profile) VALUES (%s, 'ble', 'ble.blood_pressure')",
                           (uid,))
         if assign_to:
             self.conn.execute("INSERT INTO device_assignments (device_uid, patient_id) VALUES (%s, %s)",
-                              (uid, assign_to))
+                              (uid, self.world.patients.get(assign_to, assign_to)))
         return uid
+
+    def assign_to_target(self, holder: str | None, user_index: int | None = None) -> Request:
+        """Assign a cuff held by ``holder`` (a target name, or None: a new device) to the target patient."""
+        body: dict[str, Any] = {"patient_id": self.patient}
+        if user_index is not None:
+            body["user_index"] = user_index
+        return f"/v1/devices/{self.new_device(assign_to=holder)}/assignments", None, body
 
 
 Request = tuple[str, dict[str, Any] | None, Any]
@@ -79,6 +91,8 @@ class Endpoint:
     success: int = 200
     roles: tuple[str, ...] = field(default=())
     """For kind == role: the roles allowed."""
+    displaces: str | None = None
+    """For kind == assign: the target whose device is moved to the patient (None: a new device)."""
     label: str = ""
 
     @property
@@ -133,7 +147,16 @@ PATIENT_ENDPOINTS = [
                         f"{grant(c.conn, c.patient, c.world.other_team, ['twin'])}", None, None)),
     Endpoint("GET", "/v1/patients/{patient_id}/audit", "own", None, _p("/audit")),
     Endpoint("POST", "/v1/devices/{device_uid}/assignments", "assign", "readings",
-             lambda c: (f"/v1/devices/{c.new_device()}/assignments", None, {"patient_id": c.patient}), success=201),
+             lambda c: c.assign_to_target(None), success=201),
+    Endpoint("POST", "/v1/devices/{device_uid}/assignments", "assign", "readings",
+             lambda c: c.assign_to_target("consented"), success=201, displaces="consented",
+             label=" moving a consented patient's cuff"),
+    Endpoint("POST", "/v1/devices/{device_uid}/assignments", "assign", "readings",
+             lambda c: c.assign_to_target("other"), success=201, displaces="other",
+             label=" moving another team's patient's cuff"),
+    Endpoint("POST", "/v1/devices/{device_uid}/assignments", "assign", "readings",
+             lambda c: c.assign_to_target("other", user_index=2), success=201, displaces="other",
+             label=" taking one user of another team's patient's cuff"),
     Endpoint("DELETE", "/v1/devices/{device_uid}/assignments", "unassign", "readings",
              lambda c: (f"/v1/devices/{c.new_device(assign_to=c.patient)}/assignments", None, None)),
 ]
@@ -157,7 +180,11 @@ ROLE_ENDPOINTS = [
              roles=("admin",)),
     Endpoint("GET", "/v1/audit", "role", None, lambda c: ("/v1/audit", None, None), roles=("admin",)),
 ]
-OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+               # The page shell and its files hold no patient data (cloud/api/routes/ui.py); the API's own docs.
+               ("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/metrics.json"), ("GET", "/ui/static/{name}"),
+               ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def visible(role: str, target: str, scope: str | None) -> bool:
@@ -178,11 +205,15 @@ def expected_status(endpoint: Endpoint, role: str, target: str) -> int:
     if endpoint.kind == "fhir_search":
         return 200  # a hidden patient is an empty Bundle, like one that does not exist
     if endpoint.kind in ("assign", "unassign"):
-        if role == "patient":
-            return 403
         if role == "admin":
-            return endpoint.success
-        return endpoint.success if visible(role, target, endpoint.scope) else 404
+            return endpoint.success  # configuration: any device, any patient, audited
+        if not visible(role, target, endpoint.scope):
+            return 404
+        if role == "patient":
+            return 403  # sees their own record, does not assign devices
+        if endpoint.displaces and not visible(role, endpoint.displaces, endpoint.scope):
+            return 403  # a move across care teams is an administrator's
+        return endpoint.success
     if not visible(role, target, endpoint.scope):
         return 404
     if endpoint.kind == "write" and role not in CLINICAL:
@@ -214,14 +245,62 @@ def test_status_follows_policy(client: TestClient, matrix_world: tuple[World, ps
     if endpoint.kind == "fhir_search" and want == 200:
         entries = response.json()["entry"]
         assert bool(entries) == visible(role, target, endpoint.scope)
+    if endpoint.method in WRITE_METHODS:
+        assert_write_audited(conn, endpoint, role, target, world, response)
+
+
+def assert_write_audited(conn: psycopg.Connection, endpoint: Endpoint, role: str, target: str, world: World,
+                         response: Any) -> None:
+    """Every write by a signed-in caller, allowed or refused, has its audit row naming what it touched."""
+    row = conn.execute("SELECT action, patient_ids, status FROM audit_log WHERE request_id = %s",
+                       (response.headers["x-request-id"],)).fetchone()
+    assert row is not None, f"{endpoint.name} as {role} on {target} ({response.status_code}) left no audit row"
+    action, patient_ids, status = row
+    assert (action, status) == (f"{endpoint.method} {endpoint.route}", response.status_code)
+    if role == "gateway" or endpoint.kind == "role":
+        return  # refused before any patient is looked at, or not about a patient
+    assert world.patients[target] in patient_ids
+    if endpoint.displaces and endpoint.displaces != target:
+        assert world.patients[endpoint.displaces] in patient_ids, "a move is audited with both patients"
+
+
+def _walk(routes: list[Any]) -> Iterator[Any]:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.16x keeps included routers whole
+        if included is not None:
+            yield from _walk(included.routes)
+        else:
+            yield route
+
+
+def _app_routes(client: TestClient) -> set[tuple[str, str]]:
+    """Every (method, path) the application serves, from its routing table (not the OpenAPI document,
+    which leaves out routes hidden from the schema)."""
+    routes = set()
+    for route in _walk(client.app.routes):  # type: ignore[attr-defined]
+        for method in getattr(route, "methods", None) or ():
+            if method != "HEAD":
+                routes.add((method, route.path))
+    return routes
 
 
 def test_every_route_is_in_the_matrix(client: TestClient) -> None:
+    routes = _app_routes(client)
     spec = client.app.openapi()  # type: ignore[attr-defined]
-    routes = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    documented = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    assert documented <= routes, "the routing table walk misses routes the OpenAPI document has"
     covered = {(e.method, e.route) for e in PATIENT_ENDPOINTS + ROLE_ENDPOINTS} | OPEN_ROUTES
-    assert routes - covered == set()
-    assert covered - routes == set()
+    assert routes - covered == set(), "routes with no entry in the authorisation matrix"
+    assert covered - routes == set(), "matrix entries for routes the app does not have"
+
+
+def test_every_write_route_is_checked_for_every_role(client: TestClient) -> None:
+    writes = {(m, p) for m, p in _app_routes(client) if m in WRITE_METHODS}
+    assert writes, "the app has write routes"
+    assert not writes & OPEN_ROUTES, "no write route is open"
+    for method, path in writes:
+        roles = {role for e, role, _ in CASES if (e.method, e.route) == (method, path)}
+        assert roles == set(ROLES), f"{method} {path} is not tried as every role"
 
 
 def test_hidden_patient_answers_like_a_missing_one(client: TestClient,
