@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("cloud.api.tokens", "mint a development bearer token"),
     "scheduler": ("cloud.alerts.scheduler", "evaluate time-based alert rules and deliver webhooks"),
     "assign": ("cloud.db.assign", "assign a device (and user index) to a patient"),
+    "rebind": ("cloud.db.binding", "move a device's binding to another gateway (audited)"),
 }
 
 

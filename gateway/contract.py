@@ -85,21 +85,60 @@ class ContractModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, str_max_length=4096)
 
 
+EARLIEST_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2100, 1, 1, tzinfo=UTC)
+"""Every UTC instant in the contract (``measured_at``, ``received_at``, ``sent_at``, a status's ``at``,
+a device's ``last_seen``, an alert's times) lies in [2000-01-01, 2100-01-01) UTC. These are times the
+gateway or the cloud computed, never a device's raw clock: none of the supported devices existed
+before 2000, and the gateway replaces implausible device times (before 2010, in the future) by its
+own receive time. A fixed range (not "now ± x") keeps validation a pure function of the message.
+A device's own ``device_time`` is evidence, not a computed time: see :class:`Reading`."""
+
+
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    # A year-1 time with a positive offset (or year 9999 with a negative one) has no UTC form:
+    # astimezone raises OverflowError, which pydantic does not turn into a ValidationError.
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("timestamp has no UTC form (outside the datetime range after its offset)") from None
+    if not (EARLIEST_INSTANT <= utc < LATEST_INSTANT):
+        raise ValueError(f"timestamp {utc.isoformat()} is outside {EARLIEST_INSTANT:%Y-%m-%d}"
+                         f"..{LATEST_INSTANT:%Y-%m-%d} UTC")
+    return utc
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""C0 controls (NUL among them), DEL, C1 controls and lone surrogates (JSON can carry ``\\ud800``)."""
+
+
+def _printable(value: str) -> str:
+    # PostgreSQL text refuses NUL and UTF-8 cannot encode a lone surrogate: either one would make the
+    # database refuse the reading after validation. The message names the character, never echoes it.
+    bad = _UNPRINTABLE.search(value)
+    if bad is not None:
+        raise ValueError(f"control character U+{ord(bad.group()):04X} at position {bad.start()} is not allowed")
+    return value
+
+
+DeviceText = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
+"""A string a device reported about itself (model, serial, manufacturer): printable, 1..64 characters.
+The gateway cleans these (strips NUL and control characters, caps the length); ingest checks again."""
+DeviceUid = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+ProfileName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
+UnitText = Annotated[str, StringConstraints(max_length=32), AfterValidator(_printable)]
+
 
 class Device(ContractModel):
-    uid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    uid: DeviceUid
     """Stable identity: ``ble:<address>``, ``usb:<vid>:<pid>:<serial>``, ``ant:<device number>``."""
     transport: Transport
-    profile: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    model: str | None = None
-    serial: str | None = None
-    manufacturer: str | None = None
+    profile: ProfileName
+    model: DeviceText | None = None
+    serial: DeviceText | None = None
+    manufacturer: DeviceText | None = None
 
 
 class Clock(ContractModel):
@@ -110,9 +149,9 @@ class Clock(ContractModel):
 
 class Value(ContractModel):
     value: float | list[float]
-    unit: str
+    unit: UnitText
     original_value: float | list[float] | None = None
-    original_unit: str | None = None
+    original_unit: UnitText | None = None
 
 
 def compute_reading_id(
@@ -163,7 +202,10 @@ class Reading(ContractModel):
     received_at: UtcDatetime | None = None
     """When the gateway received it, UTC."""
     device_time: datetime | None = None
-    """The device's own (naive, local) time, as the device reported it."""
+    """The device's own (naive, local) time, as the device reported it. Any naive datetime (years
+    1..9999) is accepted: a device with an unset clock says 2000-01-01, a BLE Date Time can say 1582 or
+    9999, and the gateway keeps it beside its own judgement (``clock``, flag ``clock_unset``). Being
+    naive it needs no offset arithmetic; the cloud stores and shows it, and never computes with it."""
     clock: Clock
     sequence: Annotated[int, Field(ge=0)] | None = None
     values: dict[str, Value]
@@ -257,6 +299,8 @@ class DeviceStatus(ContractModel):
     battery: Annotated[int, Field(ge=0, le=100)] | None = None
     clock_offset_s: float | None = None
     error: str | None = None
+    quarantined: Annotated[int, Field(ge=0)] = 0
+    """Records of this device the gateway could not turn into readings (kept in its device quarantine)."""
 
 
 class GatewayStatus(ContractModel):
@@ -269,8 +313,24 @@ class GatewayStatus(ContractModel):
     outbox_depth: int = 0
     outbox_oldest_age_s: float | None = None
     outbox_full: bool = False
+    """New readings cannot be saved (or, with ``when_full = drop_oldest``, old ones are being dropped)."""
     quarantined: int = 0
     uplink_error: str | None = None
+    storage_state: Literal["ok", "low", "full", "unwritable"] = "ok"
+    storage_message: str | None = None
+    """The storage state in plain words ("Storage full: 8 245 readings waiting to upload; new readings
+    cannot be saved"), or what happened to a damaged outbox; None when there is nothing to say."""
+    storage_bytes: int | None = None
+    """Bytes the outbox files take on the gateway's disk."""
+    storage_budget_bytes: int | None = None
+    storage_free_bytes: int | None = None
+    readings_lost: int = 0
+    """Readings the gateway could not keep and no device will give again (live readings not saved,
+    ``drop_oldest`` drops, ``max_age_days`` expiries), each counted once."""
+    readings_waiting_on_devices: int = 0
+    """Readings refused for lack of room that stay in their device's memory until there is room."""
+    component_errors: dict[str, str] = Field(default_factory=dict)
+    """Gateway components (uplink, status, device managers) that failed, with the error in plain words."""
 
 
 class Alert(ContractModel):

@@ -28,6 +28,12 @@ import pytest
 log = logging.getLogger("tests.harness")
 FORCE_EMBEDDED = os.environ.get("RPM_TEST_FORCE_EMBEDDED") == "1"
 
+# Ingest keeps its MQTT session for an hour by default, and a shared subscription goes on queuing a
+# share of every message into a member's session while it lives. A worker a test killed or failed on
+# purpose would then swallow later tests' readings (and those of the next run on the same broker) for
+# that hour: in tests, sessions outlive their worker by seconds, enough for the restart tests.
+os.environ.setdefault("RPM_INGEST_SESSION_EXPIRY_S", "20")
+
 
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)

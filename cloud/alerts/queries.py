@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 ALERT_COLUMNS = (
     "id, patient_id, rule_id, severity, status, message, metric, value, reading_id, measured_at, late, flags,"
     " trigger_count, normal_streak, reopen_count, opened_at, updated_at, acknowledged_at, acknowledged_by,"
-    " resolved_at, resolved_by"
+    " resolved_at, resolved_by, category"
 )
 
 

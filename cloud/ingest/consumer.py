@@ -10,6 +10,14 @@ deliveries are acknowledged only after commit, a slow or absent database stops t
 broker (which keeps the messages queued) instead of growing memory here. With MQTT 3.1.1 the queue's
 blocking ``put`` stops paho reading the socket instead. A database outage is retried with backoff,
 the same group of messages, until it commits: nothing is acknowledged before that, nothing is lost.
+
+One message never stops the worker: validation never raises (a bad message is a dead letter), and a
+message the database refuses is retried one reading at a time, so only the reading it refuses is
+rejected and dead-lettered. If the writer thread meets an error it cannot turn into a dead letter,
+it stops, the worker is marked failed (:attr:`IngestWorker.failure`, one log line) and stops
+reading from the broker; ``run_worker`` then exits non-zero so the supervisor restarts it, and
+everything unacknowledged is redelivered. :meth:`IngestWorker.healthy` and :meth:`IngestWorker.ready`
+are what the service's ``/healthz`` and ``/readyz`` report.
 """
 
 from __future__ import annotations
@@ -37,10 +45,25 @@ from psycopg_pool import PoolTimeout
 from cloud.db.pool import open_pool
 from cloud.hooks import IN_TRANSACTION_HOOKS
 from cloud.hooks import _load as load_hook
-from cloud.ingest.validation import DeadLetter, StatusUpdate, ValidatedBatch, validate_message, validate_status
+from cloud.ingest.validation import (
+    DeadLetter,
+    StatusUpdate,
+    ValidatedBatch,
+    printable,
+    validate_message,
+    validate_status,
+)
 from cloud.ingest.writer import BatchWriter, WriteResult, as_store_failure
 from cloud.settings import CloudSettings
-from gateway.contract import INGEST_SHARE_GROUP, INGEST_SUBSCRIPTION, READINGS_FILTER, TOPIC_PREFIX, acks_topic
+from gateway.contract import (
+    INGEST_SHARE_GROUP,
+    INGEST_SUBSCRIPTION,
+    READINGS_FILTER,
+    TOPIC_PREFIX,
+    Ack,
+    Rejection,
+    acks_topic,
+)
 from gateway.mqtt_flow import apply_receive_maximum
 
 log = logging.getLogger(__name__)
@@ -49,6 +72,9 @@ STATUS_FILTER = f"{TOPIC_PREFIX}/gw/+/status"
 RECEIVE_MAXIMUM_LIMIT = 65535
 ACKS_IN_FLIGHT = 1000  # unacknowledged ack publishes, before the broker's Receive Maximum caps it
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+SCHEMA_FAULT_CLASSES = ("42", "3F")
+"""SQLSTATE classes that say the schema or privileges are wrong (syntax error or access rule
+violation, invalid schema name), never the data: such a failure stops the worker, rejects nothing."""
 
 
 class IngestError(RuntimeError):
@@ -82,6 +108,8 @@ class IngestStats:
     database_errors: int = 0
     isolated_failures: int = 0
     statuses: int = 0
+    security_events: int = 0
+    """Readings refused for a device bound to another gateway or an id stored with other content."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +175,11 @@ class _AckingClient(mqtt.Client):
             rc = super().loop_read(max_packets)
         return rc
 
+    def network_thread_alive(self) -> bool:
+        """paho's loop thread (``loop_start``) is running: an exception in a callback would end it."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _sock_close(self) -> None:
         # Bytes of the old connection must never be parsed as the next one's.
         self._received, self._received_at = b"", 0
@@ -184,6 +217,10 @@ class _AckingClient(mqtt.Client):
 
 class _Refused(Exception):
     """The database (or a hook) refused the group for a reason retrying will not cure."""
+
+
+class WorkerFailed(IngestError):
+    """The writer met an error it cannot turn into a dead letter: the worker must be restarted."""
 
 
 def broker_speaks_v5(address: BrokerAddress, settings: CloudSettings, timeout_s: float = 5.0) -> bool | None:
@@ -237,7 +274,7 @@ class IngestWorker:
         *,
         client_id: str | None = None,
         protocol: str = "auto",
-        session_expiry_s: int = 0,
+        session_expiry_s: int | None = None,
         pool_size: int = 2,
     ) -> None:
         if protocol not in ("auto", "5", "3.1.1"):
@@ -247,13 +284,19 @@ class IngestWorker:
         self.client_id = client_id or f"ingest-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.requested_protocol = protocol
         self.protocol: str | None = None
-        self.session_expiry_s = session_expiry_s
+        self.session_expiry_s = settings.ingest_session_expiry_s if session_expiry_s is None else session_expiry_s
+        """MQTT v5 session expiry: the broker keeps queuing for this client id this long after it
+        vanishes (a clean :meth:`stop` ends the session instead)."""
         self.stats = IngestStats()
         self.subscribed = threading.Event()
+        self.failure: str | None = None
+        """Why the writer stopped, once it has (the worker is then of no use: restart it)."""
         self._pool_size = pool_size
         self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=settings.ingest_queue_max)
         self._writer = BatchWriter(settings.late_after_s)
         self._stopping = threading.Event()
+        self._left_unacked = False
+        """A delivery was left unacknowledged at stop: the session must outlive this worker."""
         self._generation = 0
         self._client: mqtt.Client | None = None
         self._thread: threading.Thread | None = None
@@ -275,6 +318,16 @@ class IngestWorker:
         self._client.loop_start()
         return self
 
+    def healthy(self) -> bool:
+        """Liveness: the writer thread and paho's network thread are running and nothing failed."""
+        client = self._client
+        return (self.failure is None and self._thread is not None and self._thread.is_alive()
+                and isinstance(client, _AckingClient) and client.network_thread_alive())
+
+    def ready(self) -> bool:
+        """Readiness: healthy and subscribed (messages published now reach this worker's group)."""
+        return self.subscribed.is_set() and self.healthy()
+
     def wait_ready(self, timeout_s: float = 15.0) -> None:
         """Block until the subscription is in place (messages published after this reach the group)."""
         if not self.subscribed.wait(timeout_s):
@@ -293,8 +346,13 @@ class IngestWorker:
             self._thread.join(BACKOFF_MAX_S + 5)
         if client is not None:
             properties = None
-            if self.protocol == "5" and self.session_expiry_s:
-                # A clean stop ends the session; a crash leaves it for the broker to keep queuing into.
+            left_behind = self.failure is not None or self._left_unacked or not self._queue.empty()
+            if left_behind:
+                log.warning("%s: stopping with messages not stored: the session stays with the broker, which"
+                            " delivers them again when this client id comes back", self.client_id)
+            if self.protocol == "5" and self.session_expiry_s and not left_behind:
+                # A clean stop ends the session; a crash, a failure or a stop while messages wait
+                # unacknowledged (the database away) leaves it for the broker to keep and redeliver.
                 properties = Properties(PacketTypes.DISCONNECT)
                 properties.SessionExpiryInterval = 0
             client.disconnect(properties=properties)
@@ -381,6 +439,8 @@ class IngestWorker:
             log.warning("%s: disconnected from the broker (%s); reconnecting", self.client_id, reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.failure is not None:
+            return  # not acked: redelivered to whoever takes this session or share next
         delivery = _Delivery(self._generation, message.mid, message.qos, message.topic, message.payload)
         try:
             self._queue.put_nowait(delivery)  # the usual case: no timed wait to set up
@@ -392,20 +452,38 @@ class IngestWorker:
                 self._queue.put(delivery, timeout=0.5)
                 return
             except queue.Full:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or self.failure is not None:
+                    self._left_unacked = True
                     return  # not acked: the broker redelivers it
 
     # ------------------------------------------------------------------------------ writer side
 
     def _run_writer(self) -> None:
-        while not self._stopping.is_set():
-            group = self._gather()
-            if group.deliveries:
-                try:
-                    self._process(group)
-                finally:
-                    for _ in group.deliveries:
-                        self._queue.task_done()
+        try:
+            while not self._stopping.is_set():
+                group = self._gather()
+                if group.deliveries:
+                    try:
+                        self._process(group)
+                    finally:
+                        for _ in group.deliveries:
+                            self._queue.task_done()
+        except BaseException as err:
+            self._fail(f"writer stopped: {type(err).__name__}: {_first_line(err)}")
+            log.debug("%s: writer traceback", self.client_id, exc_info=True)
+
+    def _fail(self, reason: str) -> None:
+        # Nothing of the current group was acknowledged: stop reading so the broker keeps (and, on
+        # restart, redelivers) everything this worker has not committed.
+        self.failure = reason
+        log.error("%s: FAILED, needs a restart: %s", self.client_id, reason)
+        self.subscribed.clear()
+        client = self._client
+        if client is not None:
+            try:
+                client.unsubscribe(self._filters())
+            except Exception:  # already failing: the exit code says the rest
+                log.debug("%s: unsubscribe after failure failed", self.client_id, exc_info=True)
 
     def _gather(self) -> _Group:
         group = _Group()
@@ -458,20 +536,68 @@ class IngestWorker:
                 return
             result = self._write_refused(group, str(refused))
         if result is None:
+            self._left_unacked = True
             return  # stopping while the database is away: nothing acked, the broker keeps the messages
         self._after_commit(group, result)
 
     def _write_refused(self, group: _Group, reason: str) -> WriteResult | None:
         delivery, batch = group.deliveries[0], group.batches[0]
+        if len(batch.readings) > 1:
+            return self._write_one_by_one(group)
         log.error("%s: message on %s not stored: %s", self.client_id, delivery.topic, reason)
         failed = _Group([delivery], [as_store_failure(batch, f"not stored: {reason}", delivery.payload)], [None])
         try:
             return self._write_with_retry(failed)
-        except _Refused:
-            # Not even its dead letter could be written: leave it unacknowledged (it stays with the
-            # broker, which redelivers it on the next connection) rather than lose it.
-            log.exception("%s: dead letter for %s refused too", self.client_id, delivery.topic)
+        except _Refused as err:
+            # Not even its dead letter could be written (a broken schema, a failing database): leave
+            # the message unacknowledged and fail loudly; the broker redelivers it after the restart.
+            raise WorkerFailed(f"the dead letter for a message on {delivery.topic} was refused too: {err}") from err
+
+    def _write_one_by_one(self, group: _Group) -> WriteResult | None:
+        """The database refused a message: write its readings one per transaction so only the ones it
+        refuses are rejected and dead-lettered, then answer the message with one ack."""
+        delivery, batch = group.deliveries[0], group.batches[0]
+        log.warning("%s: message on %s refused; writing its %d readings one by one", self.client_id, delivery.topic,
+                    len(batch.readings))
+        combined = WriteResult()
+        accepted: list[str] = []
+        rejected = list(batch.rejected)
+        dead_letters = list(batch.dead_letters)
+        for reading in batch.readings:
+            single = ValidatedBatch(batch.topic, batch.ack_gateway, batch.batch_id, [reading])
+            try:
+                result = self._write_with_retry(_Group([delivery], [single], [None], 1))
+            except _Refused as refused:
+                reason = printable(f"not stored: {refused}")
+                log.error("%s: reading %s on %s not stored: %s", self.client_id, reading.id, delivery.topic, refused)
+                rejected.append(Rejection(id=reading.id, reason=reason))
+                dead_letters.append(DeadLetter(batch.topic, reason, reading.model_dump_json().encode(),
+                                               batch.ack_gateway, batch.batch_id, reading.id))
+                continue
+            if result is None:
+                return None  # stopping: nothing acked, the broker redelivers the message
+            combined.stored += result.stored
+            combined.duplicates += result.duplicates
+            combined.dead_letters += result.dead_letters
+            combined.security_events += result.security_events
+            combined.notifications += result.notifications
+            for _, ack in result.acks:
+                accepted += ack.accepted
+                rejected += ack.rejected
+        # The message's own dead letters (and the refused readings') last, in one transaction; no ack
+        # from it: the one ack below answers the whole message.
+        letters = ValidatedBatch(batch.topic, None, None, dead_letters=dead_letters)
+        try:
+            tail = self._write_with_retry(_Group([delivery], [letters], [None]))
+        except _Refused as err:
+            raise WorkerFailed(f"the dead letters for a message on {delivery.topic} were refused: {err}") from err
+        if tail is None:
             return None
+        combined.dead_letters += tail.dead_letters
+        if batch.ack_gateway and batch.batch_id:
+            combined.acks.append((batch.ack_gateway, Ack(batch_id=batch.batch_id, accepted=accepted,
+                                                         rejected=rejected)))
+        return combined
 
     def _write_with_retry(self, group: _Group) -> WriteResult | None:
         backoff = BACKOFF_MIN_S
@@ -489,6 +615,12 @@ class IngestWorker:
                     return None
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
             except Exception as err:  # bad data the database refuses, or a hook failing on it
+                if isinstance(err, psycopg.Error) and (err.sqlstate or "")[:2] in SCHEMA_FAULT_CLASSES:
+                    # An undefined column or table, a missing privilege: the deployment is broken (e.g.
+                    # a migration not applied), not the message. Rejecting would make every gateway
+                    # quarantine good readings for good; failing leaves them with the broker instead.
+                    raise WorkerFailed(f"the database schema refuses ingest's statements: {type(err).__name__}:"
+                                       f" {_first_line(err)}") from err
                 raise _Refused(f"{type(err).__name__}: {_first_line(err)}") from err
 
     def _after_commit(self, group: _Group, result: WriteResult) -> None:
@@ -498,6 +630,7 @@ class IngestWorker:
         stats.readings_stored += result.stored
         stats.duplicates += result.duplicates
         stats.dead_letters += result.dead_letters
+        stats.security_events += result.security_events
         stats.statuses += sum(1 for s in group.statuses if s is not None)
         client = self._client
         assert client is not None

@@ -6,7 +6,7 @@ CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage_readings (
     id text, device_uid text, user_index smallint, gateway_id text, batch_id text, kind text,
     measured_at timestamptz, received_at timestamptz, device_time timestamp, clock_judgement text,
-    clock_offset_s double precision, sequence bigint, flags text[], late boolean, raw text
+    clock_offset_s double precision, sequence bigint, flags text[], late boolean, raw text, content_sha text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
     reading_id text, kind text, metric text, measured_at timestamptz, value double precision,
@@ -17,10 +17,10 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
 
 COPY_READINGS = (
     "COPY ingest_stage_readings (id, device_uid, user_index, gateway_id, batch_id, kind, measured_at, received_at,"
-    " device_time, clock_judgement, clock_offset_s, sequence, flags, late, raw) FROM STDIN (FORMAT BINARY)"
+    " device_time, clock_judgement, clock_offset_s, sequence, flags, late, raw, content_sha) FROM STDIN (FORMAT BINARY)"
 )
 READING_TYPES = ["text", "text", "int2", "text", "text", "text", "timestamptz", "timestamptz", "timestamp", "text",
-                 "float8", "int8", "text[]", "bool", "text"]
+                 "float8", "int8", "text[]", "bool", "text", "text"]
 
 COPY_OBSERVATIONS = (
     "COPY ingest_stage_observations (reading_id, kind, metric, measured_at, value, value_list, unit, original_value,"
@@ -36,10 +36,10 @@ INSERT_NEW = """
 WITH new AS (
     INSERT INTO readings (id, patient_id, device_uid, user_index, gateway_id, batch_id, kind, measured_at,
                           received_at, stored_at, device_time, clock_judgement, clock_offset_s, sequence, flags,
-                          late, raw)
+                          late, raw, content_sha)
     SELECT s.id, a.patient_id, s.device_uid, s.user_index, s.gateway_id, s.batch_id, s.kind, s.measured_at,
            s.received_at, clock_timestamp(), s.device_time, s.clock_judgement, s.clock_offset_s, s.sequence,
-           s.flags, s.late, s.raw
+           s.flags, s.late, s.raw, s.content_sha
     FROM ingest_stage_readings s
     LEFT JOIN LATERAL (
         SELECT da.patient_id
@@ -63,6 +63,36 @@ WITH new AS (
     JOIN new ON new.id = o.reading_id
 )
 SELECT id, patient_id FROM new
+"""
+
+# Ids the insert skipped (already stored): their stored content, to tell a replay from an id conflict.
+SELECT_STORED_CONTENT = """
+SELECT id, content_sha, gateway_id, batch_id, device_uid FROM readings WHERE id = ANY(%s)
+"""
+
+# The binding of each device of a group: a plain read (no row lock) on the hot path.
+SELECT_BINDINGS = "SELECT uid, bound_gateway_id FROM devices WHERE uid = ANY(%s)"
+
+# First contact: bind devices with no binding yet (no row, or a row an assignment created) to the
+# gateway that sent them, in uid order like UPSERT_DEVICES. A device another worker bound meanwhile
+# is not returned (its row lock made us wait for that commit; the WHERE then fails): read it again.
+BIND_DEVICES = """
+INSERT INTO devices AS d (uid, transport, profile, model, serial, manufacturer, gateway_id, last_seen,
+                          bound_gateway_id, bound_at, bound_by)
+SELECT u.uid, u.transport, u.profile, u.model, u.serial, u.manufacturer, u.gateway_id, u.at, u.gateway_id, u.at,
+       'first contact'
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+     AS u (uid, transport, profile, model, serial, manufacturer, gateway_id, at)
+ORDER BY u.uid
+ON CONFLICT (uid) DO UPDATE SET
+    bound_gateway_id = excluded.bound_gateway_id, bound_at = excluded.bound_at, bound_by = excluded.bound_by
+WHERE d.bound_gateway_id IS NULL
+RETURNING uid, bound_gateway_id
+"""
+
+INSERT_SECURITY_EVENTS = """
+INSERT INTO security_events (at, kind, gateway_id, device_uid, reading_id, detail)
+VALUES (%s, %s, %s, %s, %s, %s)
 """
 
 INSERT_DEAD_LETTERS = """

@@ -104,21 +104,37 @@ def test_one_bad_reading_is_rejected_while_its_batch_neighbours_are_stored(inges
     assert count(url, "SELECT count(*) FROM dead_letters WHERE reading_id = %s", bad.id) == 1
 
 
-def test_a_reading_the_database_refuses_is_dead_lettered_without_stopping_the_worker(
+def test_a_reading_the_database_refuses_is_rejected_alone_without_stopping_the_worker(
         ingest_settings, start_worker, gateway) -> None:
+    # The contract now refuses what PostgreSQL cannot store (NUL, lone surrogates): a database rule
+    # the contract does not know stands in for the next such class (a real trigger, a real refusal).
+    with psycopg.connect(ingest_settings.database_url, autocommit=True) as conn:
+        conn.execute("""
+            CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.device_uid = 'ble:refused:05' THEN RAISE EXCEPTION 'refused by the test rule'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_marked BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION refuse_marked();
+        """)
     worker = start_worker(ingest_settings)
-    # Valid for the contract, impossible for PostgreSQL text: a NUL character.
-    poisoned = bp_reading("ble:aa\x0005")
-    first = gateway.batch([poisoned])
+    neighbours = [bp_reading("ble:aa:05") for _ in range(4)]
+    poisoned = bp_reading("ble:refused:05")
+    first = gateway.batch([*neighbours[:2], poisoned, *neighbours[2:]])
     second = gateway.batch([bp_reading("ble:aa:05")])
     gateway.publish(first)
     gateway.publish(second)
-    [refused] = wait_until(lambda: gateway.acks_for(first.batch_id), what="the refused batch's ack")
+    [answer] = wait_until(lambda: gateway.acks_for(first.batch_id), what="the refused batch's ack")
     wait_until(lambda: gateway.acks_for(second.batch_id), what="the next batch's ack")
-    assert refused.accepted == [] and "not stored" in refused.rejected[0].reason
-    assert count(ingest_settings.database_url, "SELECT count(*) FROM readings WHERE batch_id = %s",
-                 second.batch_id) == 1
-    assert worker.stats.isolated_failures >= 1
+    assert sorted(answer.accepted) == sorted(r.id for r in neighbours)
+    [rejection] = answer.rejected
+    assert rejection.id == poisoned.id and "not stored" in rejection.reason
+    assert "refused by the test rule" in rejection.reason
+    url = ingest_settings.database_url
+    assert count(url, "SELECT count(*) FROM readings WHERE batch_id = %s", first.batch_id) == 4
+    assert count(url, "SELECT count(*) FROM readings WHERE batch_id = %s", second.batch_id) == 1
+    assert count(url, "SELECT count(*) FROM dead_letters WHERE reading_id = %s", poisoned.id) == 1
+    assert worker.stats.isolated_failures >= 1 and worker.healthy()
 
 
 def test_gateway_status_is_recorded(ingest_settings, start_worker, gateway, mqtt_broker) -> None:

@@ -77,11 +77,12 @@ def test_burst_of_20000_qos1_messages_is_stored_without_loss(ingest_settings, de
     gateways = [Gateway(broker.host, broker.port, g, password=broker.passwords[g]) for g in gateway_ids]
     try:
         per_gateway = 5000
-        # One reading per message, each its own id (model_copy skips re-validating 20 000 readings).
-        template = bp_reading("ble:burst:0")
+        # One reading per message, each its own id (model_copy skips re-validating 20 000 readings);
+        # each gateway its own cuff (a device speaks through the one gateway it is bound to).
         payloads = {gw.gateway_id: [
             gw.batch([template.model_copy(update={"id": f"{n:04x}{i:028x}"})]).model_dump_json()
-            for i in range(per_gateway)] for n, gw in enumerate(gateways)}
+            for template in [bp_reading(f"ble:burst:{n}")] for i in range(per_gateway)]
+            for n, gw in enumerate(gateways)}
 
         def burst(gw: Gateway) -> None:
             infos = [gw.client.publish(f"rpm/v1/gw/{gw.gateway_id}/readings", p, qos=1)

@@ -75,3 +75,41 @@ def test_gateway_status_is_checked_against_its_topic() -> None:
     status = GatewayStatus(gateway_id="gw-1", online=True, at=datetime.now(UTC)).model_dump_json().encode()
     assert validate_status("rpm/v1/gw/gw-1/status", status).gateway_id == "gw-1"  # type: ignore[union-attr]
     assert "does not match" in validate_status("rpm/v1/gw/gw-9/status", status).reason  # type: ignore[union-attr]
+
+
+def test_a_status_whose_time_overflows_in_utc_is_a_dead_letter_not_an_exception() -> None:
+    payload = b'{"v": 1, "gateway_id": "gw-1", "online": true, "at": "0001-01-01T00:30:00+05:00"}'
+    dead = validate_status("rpm/v1/gw/gw-1/status", payload)
+    assert dead.reason.startswith("invalid gateway status: at:") and "UTC" in dead.reason  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("serial", "SN\u00001", "U+0000"), ("manufacturer", "A&D\u001b[2J", "U+001B"), ("model", "x" * 65, "at most 64"),
+    ("uid", "ble:\ud800", "valid string"),  # pydantic refuses a lone surrogate itself
+])
+def test_hostile_device_strings_reject_their_reading_alone(field: str, value: str, reason: str) -> None:
+    document = json.loads(batch_json())
+    document["readings"][1]["device"][field] = value
+    result = validate_message(TOPIC, json.dumps(document).encode())
+    assert [r.id for r in result.readings] == [document["readings"][0]["id"]]
+    [rejection] = result.rejected
+    assert f"device.{field}" in rejection.reason and reason in rejection.reason
+    assert "\x00" not in rejection.reason and "\x1b" not in rejection.reason
+
+
+def test_a_hostile_batch_id_is_never_echoed_into_an_ack_or_a_dead_letter() -> None:
+    result = validate_message(TOPIC, batch_json(batch_id="b\u00001", sent_at="9999-12-31T23:30:00-05:00"))
+    assert result.batch_id is None and not result.readings
+    [dead] = result.dead_letters
+    assert dead.batch_id is None and "sent_at" in dead.reason and "\x00" not in dead.reason
+
+
+def test_device_times_a_gateway_keeps_as_evidence_still_pass() -> None:
+    # A cuff with an unset clock (year 2000), a BLE Date Time of year 1582: the gateway used its own
+    # time for measured_at (clock_unset) and keeps the device's beside it.
+    for device_time in ("2000-01-01T00:03:00", "1582-10-15T00:00:00", "0001-01-01T00:00:00", "9999-12-31T23:59:59"):
+        document = json.loads(batch_json())
+        document["readings"][0]["device_time"] = device_time
+        document["readings"][0]["flags"] = ["clock_unset"]
+        result = validate_message(TOPIC, json.dumps(document).encode())
+        assert len(result.readings) == 2 and not result.rejected, device_time
