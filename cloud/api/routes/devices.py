@@ -24,10 +24,16 @@ from cloud.api.deps import (
 )
 from cloud.api.problems import ApiProblem, forbidden, not_found
 from cloud.db import assign as assignments
+from cloud.db import binding
 
 router = APIRouter(tags=["devices"])
 DeviceUid = Annotated[str, Path(min_length=1, max_length=300)]
 UserIndex = Annotated[int | None, Query(ge=0, le=255, description="user of a multi-user device; none: all")]
+
+
+class Binding(BaseModel):
+    gateway_id: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=500, description="why the device moved (kept in the audit log)")
 
 
 class Assignment(BaseModel):
@@ -88,3 +94,18 @@ def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device
     except assignments.AssignmentError as exc:
         raise not_found("assignment") from exc
     return {"device_uid": device_uid, "user_index": user_index, "closed_assignments": closed}
+
+
+@router.put("/v1/devices/{device_uid}/gateway",
+            summary="Re-enrol the device on another gateway (administrators; audited). Readings of the device "
+                    "from any other gateway are refused from then on")
+def rebind(principal: AdminPrincipal, conn: DbConn, device_uid: DeviceUid,
+           body: Binding) -> dict[str, Any]:
+    try:
+        # The binding writes its own audit row (device, both gateways, reason) beside the request's.
+        result = binding.rebind_device(conn, device_uid, body.gateway_id, principal.subject, body.reason)
+    except binding.BindingError as exc:
+        raise ApiProblem(422, str(exc), slug="invalid-binding") from exc
+    return {"device_uid": result.device_uid, "gateway_id": result.gateway_id,
+            "previous_gateway_id": result.previous_gateway_id, "changed": result.changed,
+            "gateway_known": result.gateway_known}

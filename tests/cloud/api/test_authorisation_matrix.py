@@ -178,6 +178,9 @@ ROLE_ENDPOINTS = [
     Endpoint("POST", "/v1/care-teams/{team_id}/members", "role", None,
              lambda c: (f"/v1/care-teams/{c.world.team}/members", None, {"subject": "dr-new"}), success=201,
              roles=("admin",)),
+    Endpoint("PUT", "/v1/devices/{device_uid}/gateway", "role", None,
+             lambda c: (f"/v1/devices/ble:{uuid.uuid4().hex[:12]}/gateway", None,
+                        {"gateway_id": "gw-replacement", "reason": "gateway replaced"}), roles=("admin",)),
     Endpoint("GET", "/v1/audit", "role", None, lambda c: ("/v1/audit", None, None), roles=("admin",)),
 ]
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
