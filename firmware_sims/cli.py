@@ -14,7 +14,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "ble": ("firmware_sims.ble.cli", "simulated BLE health peripherals (a scenario for the sim backend)"),
     "serial": ("firmware_sims.serial.cli", "a simulated USB serial device on a pseudo-terminal"),
-    "load": ("firmware_sims.load", "publish readings from G simulated gateways and report loss and latency"),
+    "load": ("firmware_sims.load", "G simulated gateways (reconnecting, re-sending what the cloud did not ack) "
+                                   "publish readings; a report of loss, duplicates and latency"),
 }
 
 

@@ -82,3 +82,38 @@ def test_env_variables_in_deploy_files_are_settings_the_cloud_reads() -> None:
     used = {word.strip(":") for word in shlex.split(compose.replace("{", " ").replace("}", " "))
             if word.startswith("RPM_") and word.endswith(":")}
     assert used and used <= known, used - known
+
+
+def test_compose_gives_gateways_the_forced_id_listener_and_services_their_own() -> None:
+    from urllib.parse import urlsplit
+
+    from tests.deploy.deploy_broker import EXTERNAL_PORT, INTERNAL_PORT, parse_listeners
+
+    general, listeners = parse_listeners((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
+    assert general.get("per_listener_settings") == "true", "each listener needs its own password file"
+    by_port = {listener.port: listener.options for listener in listeners}
+    external, internal = by_port[EXTERNAL_PORT], by_port[INTERNAL_PORT]
+    assert external.get("use_username_as_clientid") == "true"
+    assert internal.get("use_username_as_clientid", "false") == "false"
+    for options in by_port.values():
+        assert options.get("allow_anonymous") == "false" and options.get("acl_file")
+    assert external["password_file"] != internal["password_file"], "gateway credentials must not open 8884"
+    assert all(o["password_file"] != external["password_file"] for p, o in by_port.items() if p != EXTERNAL_PORT)
+
+    compose = load_all(DEPLOY / "docker-compose.yml")[0]
+    services = compose["services"]
+    mosquitto = services["mosquitto"]
+    mounted = {volume.split(":")[1] for volume in mosquitto["volumes"]}
+    for options in by_port.values():
+        assert {options["password_file"], options["acl_file"]} <= mounted
+    assert [port.split(":")[-1] for port in mosquitto["ports"]] == [str(EXTERNAL_PORT)], "only 8883 is public"
+    ingest_ids = []
+    for name, service in services.items():
+        url = service.get("environment", {}).get("RPM_MQTT_URL")
+        if url:
+            assert urlsplit(url).port == INTERNAL_PORT, f"{name} must use the services listener"
+        command = service.get("command") or []
+        if command[:2] == ["rpm-cloud", "ingest"]:
+            assert "RPM_MQTT_USERNAME" in service["environment"]
+            ingest_ids.append(command[command.index("--client-id") + 1])
+    assert len(ingest_ids) >= 2 and len(set(ingest_ids)) == len(ingest_ids), "ingest client ids must be unique"
