@@ -41,8 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_decode(args.profile, " ".join(args.hex), args.model)
     try:
         config = load_config(args.config)
+        if args.command == "run":
+            from gateway.runtime import check_startup
+
+            check_startup(config)
     except ConfigError as err:
-        print(f"error: config: {err}", file=sys.stderr)
+        # One line whatever the message holds (a TOML error can quote the file's own text).
+        print(f"error: config: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if args.command == "scan":
         from gateway.scan import run_scan

@@ -1,15 +1,24 @@
 """Gateway configuration: one TOML file, validated, with defaults that work.
 
-A validation error names the key (``mqtt.batch_max: Input should be greater than 0``).
+Fail fast, in one line that names the key: a validation error says which key and why
+(``mqtt.batch_max: Input should be greater than 0``), an unknown key suggests the one meant
+(``mqtt.bach_max: unknown key (did you mean 'batch_max'?)``). :func:`load_config` checks what the file
+alone can tell; :func:`gateway.runtime.check_startup` (``rpm-gateway run``) checks what only this machine
+can: TLS files that exist and load, a writable data directory, backend and driver modules that import.
+A config that passes both never starts a component that then fails the same way every second.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import socket
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -48,15 +57,36 @@ class MqttConfig(BaseModel):
 class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_readings: int = Field(1_000_000, gt=0)
-    when_full: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
+    when_full: Literal["drop_oldest", "refuse_new"] = "refuse_new"
+    """``refuse_new``: a full outbox drops nothing (devices with memory keep the record, live readings
+    are counted lost); ``drop_oldest`` (opt-in) deletes the oldest reading to keep the new one."""
+    max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    """Byte budget for the readings waiting in the outbox."""
+    max_age_days: float | None = Field(None, gt=0)
+    """Readings waiting longer than this are removed (and counted); None: kept until acked."""
+    reserve_bytes: int = Field(4 * 1024 * 1024, ge=0)
+    """Disk space held back (a reserve file) so acks and checkpoints still work on a full disk."""
+    unwritable_grace_s: float = Field(30.0, ge=0)
+    """A data directory that stays unwritable this long while running makes the gateway exit 2."""
     remember_delivered_days: float = Field(90.0, ge=0)
     """How long ids the cloud confirmed are remembered, so a device re-sending its memory costs no traffic."""
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class LogConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     level: str = "INFO"
     json_format: bool = Field(False, alias="json")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"unknown log level {value!r}{_did_you_mean(value.upper(), LOG_LEVELS)}; "
+                             f"one of {', '.join(LOG_LEVELS)}")
+        return value
 
 
 class GatewayConfig(BaseModel):
@@ -87,19 +117,110 @@ class GatewayConfig(BaseModel):
         return ZoneInfo(self.timezone) if self.timezone else None
 
 
+def _did_you_mean(word: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _key(loc: typing.Sequence[int | str]) -> str:
+    """``("usb", "devices", 0, "profile")`` → ``usb.devices[0].profile``."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "(top level)"
+
+
+def _model_at(loc: typing.Sequence[int | str]) -> type[BaseModel] | None:
+    """The configuration model that holds the key at ``loc`` (for suggesting a known key)."""
+    model: type[BaseModel] = GatewayConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return None
+        found = _model_in(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _belongs_in(name: str) -> str:
+    """Where a key that is real, but not here, belongs (``data_dir`` written under ``[mqtt]``)."""
+    if name in GatewayConfig.model_fields:
+        return f" ({name} is a top-level key)"
+    for section, field in GatewayConfig.model_fields.items():
+        model = _model_in(field.annotation)
+        if model is not None and any(name in (n, f.alias) for n, f in model.model_fields.items()):
+            return f" ({name} belongs in [{section}])"
+    return ""
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        parts.append(f"{key}: {item['msg']}")
+        loc = item["loc"]
+        key = _key(loc)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden" and loc:
+            parent = _model_at(loc[:-1])
+            known = [f.alias or name for name, f in parent.model_fields.items()] if parent else []
+            message = f"unknown key{_did_you_mean(str(loc[-1]), known) or _belongs_in(str(loc[-1]))}"
+        parts.append(f"{key}: {message}")
     return "; ".join(parts)
+
+
+def _check_devices(config: GatewayConfig) -> list[str]:
+    """Device tables the file names: every profile has a driver, every USB entry can match a port."""
+    from gateway.usb_devices import DRIVERS, SUPPORTED_DEVICES
+
+    problems = []
+    usb_profiles = sorted({*DRIVERS, *(d.profile for d in SUPPORTED_DEVICES)})
+    for index, entry in enumerate(config.usb.devices):
+        key = f"usb.devices[{index}]"
+        if entry.driver is None and entry.profile not in usb_profiles:
+            problems.append(f"{key}.profile: unknown profile {entry.profile!r}"
+                            f"{_did_you_mean(entry.profile, usb_profiles)}; known: {', '.join(usb_profiles)}")
+        if entry.port is None and entry.vid is None and entry.description is None:
+            problems.append(f"{key}: matches no port (give vid, description or port)")
+    if any(device.profile for device in config.ble.enrolled):
+        ble_profiles = _ble_profiles()
+        for index, device in enumerate(config.ble.enrolled):
+            if device.profile is not None and device.profile not in ble_profiles:
+                problems.append(f"ble.enrolled[{index}].profile: unknown profile {device.profile!r}"
+                                f"{_did_you_mean(device.profile, ble_profiles)}; known: {', '.join(ble_profiles)}")
+    return problems
+
+
+def _ble_profiles() -> list[str]:
+    from gateway.drivers import blood_pressure, glucose_meter, heart_rate, weight_scale
+
+    return sorted(module.PROFILE for module in (blood_pressure, glucose_meter, heart_rate, weight_scale))
 
 
 def parse_config(data: dict) -> GatewayConfig:
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
+    problems = _check_devices(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -111,6 +232,14 @@ def load_config(path: str | Path | None) -> GatewayConfig:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable (permission denied)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     return parse_config(data)

@@ -1,5 +1,12 @@
 """Small durable per-device state that drivers keep between sessions (last sequence number read,
-last record index, learnt channel ids). SQLite in WAL mode, committed before the call returns."""
+last record index, learnt channel ids). SQLite in WAL mode, committed before the call returns.
+
+Some of it is a *resume position* in a device's memory (:data:`POSITION_KEYS`): where the next
+session starts reading. When the outbox loses readings it had (a damaged file moved aside), those
+positions are forgotten so memory devices are read from the start again; reading ids are
+deterministic and the cloud de-duplicates, so nothing is stored twice. Learnt pairings (an ANT+
+strap's channel id) are not positions and stay.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# The keys drivers keep their resume positions under (a test ties them to the drivers' constants):
+# the glucose meter's last RACP sequence number and the TaiDoc meter's record anchor.
+POSITION_KEYS = ("glucose_last_sequence", "taidoc.anchor")
+
 
 class DeviceStateStore:
     def __init__(self, path: str | Path) -> None:
@@ -16,6 +27,10 @@ class DeviceStateStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # A meter download writes its position once per record: without these the -wal grows to SQLite's
+        # default checkpoint of 1000 pages (4 MiB) and stays that size, room a small card does not have.
+        self._db.execute("PRAGMA wal_autocheckpoint=16")
+        self._db.execute("PRAGMA journal_size_limit=65536")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS device_state ("
             " uid TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
@@ -38,6 +53,15 @@ class DeviceStateStore:
     def delete(self, uid: str, key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM device_state WHERE uid=? AND key=?", (uid, key))
+
+    def forget_positions(self, keys: tuple[str, ...] = POSITION_KEYS) -> list[str]:
+        """Forget every device's resume position (durably); returns the uids whose position went."""
+        marks = ",".join("?" * len(keys))
+        with self._lock:
+            uids = [row[0] for row in self._db.execute(
+                f"SELECT DISTINCT uid FROM device_state WHERE key IN ({marks}) ORDER BY uid", keys)]
+            self._db.execute(f"DELETE FROM device_state WHERE key IN ({marks})", keys)
+        return uids
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import Clock, ClockJudgement, Device, Reading, Value, compute_reading_id
 from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.drivers.device_strings import clean_device_string
 from gateway.metrics import METRICS
 
 # A device clock within this of the gateway's is taken as right: small drift is not worth a correction
@@ -91,7 +92,8 @@ def to_reading(
     """Build the contract reading. ``discriminator`` identifies records that have neither a sequence
     number nor a device time; a heart-rate window's start (``details["window_start"]``) is the default,
     so two windows with the same median never share an id."""
-    discriminator = discriminator or measurement.details.get("window_start")
+    # A stored record with neither sequence nor time (a clockless oximeter) names itself in "record_key".
+    discriminator = discriminator or measurement.details.get("window_start") or measurement.details.get("record_key")
     values = canonical_values(measurement)
     window_end = measurement.details.get("window_end")
     if measurement.device_time is None and window_end:
@@ -100,6 +102,10 @@ def to_reading(
         clock_info, clock_unset = Clock(judgement=ClockJudgement.GATEWAY), False
     else:
         measured_at, clock_info, clock_unset = judge_time(measurement.device_time, clock, received_at, local_tz)
+        if "clock_unset" in measurement.flags and not clock_unset:
+            # The record itself says its clock was never set (PLXS flag bit 4): its time is no time.
+            measured_at, clock_info, clock_unset = received_at.astimezone(UTC), Clock(
+                judgement=ClockJudgement.GATEWAY, offset_s=clock_info.offset_s), True
     raw_values = {
         name: (list(q.value) if isinstance(q.value, tuple) else q.value, q.unit)
         for name, q in measurement.values.items()
@@ -122,9 +128,10 @@ def to_reading(
             uid=device.uid,
             transport=device.transport,
             profile=device.profile,
-            model=device.model,
-            serial=device.serial,
-            manufacturer=device.manufacturer,
+            # Drivers clean what they read; strings from elsewhere (USB descriptors) are cleaned here.
+            model=clean_device_string(device.model),
+            serial=clean_device_string(device.serial),
+            manufacturer=clean_device_string(device.manufacturer),
         ),
         user_index=measurement.user_index,
         kind=measurement.kind,

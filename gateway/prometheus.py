@@ -30,12 +30,27 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("rpm_gateway_outbox_depth", "Readings waiting for the cloud's ack", stats.depth)
         yield GaugeMetricFamily("rpm_gateway_outbox_oldest_age_seconds", "Age of the oldest unacked reading",
                                 stats.oldest_age_s or 0.0)
-        yield GaugeMetricFamily("rpm_gateway_outbox_full", "1 when the outbox is at max_readings", int(stats.full))
+        yield GaugeMetricFamily("rpm_gateway_outbox_full", "1 when new readings cannot be saved (a cap, the budget, "
+                                "the disk)", int(stats.full))
         yield GaugeMetricFamily("rpm_gateway_quarantined", "Readings the cloud rejected", stats.quarantined)
         yield CounterMetricFamily("rpm_gateway_outbox_dropped", "Readings dropped by when_full=drop_oldest",
                                   stats.dropped)
-        yield CounterMetricFamily("rpm_gateway_outbox_refused", "Readings refused by when_full=refuse_new",
-                                  stats.refused)
+        yield CounterMetricFamily("rpm_gateway_outbox_refused", "Readings of devices with memory refused for lack of "
+                                  "room (they stay on the device)", stats.refused)
+        yield CounterMetricFamily("rpm_gateway_readings_lost", "Readings no device will give again that could not "
+                                  "be kept (live readings not saved, drop_oldest drops, max_age_days expiries)",
+                                  stats.lost + stats.dropped + stats.expired)
+        yield GaugeMetricFamily("rpm_gateway_storage_bytes", "Bytes the outbox files take on disk", stats.bytes_used)
+        yield GaugeMetricFamily("rpm_gateway_storage_budget_bytes", "The outbox byte budget (max_bytes)",
+                                stats.budget_bytes)
+        if stats.free_bytes is not None:
+            yield GaugeMetricFamily("rpm_gateway_storage_free_bytes", "Free bytes on the data directory's disk",
+                                    stats.free_bytes)
+        state = GaugeMetricFamily("rpm_gateway_storage_state", "1 for the storage state the outbox is in",
+                                  labels=["state"])
+        for name in ("ok", "low", "full", "unwritable"):
+            state.add_metric([name], int(stats.state == name))
+        yield state
         yield GaugeMetricFamily("rpm_gateway_devices", "Devices seen since start", self._device_count())
         state = self._uplink_state()
         if state is not None:

@@ -1,16 +1,25 @@
 """``rpm-gateway run``: one supervisor for the uplink, the status publisher and the device managers.
 
 Each component is an asyncio task under :meth:`Gateway._supervise`: an exception in one is logged
-and the component restarted with backoff, while the others carry on (a BLE adapter that vanished
-does not stop the USB meters or the uplink). SIGTERM/SIGINT stop the device managers first (no new
-readings), give the uplink ``mqtt.drain_timeout_s`` to get in-flight readings acked, publish the
-offline status, and exit 0; whatever is still unacked stays in the outbox for the next start.
+(the traceback once, then one line per restart), shown in the status (``component_errors``) and the
+component restarted with backoff, while the others carry on (a BLE adapter that vanished does not
+stop the USB meters or the uplink). No task ends silently: a component that *returns* is restarted
+too. A gateway that cannot do its job exits 2 so systemd restarts it instead of idling: at start,
+a data directory or outbox that cannot be written (one line naming the path and the cause); while
+running, an outbox that stays unwritable for ``[outbox] unwritable_grace_s`` (a card gone read-only),
+or an uplink whose configuration cannot work. A damaged outbox found at start is moved aside and
+salvaged by the outbox; the runtime then forgets the devices' resume positions so memory devices are
+read from the start again, and says so in the log and the status.
+
+SIGTERM/SIGINT stop the device managers first (no new readings), give the uplink
+``mqtt.drain_timeout_s`` to get in-flight readings acked, publish the offline status, and exit 0;
+whatever is still unacked stays in the outbox for the next start.
 
 The same object is the in-process API the demo and tests use::
 
     gateway = Gateway(config)
     await gateway.start()
-    await gateway.sink(device, measurement, clock)   # what drivers call
+    await gateway.sink(device, record, clock)        # what drivers call (a reading, or quarantined)
     await gateway.submit(reading)                    # an already-built contract Reading
     gateway.status()
     await gateway.stop()
@@ -22,26 +31,41 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from gateway.ble_config import normalise_address
-from gateway.codecs.common import Measurement
-from gateway.config import GatewayConfig
+from gateway.ble_config import BackendLoadError, load_bleak_backends, normalise_address
+from gateway.config import ConfigError, GatewayConfig, MqttConfig
 from gateway.contract import GatewayStatus, Reading
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceInfo, gateway_now
+from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, gateway_now
+from gateway.intake import RecordIntake, RecordOutcome
+from gateway.log_repeats import install as install_repeat_filter
 from gateway.logging_setup import configure_logging
-from gateway.normalise import to_reading
 from gateway.outbox import Outbox, OutboxError
+from gateway.outbox_salvage import SalvageReport
 from gateway.status import StatusBoard
-from gateway.uplink import Uplink, UplinkError
+from gateway.storage import StorageError, check_data_dir, describe
+from gateway.uplink import Uplink, UplinkError, parse_broker_url
 
 log = logging.getLogger(__name__)
 
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
+# A component that ran this long before failing starts its backoff from the beginning again.
+HEALTHY_AFTER_S = 60.0
+# How often the outbox's upkeep runs (checkpoint, reserve, age limit) and its writability is judged.
+STORAGE_CHECK_S = 2.0
+# Errors no restart can cure: the gateway exits (2) so its supervisor (systemd) notices.
+FATAL_ERRORS: tuple[type[Exception], ...] = (UplinkError, StorageError)
+
+
+class GatewayFailed(Exception):
+    """The gateway cannot do its job (no writable outbox, no possible uplink): it must exit non-zero."""
 
 
 class Gateway:
@@ -55,29 +79,46 @@ class Gateway:
         self.board: StatusBoard | None = None
         self.device_state: DeviceStateStore | None = None
         self.component_errors: dict[str, str] = {}
+        self.failed = asyncio.Event()
+        """Set when the gateway cannot do its job; :attr:`failure` says why (``serve`` then exits 2)."""
+        self.failure: str | None = None
+        self.storage_notice: str | None = None
+        """What happened to the outbox at start (damage found and salvaged), for the status."""
+        self._stopping = False
+        self._error_generation: dict[str, int] = {}
         self._device_tasks: list[asyncio.Task[None]] = []
         self._core_tasks: list[asyncio.Task[None]] = []
         self._closers: list[Callable[[], Any]] = []
         self._metrics: Any = None
+        self._intake: RecordIntake | None = None
         self._tz = config.tzinfo()
 
     # ---------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(config.data_dir / "outbox.sqlite", max_readings=config.outbox.max_readings,
-                             when_full=config.outbox.when_full,
-                             remember_delivered_s=config.outbox.remember_delivered_days * 86400)
+        check_data_dir(config.data_dir)  # StorageError: one line naming the path and the cause
+        box = config.outbox
+        self.outbox = await asyncio.to_thread(
+            Outbox, config.data_dir / "outbox.sqlite", max_readings=box.max_readings, when_full=box.when_full,
+            remember_delivered_s=box.remember_delivered_days * 86400, max_bytes=box.max_bytes,
+            max_age_s=None if box.max_age_days is None else box.max_age_days * 86400, reserve_bytes=box.reserve_bytes)
+        if self.outbox.recovery is not None:
+            self._after_salvage(self.outbox.recovery)
+        self._intake = RecordIntake(self.outbox, local_tz=self._tz, now=gateway_now, submit=self.submit)
         self.board = StatusBoard(config.gateway_id, self.outbox, uplink_error=self._uplink_error,
-                                 publish=self._publish_status, interval_s=config.status_interval_s)
+                                 publish=self._publish_status, interval_s=config.status_interval_s,
+                                 component_errors=lambda: self.component_errors,
+                                 storage_notice=lambda: self.storage_notice)
         self.uplink = Uplink(config.mqtt, config.gateway_id, self.outbox, will_payload=self.board.offline_payload,
                              on_change=self.board.changed)
         stats = self.outbox.stats()
-        log.info("gateway %s starting: outbox %d reading(s) waiting, %d quarantined; broker %s",
-                 config.gateway_id, stats.depth, stats.quarantined, config.mqtt.url)
+        log.info("gateway %s starting: outbox %d reading(s) waiting, %d quarantined, %d device record(s) "
+                 "quarantined; broker %s", config.gateway_id, stats.depth, stats.quarantined,
+                 stats.device_quarantined, config.mqtt.url)
         self._core_tasks.append(self._spawn("uplink", self.uplink.run))
         self._core_tasks.append(self._spawn("status", self.board.run))
+        self._core_tasks.append(self._spawn("storage", self._watch_storage))
         if config.metrics_port:
             self._start_metrics(config.metrics_port)
         if self.start_devices:
@@ -85,6 +126,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop taking readings, drain what is in flight (bounded), say goodbye, close the stores."""
+        self._stopping = True
         await _cancel(self._device_tasks)
         self._device_tasks.clear()
         if self.uplink is not None and self.board is not None:
@@ -108,15 +150,21 @@ class Gateway:
 
     # ---------------------------------------------------------------------------- readings in
 
-    async def sink(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        """The :class:`~gateway.drivers.base.MeasurementSink` drivers call; returns once durable."""
-        reading = to_reading(device, measurement, clock, gateway_now(), local_tz=self._tz)
-        await self.submit(reading)
+    async def sink(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> RecordOutcome:
+        """The :class:`~gateway.drivers.base.MeasurementSink` drivers call; returns once durable.
+
+        A record that cannot become a reading is quarantined (:mod:`gateway.intake`) and this returns
+        normally, so the driver moves past it; the status counts it under the device."""
+        if self._intake is None:
+            raise OutboxError("the gateway is not started")
+        outcome, reading = await self._intake.take(device, measurement, clock)
         if self.board is not None:
-            fields: dict[str, Any] = {"profile": device.profile, "last_seen": reading.received_at}
-            if clock is not None and reading.clock.offset_s is not None:
+            fields: dict[str, Any] = {"profile": device.profile,
+                                      "last_seen": reading.received_at if reading else gateway_now()}
+            if reading is not None and clock is not None and reading.clock.offset_s is not None:
                 fields["clock_offset_s"] = reading.clock.offset_s
             self.board.device_update(device.uid, **fields)
+        return outcome
 
     async def submit(self, reading: Reading) -> bool:
         """Commit one reading to the outbox (True if new) and wake the uplink."""
@@ -148,22 +196,96 @@ class Gateway:
         return asyncio.create_task(self._supervise(name, factory), name=name)
 
     async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """Run a component; on an exception log it, remember it and restart with backoff."""
+        """Run a component until cancelled: on an exception (or an unexpected return) log it, show it
+        in the status and restart it with backoff; on an error no restart can cure, fail the gateway."""
         failures = 0
+        last_error: str | None = None
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await factory()
-                log.info("%s finished", name)
-                return
+                if self._stopping:
+                    return
+                err: Exception = RuntimeError("stopped by itself")
             except asyncio.CancelledError:
                 raise
-            except Exception as err:
-                failures += 1
-                self.component_errors[name] = f"{type(err).__name__}: {err}"
-                delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (failures - 1))
-                # The traceback once; a component that keeps failing the same way gets one line per retry.
-                log.error("%s failed (%s); restarting in %.0f s", name, err, delay, exc_info=failures == 1)
-                await asyncio.sleep(delay)
+            except FATAL_ERRORS as fatal:
+                self.component_errors[name] = describe(fatal)
+                self.fail(f"{name}: {describe(fatal)}")
+                return
+            except Exception as caught:
+                err = caught
+            if loop.time() - started >= HEALTHY_AFTER_S:
+                failures = 0
+            failures += 1
+            message = f"{type(err).__name__}: {describe(err)}"[:500]  # the status's strings are bounded
+            self.component_errors[name] = message
+            self._error_generation[name] = self._error_generation.get(name, 0) + 1  # void a pending clear
+            if self.board is not None:
+                self.board.changed()
+            delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (failures - 1))
+            # The traceback once per distinct error; the same error again is one line with its count.
+            log.error("%s failed (%s); restarting in %.0f s (failure %d)", name, message, delay, failures,
+                      exc_info=err if message != last_error else None)
+            last_error = message
+            await asyncio.sleep(delay)
+            # Shown until the component proves itself: cleared once it has run as long as it waited.
+            self._error_generation[name] = generation = self._error_generation.get(name, 0) + 1
+            loop.call_later(max(delay, 2.0), self._clear_error, name, generation)
+
+    def _clear_error(self, name: str, generation: int) -> None:
+        if self._error_generation.get(name) == generation and name in self.component_errors:
+            del self.component_errors[name]
+            if self.board is not None:
+                self.board.changed()
+
+    def fail(self, reason: str) -> None:
+        """The gateway cannot do its job: log one line and let ``serve`` exit 2 (systemd restarts it)."""
+        if self.failure is None:
+            self.failure = reason
+            log.error("gateway cannot go on: %s", reason)
+            self.failed.set()
+
+    async def _watch_storage(self) -> None:
+        """The outbox's upkeep, and the judge of an outbox that stopped being writable while running."""
+        assert self.outbox is not None
+        grace = self.config.outbox.unwritable_grace_s
+        was_state = None
+        while True:
+            await asyncio.to_thread(self.outbox.maintain)
+            unwritable = self.outbox.unwritable_for()
+            if unwritable is not None and unwritable >= grace:
+                stats = await asyncio.to_thread(self.outbox.stats)
+                self.fail(f"outbox in {self.config.data_dir} unwritable for {unwritable:.0f} s: {stats.message}")
+                return
+            state = self.outbox.is_full()
+            if state != was_state and self.board is not None:
+                self.board.changed()
+            was_state = state
+            await asyncio.sleep(min(STORAGE_CHECK_S, max(0.1, grace / 4)) if unwritable is not None else
+                                STORAGE_CHECK_S)
+
+    def _after_salvage(self, report: SalvageReport) -> None:
+        """A damaged outbox was moved aside: forget the resume positions so memory devices are read
+        from the start again (what salvage could not keep, they give again; the cloud de-duplicates)."""
+        from gateway.device_state import DeviceStateStore
+
+        path = self.config.data_dir / "device_state.sqlite"
+        reset: list[str] = []
+        if path.exists():
+            store = DeviceStateStore(path)
+            try:
+                reset = store.forget_positions()
+            finally:
+                store.close()
+        self.storage_notice = (
+            f"The outbox was damaged ({report.problem}) and moved aside to {report.moved_to.name}; "
+            f"{report.salvaged} reading{'s' if report.salvaged != 1 else ''} salvaged"
+            + (f", {report.unreadable} unreadable" if report.unreadable else "")
+            + (f"; {len(reset)} device{'s' if len(reset) != 1 else ''} with memory will be read again from the start"
+               if reset else "; devices with memory will be read again from the start"))
+        log.warning("%s", self.storage_notice)
 
     def _start_metrics(self, port: int) -> None:
         from gateway.prometheus import GatewayCollector, MetricsEndpoint
@@ -245,21 +367,134 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> int
     gateway = Gateway(config)
     try:
         await gateway.start()
-    except (UplinkError, OutboxError, OSError) as err:
-        log.error("gateway cannot start: %s", err)
-        await gateway.stop()
+    except (UplinkError, OutboxError, StorageError, OSError) as err:
+        log.error("gateway cannot start: %s", describe(err))
+        with contextlib.suppress(Exception):
+            await gateway.stop()
         return 2
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(gateway.failed.wait())
     try:
-        await stop.wait()
-        log.info("signal received: stopping")
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        if not gateway.failed.is_set():
+            log.info("signal received: stopping")
     finally:
+        stopping.cancel()
+        failing.cancel()
         await gateway.stop()
+    if gateway.failed.is_set():
+        log.error("gateway exits 2: %s", gateway.failure)
+        return 2
     return 0
 
 
+# ---------------------------------------------------------------------------- config at start
+
+
+def check_startup(config: GatewayConfig) -> None:
+    """Before ``rpm-gateway run`` starts anything: raise :class:`~gateway.config.ConfigError` (one line
+    naming the key) for what would make a component fail at once and then again on every restart: a
+    broker URL that cannot work, TLS files that are missing or do not load (the uplink would retry
+    for ever and send nothing), a data directory that cannot be written, a BLE backend or USB driver
+    that does not import."""
+    problems = [*_check_mqtt(config.mqtt), *_check_data_dir(config), *_check_modules(config)]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check_mqtt(mqtt: MqttConfig) -> list[str]:
+    try:
+        tls = parse_broker_url(mqtt.url).tls
+    except UplinkError as err:
+        return [str(err)]
+    problems = [p for p in (_check_file("mqtt.ca_file", mqtt.ca_file), _check_file("mqtt.cert_file", mqtt.cert_file),
+                            _check_file("mqtt.key_file", mqtt.key_file)) if p]
+    if problems:
+        return problems
+    if mqtt.key_file is not None and mqtt.cert_file is None:
+        return ["mqtt.key_file: set without mqtt.cert_file (the key belongs to a client certificate)"]
+    if mqtt.cert_file is not None and not (tls or mqtt.ca_file):
+        return ["mqtt.cert_file: set, but mqtt.url is not mqtts:// (the certificate would never be used)"]
+    # The same loads paho's tls_set does at connect, so a bad file is found now, not at every retry.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if mqtt.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(mqtt.ca_file))
+        except (ssl.SSLError, OSError) as err:
+            return [f"mqtt.ca_file: {mqtt.ca_file}: not a PEM CA certificate ({_ssl_reason(err)})"]
+    if mqtt.cert_file is not None:
+        try:
+            context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file) if mqtt.key_file else None)
+        except (ssl.SSLError, OSError) as err:
+            key = "mqtt.key_file" if mqtt.key_file and "KEY" in str(err).upper() else "mqtt.cert_file"
+            return [f"{key}: client certificate {mqtt.cert_file} and key {mqtt.key_file or '(in the same file)'} "
+                    f"do not load ({_ssl_reason(err)})"]
+    return []
+
+
+def _check_file(key: str, path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if not path.exists():
+        return f"{key}: {path}: no such file"
+    if not path.is_file():
+        return f"{key}: {path}: not a file"
+    if not os.access(path, os.R_OK):
+        return f"{key}: {path}: not readable by this user"
+    return None
+
+
+def _ssl_reason(err: Exception) -> str:
+    return " ".join(str(getattr(err, "reason", None) or err).split())
+
+
+def _check_data_dir(config: GatewayConfig) -> list[str]:
+    try:
+        check_data_dir(config.data_dir)
+    except StorageError as err:
+        return [f"data_dir: {err}"]
+    return []
+
+
+def _check_modules(config: GatewayConfig) -> list[str]:
+    problems = []
+    if config.ble.enabled and config.ble.backend is not None:
+        try:
+            load_bleak_backends(config.ble.backend)
+        except BackendLoadError as err:
+            problems.append(str(err))
+    if config.usb.enabled:
+        for index, entry in enumerate(config.usb.devices):
+            if entry.driver is not None:
+                problem = _check_driver(entry.driver)
+                if problem:
+                    problems.append(f"usb.devices[{index}].driver: {problem}")
+    return problems
+
+
+def _check_driver(spec: str) -> str | None:
+    """What would stop the USB manager loading a ``module:Class`` driver named in the config."""
+    from gateway.drivers.serial_port import SerialDriver
+
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        return f"expected 'module:Class', got {spec!r}"
+    try:
+        driver = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as err:
+        return f"cannot import {module_name!r}: {err}"
+    except AttributeError:
+        return f"module {module_name!r} has no {class_name!r}"
+    if not (isinstance(driver, type) and issubclass(driver, SerialDriver)):
+        return f"{spec!r} is not a SerialDriver"
+    return None
+
+
 def run_gateway(config: GatewayConfig) -> int:
-    """The ``rpm-gateway run --config`` command: exit 0 after a clean stop, 2 if it cannot start."""
+    """The ``rpm-gateway run --config`` command: exit 0 after a clean stop, 2 if it cannot start or
+    cannot go on (no writable outbox, no possible uplink)."""
     configure_logging(config.log)
+    install_repeat_filter()
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 Published retained on ``rpm/v1/gw/{gateway_id}/status`` every ``status_interval_s`` and whenever
 something a person would act on changes: online/offline, a device's error or battery, the outbox
-filling up, readings quarantined, the uplink's error. The last will (set by the uplink at connect)
+filling up, readings quarantined (by the cloud, or device records the gateway could not read, counted
+per device), the uplink's error. The last will (set by the uplink at connect)
 is the same document with ``online: false``, so a gateway that loses power shows as offline.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -20,7 +22,8 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.contract import DeviceStatus, GatewayStatus, now_utc
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxError, OutboxStats
+from gateway.storage import describe
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,14 @@ class StatusBoard:
         uplink_error: Callable[[], str | None] = lambda: None,
         publish: Callable[[str], None] | None = None,
         interval_s: float = 60.0,
+        component_errors: Callable[[], dict[str, str]] = dict,
+        storage_notice: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.gateway_id = gateway_id
         self.outbox = outbox
         self.interval_s = interval_s
+        self._component_errors = component_errors
+        self._storage_notice = storage_notice
         self._uplink_error = uplink_error
         self._publish = publish
         self._devices: dict[str, dict[str, Any]] = {}
@@ -81,13 +88,23 @@ class StatusBoard:
     # --------------------------------------------------------------------------- status out
 
     def snapshot(self, *, online: bool = True) -> GatewayStatus:
-        stats = self.outbox.stats()
+        stats = self._outbox_stats()
+        # Counted from the durable device quarantine, so the counts survive a restart; a device with
+        # quarantined records shows even before it is seen again. Storage that cannot be read shows
+        # no counts rather than no status.
+        try:
+            counts = self.outbox.quarantined_record_counts()
+        except (OutboxError, sqlite3.Error):
+            counts = {}
         devices = []
-        for uid, entry in sorted(self._devices.items()):
+        for uid in sorted(self._devices.keys() | counts.keys()):
+            entry = self._devices.get(uid) or {"profile": counts[uid][0]}
+            quarantined = counts.get(uid, ("", 0))[1]
             try:
-                devices.append(DeviceStatus(uid=uid, **entry))
+                devices.append(DeviceStatus(uid=uid, **entry, quarantined=quarantined))
             except ValidationError:
-                devices.append(DeviceStatus(uid=uid, profile=str(entry.get("profile", "unknown"))))
+                devices.append(DeviceStatus(uid=uid, profile=str(entry.get("profile", "unknown")),
+                                            quarantined=quarantined))
         return GatewayStatus(
             gateway_id=self.gateway_id,
             online=online,
@@ -97,9 +114,27 @@ class StatusBoard:
             outbox_depth=stats.depth,
             outbox_oldest_age_s=stats.oldest_age_s,
             outbox_full=stats.full,
-            quarantined=stats.quarantined,
+            # Both kinds: readings the cloud refused and device records the gateway could not read.
+            quarantined=stats.quarantined + stats.device_quarantined,
             uplink_error=self._uplink_error(),
+            storage_state=stats.state,
+            # What is wrong now comes first; what happened at start (a damaged outbox) while all is well.
+            storage_message=stats.message or self._storage_notice(),
+            storage_bytes=stats.bytes_used,
+            storage_budget_bytes=stats.budget_bytes,
+            storage_free_bytes=stats.free_bytes,
+            readings_lost=stats.lost + stats.dropped + stats.expired,
+            readings_waiting_on_devices=stats.waiting_on_devices,
+            component_errors=dict(self._component_errors()),
         )
+
+    def _outbox_stats(self) -> OutboxStats:
+        """The outbox's facts; a storage that cannot even be read still gives a status that says so."""
+        try:
+            return self.outbox.stats()
+        except (OutboxError, sqlite3.Error) as err:
+            return OutboxStats(depth=self.outbox.depth(), oldest_age_s=None, quarantined=0, full=True, dropped=0,
+                               refused=0, state="unwritable", message=f"Storage unreadable: {describe(err)}")
 
     def offline_payload(self) -> str:
         """The last will and the goodbye: this gateway's status with ``online: false``."""
@@ -133,8 +168,11 @@ class StatusBoard:
 
 def _signature(status: GatewayStatus) -> tuple[Any, ...]:
     """What counts as a change worth publishing at once (depth and ages move all the time)."""
-    devices = tuple((d.uid, d.profile, d.battery, d.error, _minute(d.last_seen)) for d in status.devices)
-    return (status.online, devices, status.outbox_full, status.quarantined, status.uplink_error)
+    devices = tuple((d.uid, d.profile, d.battery, d.error, d.quarantined, _minute(d.last_seen))
+                    for d in status.devices)
+    return (status.online, devices, status.outbox_full, status.quarantined, status.uplink_error,
+            status.storage_state, status.storage_message if status.storage_state == "ok" else None,
+            status.readings_lost > 0, tuple(sorted(status.component_errors.items())))
 
 
 def _minute(value: datetime | None) -> str | None:

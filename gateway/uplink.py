@@ -9,6 +9,11 @@ connection is managed here rather than by paho's own reconnect so that it can:
   the persistent session is then ``clean_session=False`` instead of ``clean_start=False`` + expiry;
 - report a refused login as a clear error (log and status) and keep retrying with backoff.
 
+No task of the uplink dies silently: the sender runs under :meth:`Uplink._run_sender`, which logs a
+failure once in plain words (the same failure again is one line with a count), shows it as the
+uplink's error in the status, and starts it again with backoff; an ack that cannot be applied (a
+full disk) is counted, said once, and the batch is sent again after the ack timeout.
+
 Delivery is at-least-once end to end and exactly-once in effect: a reading leaves the outbox only on
 the cloud's ack (sent after its database commit); a batch not acked within ``ack_timeout_s`` is sent
 again, and batches in flight when a connection is lost without the broker keeping our session are
@@ -38,6 +43,7 @@ from gateway.config import MqttConfig
 from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
 from gateway.mqtt_flow import apply_receive_maximum
 from gateway.outbox import Outbox, OutboxBatch
+from gateway.storage import describe
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ _UNSUPPORTED_PROTOCOL = {1, 132}
 _BAD_CREDENTIALS = {4, 5, 134, 135}
 CONNACK_TIMEOUT_S = 10.0
 MAX_IN_FLIGHT = 100  # batches awaiting PUBACK, before the broker's Receive Maximum caps it
+SENDER_RESTART_MIN_S = 0.5
+SENDER_RESTART_MAX_S = 30.0
 # amqtt never answers a v5 CONNECT that asks for a persistent session (it answers a bare one with
 # "unsupported protocol version"): silence this long after a v5 CONNECT means "try 3.1.1".
 V5_SILENCE_S = 3.0
@@ -134,6 +142,10 @@ class Uplink:
         self._readings_rejected = 0
         self._connects = 0
         self._closing = False
+        self._sender_error: str | None = None
+        self.sender_failures = 0
+        self.ack_failures = 0
+        """Acks that could not be applied (their batches are sent again after the ack timeout)."""
 
     # ------------------------------------------------------------------------------ public
 
@@ -153,7 +165,8 @@ class Uplink:
 
     @property
     def error(self) -> str | None:
-        return self._error
+        """What stops readings from going out, in plain words: the sender's failure, else the connection's."""
+        return self._sender_error or self._error
 
     def notify(self) -> None:
         """A reading was stored: consider sending (call from the event loop's thread)."""
@@ -174,7 +187,7 @@ class Uplink:
         released = await asyncio.to_thread(self.outbox.release)
         if released:
             log.info("uplink: %d reading(s) in flight before the restart will be sent again", released)
-        sender = asyncio.create_task(self._send_loop(), name="uplink-sender")
+        sender = asyncio.create_task(self._run_sender(), name="uplink-sender")
         try:
             await self._connection_loop()
         finally:
@@ -401,6 +414,37 @@ class Uplink:
 
     # ------------------------------------------------------------------------------ sending
 
+    async def _run_sender(self) -> None:
+        """The send loop, restarted with backoff whatever it raises: a full disk that makes taking a
+        batch fail must delay sending, never end it (the connection would stay up, sending nothing)."""
+        failures = 0
+        last: str | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._send_loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if loop.time() - started > SENDER_RESTART_MAX_S:
+                    failures = 0
+                failures += 1
+                self.sender_failures += 1
+                message = f"sending stopped: {describe(err)}"
+                delay = min(SENDER_RESTART_MAX_S, SENDER_RESTART_MIN_S * 2 ** (failures - 1))
+                if message != last:
+                    log.error("uplink: %s; sending again in %.1f s", message, delay, exc_info=err)
+                else:
+                    log.warning("uplink: %s (again, %d times in a row); sending again in %.1f s", message, failures,
+                                delay)
+                last = message
+                if self._sender_error != message:
+                    self._sender_error = message
+                    self._notify_change()
+                await asyncio.sleep(delay)
+
     async def _send_loop(self) -> None:
         ack_timeout = self.config.ack_timeout_s
         batch_max = self.config.batch_max
@@ -426,6 +470,10 @@ class Uplink:
                     continue
             first_seen = None
             batch = await asyncio.to_thread(self.outbox.take_batch, uuid.uuid4().hex, batch_max, ack_timeout)
+            if self._sender_error is not None:
+                self._sender_error = None  # taking a batch works again
+                log.info("uplink: sending again")
+                self._notify_change()
             if batch is not None:
                 await self._publish_batch(batch)
 
@@ -485,8 +533,11 @@ class Uplink:
             return
         try:
             outcome = self.outbox.apply_ack(ack)
-        except Exception:
-            log.exception("uplink: could not apply ack for batch %s (the batch will be sent again)", ack.batch_id)
+        except Exception as err:
+            self.ack_failures += 1
+            # One traceback; after that one line each (a full disk fails every ack the same way).
+            log.error("uplink: could not apply the ack for batch %s: %s (it is sent again; %d ack(s) failed)",
+                      ack.batch_id, describe(err), self.ack_failures, exc_info=err if self.ack_failures == 1 else None)
             return
         loop = self._loop
         if loop is not None:

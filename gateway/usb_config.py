@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,6 +30,17 @@ class UsbDeviceMatch(BaseModel):
     stopbits: Literal[1, 2] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     """Driver-specific settings (e.g. an A&D scale's ``zero_kg``)."""
+
+    @field_validator("description")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        # Compiled here: a bad pattern would otherwise fail at every port poll.
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a regular expression: {err}") from None
+        return value
 
     @field_validator("vid", "pid", mode="before")
     @classmethod

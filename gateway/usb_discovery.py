@@ -28,6 +28,7 @@ from typing import Any
 from gateway.codecs.common import Measurement
 from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DriverError, MeasurementSink
+from gateway.drivers.device_strings import clean_device_string
 from gateway.drivers.serial_port import SerialDriver, usb_uid
 from gateway.usb_config import UsbConfig
 from gateway.usb_devices import PortFacts, SupportedDevice, device_table, match_port
@@ -207,13 +208,16 @@ class UsbManager:
 
     def _device_for(self, port: _Port) -> DeviceInfo:
         facts = port.facts
+        # USB descriptor strings are the firmware's: cleaned like every device string, or a NUL in a
+        # serial number would make a uid the contract refuses and cost every reading of the device.
+        serial = clean_device_string(facts.serial_number)
         return DeviceInfo(
-            uid=usb_uid(facts.vid, facts.pid, facts.serial_number or facts.device),
+            uid=usb_uid(facts.vid, facts.pid, serial or facts.device),
             transport="usb",
             profile=port.entry.profile,
-            model=facts.product or port.entry.name,
-            serial=facts.serial_number,
-            manufacturer=facts.manufacturer,
+            model=clean_device_string(facts.product) or port.entry.name,
+            serial=serial,
+            manufacturer=clean_device_string(facts.manufacturer),
         )
 
     def _driver_for(self, port: _Port, device: DeviceInfo) -> SerialDriver:

@@ -7,7 +7,9 @@ ACKed (or NAKed: the meter repeats it, up to 6 times) until EOT. Byte formats li
 Every download carries the whole memory; readings get deterministic ids from the meter's serial,
 the result's own time and value, so a second download adds nothing. A result is committed to the
 sink *before* its frame is ACKed: a cable pulled mid-transfer loses nothing already acknowledged,
-and a half-received record is never sent.
+and a half-received record is never sent. A result that cannot become a reading (it does not decode,
+or the contract refuses its value) is committed to the device quarantine instead and ACKed the same
+way, so one bad result never stops the transfer of those after it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from gateway.codecs.astm import (
     parse_record,
 )
 from gateway.codecs.common import DecodeError, NoReadingError
-from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now
+from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now, undecodable
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
 from gateway.normalise import EARLIEST_PLAUSIBLE
 
@@ -91,16 +93,25 @@ class AstmMeterDriver(SerialDriver):
                 continue
             retries = 0
             for text in assembler.add(frame):
-                record = parse_record(text, delimiters)
+                try:
+                    record = parse_record(text, delimiters)
+                    if record.kind == "H":
+                        header = parse_header(record)
+                except DecodeError as err:
+                    if not text.startswith("H"):
+                        raise  # parse_record refuses only empty texts and headers
+                    # Without its header a transfer has no meter identity to file readings under.
+                    raise ProtocolError(f"{self.port_path}: header record does not decode: {err}") from err
                 if record.kind == "H":
-                    header = parse_header(record)
                     delimiters = header.delimiters
                     clock = self._clock_from(header.device_time)
                     self.identify(header.serial, model=header.sender_name)
                     continue
-                outcome = await self._deliver(record, delimiters, clock)
+                outcome = await self._deliver(record, delimiters, clock, frame.number)
                 sent += outcome
                 skipped += outcome == 0 and record.kind == "R"
+            # Every record this frame completed is committed (stored or quarantined): only now the ACK
+            # that lets the meter move on.
             await link.write(bytes([ACK]))
             last_good = frame.number
             expected_number = (expected_number + 1) % 8
@@ -157,7 +168,10 @@ class AstmMeterDriver(SerialDriver):
         unset = device_time is None or device_time < EARLIEST_PLAUSIBLE
         return ClockCheck(gateway_now=gateway_now(), device_now=None if unset else device_time, unset=unset)
 
-    async def _deliver(self, record: AstmRecord, delimiters: Delimiters, clock: ClockCheck | None) -> int:
+    async def _deliver(
+        self, record: AstmRecord, delimiters: Delimiters, clock: ClockCheck | None, frame_number: int
+    ) -> int:
+        """Commit one record to the sink (a reading, or quarantined); 1 if it was a patient result."""
         if record.kind != "R":
             return 0
         try:
@@ -166,8 +180,11 @@ class AstmMeterDriver(SerialDriver):
             log.info("%s: %s", self.device.uid, err)
             return 0
         except DecodeError as err:
-            # A well-framed, checksummed record the meter really sent but we cannot read: keep going, say so.
-            log.warning("%s: result record %r not decoded: %s", self.device.uid, record.text, err)
+            # A well-framed, checksummed record the meter really sent but we cannot read: it will not
+            # read better next time, so it is quarantined (placed by its E1394 sequence number, field 2)
+            # and the transfer goes on.
+            position = record.field(2).strip() or f"frame {frame_number}"
+            await self.sink(self.device, undecodable(self.profile, record.text.encode("latin-1"), err, position), clock)
             return 0
         if measurement.details.get("control_solution"):
             return 0  # a control-solution test checks the meter, not the patient

@@ -1,8 +1,13 @@
 """What every driver shares: the device it talks to, the clock check at connect, and the sink.
 
-A driver hands each decoded :class:`~gateway.codecs.common.Measurement` to the sink, which returns
-only once the reading is committed to the outbox; a driver moves on (acknowledges a record, asks for
-the next one, persists its last sequence number) only after that.
+A driver hands each record it took from a device to the sink: a decoded
+:class:`~gateway.codecs.common.Measurement`, or an :class:`UnreadableRecord` for a frame its codec
+could not decode. The sink returns only once the record is committed: as a reading in the outbox, or,
+where it cannot become a reading (the codec or the contract refused it), in the outbox database's
+device quarantine. Either way the record is durable and never read again, so a driver moves on
+(acknowledges the record, asks for the next one, persists its last sequence number) exactly the same
+way after both; one bad record never blocks the records after it. Only an outbox that cannot take a
+reading (full with ``refuse_new``, a broken disk) raises, and then the driver must not move on.
 """
 
 from __future__ import annotations
@@ -71,9 +76,31 @@ class SessionResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record a device sent that its codec could not decode (a ``DecodeError``), handed to the sink
+    so it is quarantined with its bytes and reason instead of being dropped or blocking the device."""
+
+    profile: str
+    raw: bytes
+    reason: str
+    position: int | str | None = None
+    """Where the record sat in the device's memory, where the driver knows it (a TaiDoc record index,
+    an ASTM frame number); None where it is unknown (a glucose frame too broken to show its sequence)."""
+
+
+DeviceRecord = Measurement | UnreadableRecord
+"""What a driver hands to the sink."""
+
+
 class MeasurementSink(Protocol):
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-        """Commit the measurement to the outbox; return only when it is durable."""
+    async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
+        """Commit the record (as a reading, or to the device quarantine); return only when it is durable."""
+
+
+def undecodable(profile: str, raw: bytes, err: Exception, position: int | str | None = None) -> UnreadableRecord:
+    """The :class:`UnreadableRecord` for a frame whose codec raised ``err``."""
+    return UnreadableRecord(profile=profile, raw=bytes(raw), reason=f"does not decode: {err}", position=position)
 
 
 def gateway_now() -> datetime:

@@ -30,12 +30,15 @@ from gateway.drivers.base import (
     ClockCheck,
     DeviceDisconnectedError,
     DeviceInfo,
+    DeviceRecord,
     DeviceTimeoutError,
     DriverError,
     MeasurementSink,
     SessionResult,
     gateway_now,
+    undecodable,
 )
+from gateway.drivers.device_strings import clean_device_string
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +237,9 @@ class BleSession:
                 raise
             log.info("%s: %s", self.address, err)
             return None
-        # Device Information strings are UTF-8 (GATT Specification Supplement "utf8s"); some devices
-        # pad with NULs.
-        text = raw.decode("utf-8", errors="replace").rstrip("\x00").strip()
-        return text or None
+        # Device Information strings are UTF-8 (GATT Specification Supplement "utf8s"); devices pad
+        # them with NULs, put garbage after a NUL, or send invalid UTF-8.
+        return clean_device_string(raw)
 
     async def device_info(self, profile: str) -> DeviceInfo:
         return DeviceInfo(
@@ -324,9 +326,9 @@ class BleContext:
     max_session_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
-    async def emit(self, measurement: Measurement) -> None:
-        """Hand one measurement to the sink; returns once it is durable."""
-        await self.sink(self.device, measurement, self.clock)
+    async def emit(self, record: DeviceRecord) -> None:
+        """Hand one record to the sink; returns once it is durable (as a reading or quarantined)."""
+        await self.sink(self.device, record, self.clock)
 
 
 async def collect_stored_measurements(
@@ -336,13 +338,16 @@ async def collect_stored_measurements(
     every stored record the device sends; the session ends when the device ends the link (what cuffs
     and scales do once their memory is sent) or when nothing came for ``idle_s``.
 
-    A frame that does not decode is logged with its typed error and skipped: nothing half-parsed
-    reaches the sink, and the records after it still do.
+    A frame that does not decode goes to the sink as an :class:`UnreadableRecord` (quarantined with its
+    bytes): nothing half-parsed becomes a reading, and the records after it still do. The devices
+    indicate records one at a time, each confirmed by the stack as it arrives, so the point where the
+    driver moves on is the sink returning, for good and bad records alike.
     """
     session = ctx.session
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     await session.subscribe(uuid, lambda u, data: queue.put_nowait((u, data)))
     count = 0
+    index = -1
     while True:
         try:
             event = await session.receive(queue, session.timeouts.idle_s)
@@ -351,13 +356,13 @@ async def collect_stored_measurements(
         if event is None:
             break
         _, frame = event
+        index += 1
         try:
-            measurement = decode(frame)
+            record: DeviceRecord = decode(frame)
         except DecodeError as err:
-            log.warning("%s: skipped a frame that does not decode (%s): %s", session.address, frame.hex(), err)
-            ctx.notes.append(f"undecodable frame: {err}")
-            continue
-        await ctx.emit(measurement)
-        count += 1
+            ctx.notes.append(f"undecodable frame {index}: {err}")
+            record = undecodable(ctx.device.profile, frame, err, index)
+        await ctx.emit(record)  # committed (stored or quarantined): the next record may come
+        count += isinstance(record, Measurement)
     await session.unsubscribe(uuid)
     return SessionResult(measurements=count, clock=ctx.clock, notes=list(ctx.notes))

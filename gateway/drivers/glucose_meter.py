@@ -8,8 +8,12 @@ measurement's flags announce one, follows with the same sequence number) and ind
 code when done; "no records found" is a normal end.
 
 Why nothing is lost or doubled: the last sequence number is advanced in the durable
-``DeviceStateStore`` only after the sink returned (the reading is in the outbox). A link lost
-mid-transfer leaves it at the last durable record, so the next session asks from the one after.
+``DeviceStateStore`` only after the sink returned (the reading is in the outbox, or the record is in
+the device quarantine because it could not become one). A link lost mid-transfer leaves it at the last
+durable record, so the next session asks from the one after. A bad record therefore never blocks the
+meter: it is committed to quarantine and the sequence moves past it like past any other. A frame too
+broken to decode shows no sequence number; it is quarantined (once: the same bytes again are known)
+and the next good record moves the sequence past it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ import logging
 from gateway.codecs import glucose as codec
 from gateway.codecs import racp
 from gateway.codecs.common import DecodeError, Measurement
-from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError, DriverError, SessionResult
+from gateway.drivers.base import (
+    DeviceDisconnectedError,
+    DeviceRecord,
+    DeviceTimeoutError,
+    DriverError,
+    SessionResult,
+    undecodable,
+)
 from gateway.drivers.ble_session import BleContext, uuid16
 
 log = logging.getLogger(__name__)
@@ -75,18 +86,18 @@ async def run_session(ctx: BleContext) -> SessionResult:
     emitted = 0
     pending: Measurement | None = None
 
-    async def commit(measurement: Measurement) -> None:
+    async def commit(record: DeviceRecord) -> None:
+        """The one place a record is committed and the resume point advances past it."""
         nonlocal emitted
-        if "control_solution" in measurement.flags:
+        if isinstance(record, Measurement) and "control_solution" in record.flags:
             # GLS sample type/location "control solution": a meter check, not a patient reading.
-            log.info("%s: record %s is a control-solution test; not a reading", session.address,
-                     measurement.sequence)
-            ctx.notes.append(f"control solution record {measurement.sequence} skipped")
+            log.info("%s: record %s is a control-solution test; not a reading", session.address, record.sequence)
+            ctx.notes.append(f"control solution record {record.sequence} skipped")
         else:
-            await ctx.emit(measurement)
-            emitted += 1
-        if measurement.sequence is not None:
-            ctx.state.set(uid, LAST_SEQUENCE_KEY, measurement.sequence)
+            await ctx.emit(record)  # durable now: stored as a reading, or quarantined
+            emitted += isinstance(record, Measurement)
+        if isinstance(record, Measurement) and record.sequence is not None:
+            ctx.state.set(uid, LAST_SEQUENCE_KEY, record.sequence)
 
     try:
         while True:
@@ -117,9 +128,8 @@ async def run_session(ctx: BleContext) -> SessionResult:
                 try:
                     measurement = codec.decode_measurement(frame)
                 except DecodeError as err:
-                    log.warning("%s: skipped a glucose record that does not decode (%s): %s", session.address,
-                                frame.hex(), err)
                     ctx.notes.append(f"undecodable record: {err}")
+                    await commit(undecodable(PROFILE, frame, err))
                     continue
                 if measurement.details.get("context_follows"):
                     pending = measurement

@@ -30,6 +30,7 @@ from gateway.drivers.base import (
     MeasurementSink,
     SessionResult,
 )
+from gateway.drivers.device_strings import clean_device_string
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,9 @@ class SerialDriver(ABC):
         self.link: SerialLink | None = None
 
     def identify(self, serial_number: str | None, *, model: str | None = None) -> None:
-        """Adopt the serial number the device reported: the uid becomes ``usb:<vid>:<pid>:<serial>``."""
+        """Adopt the serial number the device reported: the uid becomes ``usb:<vid>:<pid>:<serial>``.
+        Both strings are cleaned first (they come from the device's own header, NULs and all)."""
+        serial_number, model = clean_device_string(serial_number), clean_device_string(model)
         if not serial_number:
             return
         prefix = ":".join(self.device.uid.split(":")[:3]) if self.device.uid.startswith("usb:") else "usb:0000:0000"

@@ -10,7 +10,8 @@ the fingerprints (time and value bytes) of the newest committed record and the o
 its index and the record count when it was committed. Next session the anchor is expected at
 ``index + (count now - count then)``; where it is found there, only the records above it are new and
 they are downloaded oldest first, each committed through the sink before the anchor moves onto it, so a
-cable pulled mid-download resumes at the first record not yet committed. Where it is not found there
+cable pulled mid-download resumes at the first record not yet committed (a record that cannot become a
+reading is committed to the device quarantine, and the anchor moves past it all the same). Where it is not found there
 (memory full and wrapped, or cleared), the driver scans from the newest record down until it meets the
 anchor; where it never does, the memory was cleared (or replaced) and every record on it is new. A
 record read twice still has the same reading id (device time and raw values), so the outbox and the
@@ -53,7 +54,7 @@ from gateway.codecs.taidoc import (
     wake_request,
     write_clock_request,
 )
-from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now
+from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now, undecodable
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
 from gateway.normalise import CLOCK_TOLERANCE, EARLIEST_PLAUSIBLE
 
@@ -248,9 +249,8 @@ class TaidocDriver(SerialDriver):
         committed = 0
         for index in range(boundary - 1, -1, -1):
             record = await self._read_record(index)
-            committed += await self._commit(profile, record, clock, notes)
-            anchor = [record.fingerprint, *anchor][:ANCHOR_LENGTH]
-            self.state.set(self.device.uid, ANCHOR_KEY, {"fingerprints": anchor, "index": index, "count": count})
+            added, anchor = await self._commit_and_advance(profile, record, anchor, count, clock, notes)
+            committed += added
         return committed
 
     async def _commit_known(
@@ -260,12 +260,20 @@ class TaidocDriver(SerialDriver):
         """Commit records already read in a scan (newest first in ``records``), oldest first."""
         committed = 0
         for record in reversed(records):
-            committed += await self._commit(profile, record, clock, notes)
-            anchor = [record.fingerprint, *anchor][:ANCHOR_LENGTH]
-            self.state.set(
-                self.device.uid, ANCHOR_KEY, {"fingerprints": anchor, "index": record.index, "count": count}
-            )
+            added, anchor = await self._commit_and_advance(profile, record, anchor, count, clock, notes)
+            committed += added
         return committed
+
+    async def _commit_and_advance(
+        self, profile: ModelProfile, record: StoredRecord, anchor: list[str], count: int, clock: ClockCheck,
+        notes: list[str],
+    ) -> tuple[int, list[str]]:
+        """The one place a record is committed (stored as a reading, or quarantined) and the anchor then
+        moves onto it; returns (1 if it became a reading, the new anchor)."""
+        added = await self._commit(profile, record, clock, notes)
+        anchor = [record.fingerprint, *anchor][:ANCHOR_LENGTH]
+        self.state.set(self.device.uid, ANCHOR_KEY, {"fingerprints": anchor, "index": record.index, "count": count})
+        return added, anchor
 
     async def _commit(self, profile: ModelProfile, record: StoredRecord, clock: ClockCheck, notes: list[str]) -> int:
         try:
@@ -280,9 +288,10 @@ class TaidocDriver(SerialDriver):
             )
         except DecodeError as err:
             # The record itself is bad (an error record, an impossible date): it will not get better
-            # by reading it again, so it is skipped and the download moves past it.
-            notes.append(f"record {record.index} skipped: {err}")
-            log.warning("%s: record %d skipped: %s", self.device.uid, record.index, err)
+            # by reading it again, so it is quarantined with its bytes and the download moves past it.
+            notes.append(f"record {record.index} quarantined: {err}")
+            raw = record.time_frame.encode() + record.value_frame.encode()
+            await self.sink(self.device, undecodable(self.profile, raw, err, record.index), clock)
             return 0
         await self.sink(self.device, measurement, clock)
         return 1

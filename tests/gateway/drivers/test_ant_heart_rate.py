@@ -12,7 +12,14 @@ from firmware_sims.serial.ant_stick import AntFaults, HeartRateStrap, PtyAntStic
 from gateway.codecs.common import Measurement
 from gateway.device_state import DeviceStateStore
 from gateway.drivers.ant_heart_rate import STATE_KEY, AntConfigError, AntHeartRateDriver
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError
+from gateway.drivers.base import (
+    ClockCheck,
+    DeviceDisconnectedError,
+    DeviceInfo,
+    DeviceRecord,
+    DeviceTimeoutError,
+    UnreadableRecord,
+)
 from gateway.normalise import to_reading
 
 pytestmark = pytest.mark.unit
@@ -26,8 +33,12 @@ STICK = DeviceInfo(uid="usb:0fcf:1008:stick1", transport="usb", profile="serial.
 class Sink:
     def __init__(self) -> None:
         self.items: list[tuple[DeviceInfo, Measurement, ClockCheck | None]] = []
+        self.unreadable: list[UnreadableRecord] = []
 
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+    async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
+        if isinstance(measurement, UnreadableRecord):
+            self.unreadable.append(measurement)  # what the gateway's sink quarantines
+            return
         self.items.append((device, measurement, clock))
 
 

@@ -11,7 +11,7 @@ from firmware_sims.serial.astm_meter import AstmFaults, GlucoseMeter, GlucoseRes
 from gateway.codecs.common import Measurement
 from gateway.device_state import DeviceStateStore
 from gateway.drivers.astm_meter import AstmMeterDriver
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo
+from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceRecord, UnreadableRecord
 from gateway.drivers.serial_port import ProtocolError, usb_uid
 from gateway.normalise import to_reading
 
@@ -21,8 +21,12 @@ pytestmark = pytest.mark.unit
 class Sink:
     def __init__(self) -> None:
         self.items: list[tuple[DeviceInfo, Measurement, ClockCheck | None]] = []
+        self.unreadable: list[UnreadableRecord] = []
 
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+    async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
+        if isinstance(measurement, UnreadableRecord):
+            self.unreadable.append(measurement)  # what the gateway's sink quarantines
+            return
         self.items.append((device, measurement, clock))
 
     def reading_ids(self) -> set[str]:

@@ -4,7 +4,6 @@ BleakClient with the simulator backend: multi-user, kPa, imperial, clocks, garba
 from __future__ import annotations
 
 import asyncio
-import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,19 +96,18 @@ def test_an_unset_clock_is_flagged_and_the_gateway_time_used(tmp_path: Path) -> 
     assert reading.device_time == datetime(2000, 1, 1, 0, 3)
 
 
-def test_garbage_frame_is_skipped_and_the_session_ends_cleanly(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_garbage_frame_goes_to_the_sink_as_unreadable_and_the_session_ends_cleanly(tmp_path: Path) -> None:
     records = [BpRecord(120 + i, 80, 93, recent(5 - i)) for i in range(3)]
     # Flags announce a time stamp, pulse, user and status; the frame ends after the flags byte.
     AIR.add(BloodPressureCuff("AA:02:00:00:00:06", records, faults=Faults(garbage_at_record=1,
                                                                           garbage_frame=b"\x1e")))
     sink = RecordingSink()
-    with caplog.at_level(logging.WARNING, logger="gateway.drivers.ble_session"):
-        result = run("AA:02:00:00:00:06", "ble.blood_pressure", sink, tmp_path)
+    result = run("AA:02:00:00:00:06", "ble.blood_pressure", sink, tmp_path)
     assert [r.values["systolic"].value for r in sink.readings] == [120, 122]
     assert result.measurements == 2 and any("undecodable frame" in n for n in result.notes)
-    (warning,) = [r for r in caplog.records if "does not decode" in r.getMessage()]
-    assert "truncated: systolic" in warning.getMessage() and "(1e)" in warning.getMessage()
+    (unreadable,) = sink.unreadable
+    assert unreadable.raw == b"\x1e" and unreadable.position == 1 and unreadable.profile == "ble.blood_pressure"
+    assert "truncated: systolic" in unreadable.reason
 
 
 def test_a_cuff_that_keeps_the_link_open_ends_by_idle_timeout(tmp_path: Path) -> None:

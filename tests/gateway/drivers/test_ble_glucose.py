@@ -118,12 +118,13 @@ def test_context_is_joined_to_its_measurement_by_sequence(tmp_path: Path) -> Non
     assert sink.readings[1].values["glucose"].value == pytest.approx(0.0053 * 18015.6, rel=1e-6)
 
 
-def test_garbage_record_is_skipped_with_a_note_and_the_rest_arrive(tmp_path: Path) -> None:
+def test_garbage_record_goes_to_the_sink_as_unreadable_and_the_rest_arrive(tmp_path: Path) -> None:
     AIR.add(meter("AA:01:00:00:00:06", n=4, faults=Faults(garbage_at_record=1)))
     sink = RecordingSink()
     result = asyncio.run(session("AA:01:00:00:00:06", sink, store(tmp_path)))
     assert [r.sequence for r in sink.readings] == [1, 3, 4]
     assert any("undecodable record" in note for note in result.notes)
+    assert [u.raw for u in sink.unreadable] == [Faults().garbage_frame]
 
 
 def test_a_hung_meter_times_out_instead_of_hanging(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from firmware_sims.serial.ad_scale import PtyScale, ScaleFaults, Weighing
 from gateway.codecs.common import Measurement
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo
+from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceRecord, UnreadableRecord
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.serial_scale import SerialScaleDriver
 from gateway.normalise import to_reading
@@ -23,8 +23,12 @@ DEVICE = DeviceInfo(uid="usb:0403:6001:AD123", transport="usb", profile="serial.
 class Sink:
     def __init__(self) -> None:
         self.items: list[tuple[DeviceInfo, Measurement, ClockCheck | None]] = []
+        self.unreadable: list[UnreadableRecord] = []
 
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+    async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
+        if isinstance(measurement, UnreadableRecord):
+            self.unreadable.append(measurement)  # what the gateway's sink quarantines
+            return
         self.items.append((device, measurement, clock))
 
     def weights(self) -> list[tuple[float, str]]:

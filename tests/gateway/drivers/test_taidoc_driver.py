@@ -18,7 +18,15 @@ from firmware_sims.serial.taidoc import (
 )
 from gateway.codecs.common import Measurement
 from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceTimeoutError, SessionResult
+from gateway.drivers.base import (
+    ClockCheck,
+    DeviceDisconnectedError,
+    DeviceInfo,
+    DeviceRecord,
+    DeviceTimeoutError,
+    SessionResult,
+    UnreadableRecord,
+)
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.taidoc import TaidocDriver, UnsupportedModelError
 from gateway.normalise import to_reading
@@ -34,8 +42,12 @@ class CollectingSink:
 
     def __init__(self) -> None:
         self.items: list[tuple[DeviceInfo, Measurement, ClockCheck | None]] = []
+        self.unreadable: list[UnreadableRecord] = []
 
-    async def __call__(self, device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
+    async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
+        if isinstance(measurement, UnreadableRecord):
+            self.unreadable.append(measurement)  # what the gateway's sink quarantines
+            return
         self.items.append((device, measurement, clock))
 
     def reading_ids(self) -> list[str]:
@@ -219,13 +231,16 @@ def test_unknown_model_is_refused_before_anything_is_read(state) -> None:
     assert 0x26 not in meter.requests
 
 
-def test_an_error_record_is_skipped_with_a_note_and_the_download_moves_on(state) -> None:
+def test_an_error_record_goes_to_the_sink_as_unreadable_and_the_download_moves_on(state) -> None:
     meter = meter_with([bp(50, 121), BpRecord(bp(40, 0).when, systolic=0, diastolic=0, pulse=0), bp(30, 143)])
     sink = CollectingSink()
     result = run_session(meter, state, sink)
     assert sink.systolics() == [121, 143]
-    assert any("record 1 skipped" in n for n in result.notes)
+    assert any("record 1 quarantined" in n for n in result.notes)
+    (unreadable,) = sink.unreadable
+    assert unreadable.position == 1 and len(unreadable.raw) == 16 and "systolic" in unreadable.reason
     assert run_session(meter, state, sink).measurements == 0
+    assert len(sink.unreadable) == 1  # the anchor moved past it: not read again
 
 
 def test_unset_clock_is_reported_and_set_after_the_download(state) -> None:
