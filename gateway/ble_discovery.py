@@ -1,7 +1,7 @@
 """BLE discovery and the device-session supervisor.
 
 One central scanner (drivers never scan, as Home Assistant's bluetooth stack does it) listens for the
-four health services. An advertisement from an **enrolled** device starts one session task for it,
+six health services. An advertisement from an **enrolled** device starts one session task for it,
 under a TaskGroup, so a failing device never stops the others; an un-enrolled device is never
 connected. After a good session the device is left alone for ``session_cooldown_s`` (cuffs keep
 advertising for a while); after a failed one it backs off exponentially with jitter.
@@ -26,7 +26,7 @@ from bleak.exc import BleakError
 from gateway.ble_config import BleConfig, load_bleak_backends, normalise_address
 from gateway.codecs.common import DecodeError
 from gateway.device_state import DeviceStateStore
-from gateway.drivers import blood_pressure, glucose_meter, heart_rate, weight_scale
+from gateway.drivers import blood_pressure, glucose_meter, heart_rate, pulse_oximeter, thermometer, weight_scale
 from gateway.drivers.base import (
     ClockCheck,
     DeviceInfo,
@@ -45,6 +45,8 @@ DRIVERS = {
     glucose_meter.PROFILE: glucose_meter,
     weight_scale.PROFILE: weight_scale,
     heart_rate.PROFILE: heart_rate,
+    pulse_oximeter.PROFILE: pulse_oximeter,
+    thermometer.PROFILE: thermometer,
 }
 HEALTH_SERVICES: dict[str, str] = {module.SERVICE_UUID: profile for profile, module in DRIVERS.items()}
 """Service UUID (128-bit, lower case) → profile."""

@@ -17,6 +17,8 @@ class Kind(StrEnum):
     GLUCOSE = "glucose"
     BODY_WEIGHT = "body_weight"
     HEART_RATE = "heart_rate"
+    PULSE_OXIMETRY = "pulse_oximetry"
+    BODY_TEMPERATURE = "body_temperature"
 
 
 class UnknownUnitError(ValueError):
@@ -28,6 +30,8 @@ MGDL_PER_KGL = 100_000.0
 MGDL_PER_MOLL = 18_015.6  # molar mass of glucose 180.156 g/mol
 KG_PER_LB = 0.45359237
 M_PER_IN = 0.0254
+CEL_PER_DEGF = 5 / 9
+DEGF_ZERO_AT_CEL_ZERO = 32.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +48,15 @@ class Metric:
     plausible: tuple[float, float] | None = None
     """What a device can really measure: outside it a value is stored but flagged."""
     is_list: bool = False
+    offsets: Mapping[str, float] = field(default_factory=dict)
+    """Subtracted from a value in that unit before its factor applies: units whose zero differs
+    (degrees Fahrenheit: (F - 32) x 5/9). A unit with a factor and no offset is a plain scale."""
 
     def to_canonical(self, value: float, unit: str) -> float:
         if unit == self.unit:
             return value
         try:
-            return value * self.conversions[unit]
+            return (value - self.offsets.get(unit, 0.0)) * self.conversions[unit]
         except KeyError:
             raise UnknownUnitError(f"{self.name}: cannot convert unit {unit!r} to {self.unit!r}") from None
 
@@ -72,6 +79,13 @@ _CATALOGUE = [
     Metric("rr_intervals", Kind.HEART_RATE, "s", None, {"s/1024": 1 / 1024, "ms": 0.001}, (0, 64), None,
            is_list=True),
     Metric("energy_expended", Kind.HEART_RATE, "kJ", None, {}, (0, 65535), None),
+    Metric("spo2", Kind.PULSE_OXIMETRY, "%", "59408-5", {}, (0, 100), (50, 100)),
+    Metric("spo2_pulse_rate", Kind.PULSE_OXIMETRY, "/min", "8889-8", {}, (0, 400), (20, 250)),
+    Metric("pulse_amplitude_index", Kind.PULSE_OXIMETRY, "%", None, {}, (0, 100), (0.01, 30)),
+    # Limits wide enough for any thermometer's range, narrow enough that a Fahrenheit number sent with
+    # the Celsius unit flag (98.6 "Cel") is refused rather than stored as a fever of 98 degrees.
+    Metric("body_temperature", Kind.BODY_TEMPERATURE, "Cel", "8310-5", {"[degF]": CEL_PER_DEGF}, (-10, 60),
+           (25, 45), offsets={"[degF]": DEGF_ZERO_AT_CEL_ZERO}),
 ]
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _CATALOGUE})
@@ -83,9 +97,13 @@ METRICS_BY_KIND: Mapping[Kind, tuple[Metric, ...]] = MappingProxyType(
 LOINC_BP_PANEL = "85354-9"
 LOINC_GLUCOSE_BLOOD_MASS = "2339-0"
 LOINC_GLUCOSE_CAPILLARY_MASS = "41653-7"
+# FHIR vital-signs oxygen saturation; an SpO2 Observation carries it beside 59408-5 (by pulse oximetry).
+LOINC_OXYGEN_SATURATION = "2708-6"
 # IEEE 11073 MDC codes the HL7 Personal Health Device IG asks for beside LOINC.
 MDC_CODES: Mapping[str, int] = MappingProxyType(
-    {"blood_pressure": 150020, "systolic": 150021, "diastolic": 150022, "mean_arterial": 150023}
+    {"blood_pressure": 150020, "systolic": 150021, "diastolic": 150022, "mean_arterial": 150023,
+     # MDC_PULS_OXIM_SAT_O2, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_PERF_REL, MDC_TEMP_BODY.
+     "spo2": 150456, "spo2_pulse_rate": 149530, "pulse_amplitude_index": 150448, "body_temperature": 150364}
 )
 
 # Device status flags (fixed names, specs/metrics.md).
@@ -98,11 +116,23 @@ GLUCOSE_FLAGS = (
     "strip_type_incorrect", "result_above_range", "result_below_range", "temperature_too_high",
     "temperature_too_low", "strip_pulled_too_soon", "device_fault", "time_fault",
 )
+# PLXS measurement status (bits 5-15) and device and sensor status (bits 1-15) that qualify a value;
+# provenance bits (validated, fully qualified, from storage, display update) stay in a record's details.
+PULSE_OXIMETRY_FLAGS = (
+    "measurement_ongoing", "early_estimate", "demonstration_data", "testing_data", "calibration_ongoing",
+    "measurement_unavailable", "questionable_measurement", "invalid_measurement",
+    "equipment_malfunction", "signal_processing_irregularity", "inadequate_signal", "poor_signal",
+    "low_perfusion", "erratic_signal", "non_pulsatile_signal", "questionable_pulse", "signal_analysis_ongoing",
+    "sensor_interference", "sensor_unconnected_to_user", "unknown_sensor_connected", "sensor_displaced",
+    "sensor_malfunction", "sensor_disconnected",
+)
+THERMOMETER_FLAGS = ("intermediate",)
+"""An Intermediate Temperature (0x2A1E) decodes with this flag and never becomes a reading."""
 OTHER_FLAGS = (
     "sensor_contact_lost", "measurement_unsuccessful", "clock_unset", "control_solution",
     "out_of_plausible_range", "unstable", "averaged",
 )
-FLAGS: frozenset[str] = frozenset(BP_FLAGS + GLUCOSE_FLAGS + OTHER_FLAGS)
+FLAGS: frozenset[str] = frozenset(BP_FLAGS + GLUCOSE_FLAGS + PULSE_OXIMETRY_FLAGS + THERMOMETER_FLAGS + OTHER_FLAGS)
 
 
 def metric(name: str) -> Metric:

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from cloud.alerts.rules import Condition, Rule
-from cloud.twin.baselines import EMPTY, History, compute_baseline
+from cloud.twin.baselines import EMPTY, Baseline, History, compute_baseline
 from gateway.metrics import METRICS
 
-QUALITY_FLAGS = ("irregular_pulse", "cuff_too_loose", "body_movement", "improper_position")
+QUALITY_FLAGS = ("irregular_pulse", "cuff_too_loose", "body_movement", "improper_position",
+                 "questionable_measurement")
 """Flags that keep a reading (and its alert) but must be said in the alert: they question the value."""
 
 
@@ -122,6 +123,8 @@ def _baseline(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | No
     if baseline is None:
         return None  # not enough of the patient's own data yet
     value = facts.values[condition.metric]
+    if rule.params.get("measure") == "drop_below_median":
+        return _drop_below_baseline(rule, condition, value, baseline)
     z = baseline.robust_z(value, float(rule.params.get("min_scale", 0)))
     detail = {"z": round(z, 2), "median": baseline.median, "mad": baseline.mad, "n": baseline.n}
     if condition.triggered(z):
@@ -132,6 +135,21 @@ def _baseline(rule: Rule, facts: ReadingFacts, history: History) -> Verdict | No
             detail,
         )
     return Verdict("clear" if condition.clear(z, rule.margin) else "hold", condition.metric, value, "", detail)
+
+
+def _drop_below_baseline(rule: Rule, condition: Condition, value: float, baseline: Baseline) -> Verdict:
+    # SpO2 (specs/clinical-thresholds.md): "a drop of >= 4 points below the patient's own 7-day baseline"
+    # is judged in points, not in z: an oximeter's MAD is often 0-1 point, so a z would fire on noise.
+    drop = baseline.median - value
+    detail = {"drop": round(drop, 2), "median": baseline.median, "n": baseline.n}
+    if condition.triggered(drop):
+        return Verdict(
+            "trigger", condition.metric, value,
+            f"{rule.description}: {condition.metric} {_fmt(condition.metric, value)}, {drop:.3g} below own median"
+            f" {_fmt(condition.metric, baseline.median)} over {baseline.n} readings",
+            detail,
+        )
+    return Verdict("clear" if condition.clear(drop, rule.margin) else "hold", condition.metric, value, "", detail)
 
 
 def _missing_data_cleared(rule: Rule, facts: ReadingFacts, now: datetime) -> Verdict | None:

@@ -19,7 +19,7 @@ from datetime import date, datetime
 from typing import Any
 
 from cloud.twin import queries
-from gateway.metrics import LOINC_BP_PANEL, MDC_CODES, METRICS
+from gateway.metrics import LOINC_BP_PANEL, LOINC_OXYGEN_SATURATION, MDC_CODES, METRICS
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -33,18 +33,34 @@ BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _UNIT_DISPLAY = {"mm[Hg]": "mmHg", "/min": "beats/minute", "kg": "kg", "kg/m2": "kg/m2", "m": "m",
-                 "mg/dL": "mg/dL", "kJ": "kJ"}
+                 "mg/dL": "mg/dL", "kJ": "kJ", "%": "%", "Cel": "C"}
 _DISPLAY = {
     "systolic": "Systolic blood pressure", "diastolic": "Diastolic blood pressure",
     "mean_arterial": "Mean blood pressure", "pulse_rate": "Heart rate", "heart_rate": "Heart rate",
     "glucose": "Glucose [Mass/volume] in Capillary blood by Glucometer", "body_weight": "Body weight",
     "bmi": "Body mass index (BMI) [Ratio]", "height": "Body height",
+    "spo2": "Oxygen saturation in Arterial blood by Pulse oximetry",
+    "spo2_pulse_rate": "Heart rate by Pulse oximetry", "body_temperature": "Body temperature",
+}
+# The FHIR vital-signs oxygen saturation profile asks for 2708-6; the PHD IG for 59408-5 (by pulse
+# oximetry) beside it. Both are sent, 2708-6 first.
+_EXTRA_LOINC = {"spo2": (LOINC_OXYGEN_SATURATION, "Oxygen saturation in Arterial blood")}
+# Temperature Type (HTS 0x2A1D) -> SNOMED CT body structure, for body temperature's bodySite.
+SNOMED = "http://snomed.info/sct"
+BODY_SITES = {
+    "armpit": ("91470000", "Axillary region structure"), "ear": ("117590005", "Ear structure"),
+    "finger": ("7569003", "Finger structure"), "gastro_intestinal_tract": ("122865005", "Gastrointestinal tract"),
+    "mouth": ("123851003", "Mouth region structure"), "rectum": ("34402009", "Rectum structure"),
+    "toe": ("29707007", "Toe structure"), "tympanum": ("42859004", "Tympanic membrane structure"),
 }
 _VITAL_PROFILES = {"body_weight": "http://hl7.org/fhir/StructureDefinition/bodyweight",
                    "bmi": "http://hl7.org/fhir/StructureDefinition/bmi",
                    "height": "http://hl7.org/fhir/StructureDefinition/bodyheight",
                    "pulse_rate": "http://hl7.org/fhir/StructureDefinition/heartrate",
-                   "heart_rate": "http://hl7.org/fhir/StructureDefinition/heartrate"}
+                   "heart_rate": "http://hl7.org/fhir/StructureDefinition/heartrate",
+                   "spo2": "http://hl7.org/fhir/StructureDefinition/oxygensat",
+                   "spo2_pulse_rate": "http://hl7.org/fhir/StructureDefinition/heartrate",
+                   "body_temperature": "http://hl7.org/fhir/StructureDefinition/bodytemp"}
 
 
 def fhir_id(value: str) -> str:
@@ -64,6 +80,9 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
 
 def _code(metric: str) -> dict[str, Any]:
     codings = [{"system": LOINC, "code": METRICS[metric].loinc, "display": _DISPLAY.get(metric, metric)}]
+    if metric in _EXTRA_LOINC:
+        code, display = _EXTRA_LOINC[metric]
+        codings.insert(0, {"system": LOINC, "code": code, "display": display})
     if metric in MDC_CODES:
         codings.append({"system": MDC, "code": str(MDC_CODES[metric])})
     return {"coding": codings, "text": _DISPLAY.get(metric, metric)}
@@ -124,10 +143,23 @@ def observations_from_row(row: Mapping[str, Any]) -> list[dict[str, Any]]:
         observation = _base(row, resource_id, category, profile)
         observation["code"] = _code(metric)
         observation["valueQuantity"] = _quantity(value, unit or METRICS[metric].unit)
+        site = row.get("body_site")
+        if metric == "body_temperature" and site:
+            observation["bodySite"] = _body_site(site)
         if out:
             observation["derivedFrom"] = [{"reference": f"Observation/{out[0]['id']}"}]
         out.append(observation)
     return out
+
+
+def _body_site(site: str) -> dict[str, Any]:
+    """The thermometer's Temperature Type as a bodySite: SNOMED CT where the type names a structure
+    ("body", general, has none), always with the type as text."""
+    text = site.replace("_", " ")
+    if site in BODY_SITES:
+        code, display = BODY_SITES[site]
+        return {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": text}
+    return {"text": text}
 
 
 def observation_from_row(row: Mapping[str, Any]) -> dict[str, Any]:

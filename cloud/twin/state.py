@@ -15,8 +15,15 @@ from typing import Any
 
 READING_DAYS_KEPT = 90
 """Distinct days with readings kept in the state: enough for any 30-day adherence window."""
-EXCLUDED_FLAGS = frozenset({"measurement_unsuccessful", "control_solution"})
-"""A reading with one of these is not a patient value (no value, or a control-solution sample)."""
+EXCLUDED_FLAGS = frozenset({
+    "measurement_unsuccessful", "control_solution",
+    # Pulse oximetry (specs/clinical-thresholds.md): stored and shown, never judged, never a trend point.
+    "invalid_measurement", "measurement_unavailable", "low_perfusion", "sensor_displaced", "sensor_disconnected",
+    "sensor_unconnected_to_user", "demonstration_data", "testing_data",
+    "intermediate",  # a thermometer's value on its way; the gateway never sends one, the cloud never judges one
+})
+"""A reading with one of these is not a patient value (no value, a control-solution sample, demonstration
+or test data, or a value its own device disowns)."""
 
 
 class UnknownTwinEvent(ValueError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sims.ble.gatt import Faults, Peripheral
+from firmware_sims.ble.oximeter import ContinuousSample, PulseOximeter, SpotCheckRecord
 from firmware_sims.ble.peripherals import (
     BloodPressureCuff,
     BpRecord,
@@ -23,6 +24,7 @@ from firmware_sims.ble.peripherals import (
     WeightRecord,
     WeightScale,
 )
+from firmware_sims.ble.thermometer import TemperatureRecord, Thermometer
 
 SCENARIO_ENV = "RPM_SIM_BLE_SCENARIO"
 
@@ -102,7 +104,8 @@ def _time(value: Any) -> datetime | None:
 def peripheral_from_json(spec: dict[str, Any]) -> Peripheral:
     """Build one peripheral from its scenario entry.
 
-    ``{"type": "blood_pressure" | "glucose" | "weight_scale" | "heart_rate", "address": "...",
+    ``{"type": "blood_pressure" | "glucose" | "weight_scale" | "heart_rate" | "pulse_oximeter" | "thermometer",
+    "address": "...",
     "records": [...], "unit": "kPa", "imperial": true, "clock_offset_s": 3600, "clock_unset": true,
     "battery": 50, "faults": {"drop_after_records": 2, ...}, "name": ..., "model": ..., "serial": ...}``.
     Record fields are the keyword arguments of the encoders (times as ISO 8601).
@@ -134,6 +137,13 @@ def peripheral_from_json(spec: dict[str, Any]) -> Peripheral:
             return GlucoseMeter(address, glucose, **common, **spec)
         if kind == "heart_rate":
             return HeartRateStrap(address, spec.pop("rates", None), **common, **spec)
+        if kind == "pulse_oximeter":
+            spots = [SpotCheckRecord(**{**r, "timestamp": _time(r.get("timestamp"))}) for r in records]
+            stream = [ContinuousSample(**s) for s in spec.pop("stream", [])]
+            return PulseOximeter(address, spots, stream=stream, **common, **spec)
+        if kind == "thermometer":
+            temps = [TemperatureRecord(**{**r, "timestamp": _time(r.get("timestamp"))}) for r in records]
+            return Thermometer(address, temps, **common, **spec)
     except (KeyError, TypeError, ValueError) as err:
         raise ScenarioError(f"peripheral {spec.get('address', '?')}: {err}") from None
     raise ScenarioError(f"unknown peripheral type {kind!r}")

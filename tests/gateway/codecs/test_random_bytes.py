@@ -11,7 +11,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs import battery, blood_pressure, current_time, features, glucose, heart_rate, racp, weight_scale
+from gateway.codecs import (
+    battery,
+    blood_pressure,
+    current_time,
+    features,
+    glucose,
+    heart_rate,
+    pulse_oximeter,
+    racp,
+    thermometer,
+    weight_scale,
+)
 from gateway.codecs.common import DecodeError
 from gateway.codecs.ieee11073 import decode_date_time, decode_float, decode_sfloat
 from gateway.decode import decode_to_json
@@ -25,6 +36,12 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
     "glucose_context": glucose.decode_context,
     "weight_scale": weight_scale.decode_measurement,
     "heart_rate": heart_rate.decode_measurement,
+    "plx_spot_check": pulse_oximeter.decode_spot_check,
+    "plx_continuous": pulse_oximeter.decode_continuous,
+    "plx_features": pulse_oximeter.decode_features,
+    "thermometer": thermometer.decode_measurement,
+    "intermediate_temperature": thermometer.decode_intermediate_temperature,
+    "temperature_type": thermometer.decode_temperature_type,
     "racp": racp.decode_response,
     "battery": battery.decode_battery_level,
     "current_time": current_time.decode_current_time,
@@ -60,7 +77,8 @@ def test_random_bytes_only_raise_decode_errors(name: str, data: bytes) -> None:
         assert err.field is not None
 
 
-@pytest.mark.parametrize("profile", ["ble.blood_pressure", "ble.glucose", "ble.weight_scale", "ble.heart_rate"])
+@pytest.mark.parametrize("profile", ["ble.blood_pressure", "ble.glucose", "ble.weight_scale", "ble.heart_rate",
+                                     "ble.plx_spot_check", "ble.plx_continuous", "ble.thermometer"])
 @settings(max_examples=200, deadline=None)
 @given(data=frames)
 def test_random_frames_render_as_json_or_raise_decode_error(profile: str, data: bytes) -> None:
