@@ -196,3 +196,21 @@ def artifacts_dir() -> Path:
     path = Path(__file__).parent / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def private_postgres() -> Iterator:  # type: ignore[type-arg]
+    """A migrated PostgreSQL of this test's own, so the test can stop it hard and start it again."""
+    from cloud.db.migrate import apply_migrations
+    from cloud.embedded import EmbeddedPostgres, EmbeddedServiceError
+
+    # Outside pytest's basetemp, which a concurrent pytest session may prune under a running server.
+    data_dir = Path(tempfile.mkdtemp(prefix="rpm-test-pg-"))
+    try:
+        server = EmbeddedPostgres(data_dir).start()
+    except EmbeddedServiceError as err:
+        pytest.skip(f"cannot run a private PostgreSQL: {err}")
+    apply_migrations(server.url)
+    yield server
+    server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)

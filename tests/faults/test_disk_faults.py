@@ -16,7 +16,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,14 +74,6 @@ def in_cloud(database_url: str, gateway_id: str, kind: str) -> tuple[int, int, l
         rows = conn.execute("SELECT sequence, measured_at FROM readings WHERE gateway_id = %s AND kind = %s",
                             (gateway_id, kind)).fetchall()
     return len(rows), len({r[0] for r in rows}), sorted(r[1] for r in rows)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[LoggedProcess]]:
-    started: list[LoggedProcess] = []
-    yield started
-    for process in reversed(started):
-        process.kill()
 
 
 def test_disk_full_during_an_outage_every_meter_record_arrives_once_and_live_losses_are_counted(

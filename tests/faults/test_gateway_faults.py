@@ -6,7 +6,6 @@ simulated device), the real broker, the real ``rpm-cloud ingest`` and PostgreSQL
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -46,14 +45,6 @@ def stored_in_cloud(database_url: str, gateway_id: str) -> tuple[int, int]:
         row = conn.execute("SELECT count(*), count(DISTINCT sequence) FROM readings WHERE gateway_id = %s",
                            (gateway_id,)).fetchone()
     return int(row[0]), int(row[1])
-
-
-@pytest.fixture
-def processes() -> Iterator[list[LoggedProcess]]:
-    started: list[LoggedProcess] = []
-    yield started
-    for process in reversed(started):
-        process.kill()
 
 
 def test_broker_restarted_without_persistence_mid_stream_loses_nothing(

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -35,23 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.mosquitto, pytest.mark.timeou
 GATEWAYS, RATE, BATCH, DURATION_S, ACK_TIMEOUT_S = 6, 300, 3, 14, 4
 OUTAGE_S = 1.5
 
-
-@pytest.fixture
-def private_postgres() -> Iterator:  # type: ignore[type-arg]
-    """A migrated PostgreSQL of this test's own, so it can be stopped hard and started again."""
-    from cloud.db.migrate import apply_migrations
-    from cloud.embedded import EmbeddedPostgres, EmbeddedServiceError
-
-    # Outside pytest's basetemp, which a concurrent pytest session may prune under a running server.
-    data_dir = Path(tempfile.mkdtemp(prefix="rpm-test-pg-"))
-    try:
-        server = EmbeddedPostgres(data_dir).start()
-    except EmbeddedServiceError as err:
-        pytest.skip(f"cannot run a private PostgreSQL: {err}")
-    apply_migrations(server.url)
-    yield server
-    server.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def stop_postgres_immediately(server) -> None:  # type: ignore[no-untyped-def]

@@ -3,10 +3,7 @@ workers sharing one gateway's stream."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,23 +19,6 @@ def stored_ids(url: str, gateway_id: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM readings WHERE gateway_id = %s", (gateway_id,))]
 
-
-@pytest.fixture
-def private_postgres():  # type: ignore[no-untyped-def]
-    """A PostgreSQL server of this test's own, so the test can stop and restart it."""
-    from cloud.db.migrate import apply_migrations
-    from cloud.embedded import EmbeddedPostgres, EmbeddedServiceError
-
-    # Outside pytest's basetemp, which a concurrent pytest session may prune under a running server.
-    data_dir = Path(tempfile.mkdtemp(prefix="rpm-test-pg-"))
-    try:
-        server = EmbeddedPostgres(data_dir).start()
-    except EmbeddedServiceError as err:
-        pytest.skip(f"cannot run a private PostgreSQL: {err}")
-    apply_migrations(server.url)
-    yield server
-    server.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_database_stopped_and_restarted_mid_stream_loses_nothing(private_postgres, mqtt_broker, start_worker,
