@@ -1,11 +1,17 @@
 """Small durable per-device state that drivers keep between sessions (last sequence number read,
 last record index, learnt channel ids). SQLite in WAL mode, committed before the call returns.
 
-Some of it is a *resume position* in a device's memory (:data:`POSITION_KEYS`): where the next
-session starts reading. When the outbox loses readings it had (a damaged file moved aside), those
-positions are forgotten so memory devices are read from the start again; reading ids are
-deterministic and the cloud de-duplicates, so nothing is stored twice. Learnt pairings (an ANT+
-strap's channel id) are not positions and stay.
+Some of it is a *download cursor* in a device's memory (:data:`POSITION_KEYS`): how far the gateway
+has read. When the outbox loses readings it had (a damaged file moved aside), those cursors are
+forgotten; reading ids are deterministic and the cloud de-duplicates, so nothing is stored twice.
+Learnt pairings (an ANT+ strap's channel id) are not positions and stay.
+
+Where a device numbers its records (RACP sequence numbers), the position a session resumes from is
+the *acked* one (:data:`ACKED_SEQUENCE_KEY`, kept by :class:`AckedPositions`): the last record the
+cloud acknowledged, never past a record stored locally and not yet acknowledged (ARCHITECTURE point 4:
+the device's memory is the second copy until the cloud's ack). A reading the outbox loses before its
+ack (a cap, a damaged file, a torn write) is then read from the device again. The acked position
+survives a damaged outbox, so a salvage falls back to it rather than to the start.
 """
 
 from __future__ import annotations
@@ -13,16 +19,28 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations: drivers import this module, and need not import the outbox
+    from gateway.outbox import AckedReading, Outbox
 
 # The keys drivers keep their resume positions under (a test ties them to the drivers' constants):
 # the glucose meter's last RACP sequence number and the TaiDoc meter's record anchor.
-POSITION_KEYS = ("glucose_last_sequence", "taidoc.anchor")
+SEQUENCE_CURSOR_KEY = "glucose_last_sequence"
+POSITION_KEYS = (SEQUENCE_CURSOR_KEY, "taidoc.anchor")
+# The highest sequence number n such that every record up to n the gateway took from the device is held
+# by the cloud or needs no upload (quarantined, a control-solution test): where a new session resumes.
+ACKED_SEQUENCE_KEY = "acked_sequence"
 
 
 class DeviceStateStore:
     def __init__(self, path: str | Path) -> None:
+        self.follows_acks = False
+        """True once an :class:`AckedPositions` keeps this store's acked positions following the cloud's
+        acks (the gateway's runtime): sequence-numbered drivers then resume from the acked position.
+        False (a store used with a sink that is no outbox): they resume from their download cursor."""
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -35,6 +53,13 @@ class DeviceStateStore:
             "CREATE TABLE IF NOT EXISTS device_state ("
             " uid TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
             " PRIMARY KEY (uid, key))"
+        )
+        # Records stored in the outbox and not yet acked, by the device's own position: a record the
+        # outbox loses stays here (another file), so it holds the acked position back until read again.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS held_positions ("
+            " uid TEXT NOT NULL, position INTEGER NOT NULL, reading_id TEXT NOT NULL,"
+            " PRIMARY KEY (uid, reading_id))"
         )
 
     def get(self, uid: str, key: str, default: Any = None) -> Any:
@@ -54,8 +79,35 @@ class DeviceStateStore:
         with self._lock:
             self._db.execute("DELETE FROM device_state WHERE uid=? AND key=?", (uid, key))
 
+    def uids_with(self, key: str) -> list[str]:
+        """The devices that have a value under ``key``."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "SELECT uid FROM device_state WHERE key=? ORDER BY uid", (key,))]
+
+    def hold(self, uid: str, position: int, reading_id: str) -> None:
+        """Note a record stored locally whose reading the cloud has not acked yet (durably)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO held_positions (uid, position, reading_id) VALUES (?, ?, ?)",
+                             (uid, position, reading_id))
+
+    def release(self, uid: str, reading_ids: Iterable[str]) -> None:
+        """The cloud holds these readings now (acked, or quarantined by it): they hold nothing back."""
+        with self._lock:
+            self._db.executemany("DELETE FROM held_positions WHERE uid=? AND reading_id=?",
+                                 [(uid, rid) for rid in reading_ids])
+
+    def held(self, uid: str) -> list[tuple[int, str]]:
+        """(position, reading id) of the device's records stored but not acked, lowest position first."""
+        with self._lock:
+            return [(int(p), r) for p, r in self._db.execute(
+                "SELECT position, reading_id FROM held_positions WHERE uid=? ORDER BY position, reading_id",
+                (uid,))]
+
     def forget_positions(self, keys: tuple[str, ...] = POSITION_KEYS) -> list[str]:
-        """Forget every device's resume position (durably); returns the uids whose position went."""
+        """Forget every device's download cursor (durably); returns the uids whose cursor went. The acked
+        positions and the held records stay: they say what the cloud holds, which a lost outbox does not
+        change, so sequence-numbered devices are read again from there."""
         marks = ",".join("?" * len(keys))
         with self._lock:
             uids = [row[0] for row in self._db.execute(
@@ -66,3 +118,60 @@ class DeviceStateStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class AckedPositions:
+    """Keeps each sequence-numbered device's acked position (:data:`ACKED_SEQUENCE_KEY`) following the
+    cloud: the sink reports each stored reading (:meth:`stored`), the outbox each ack (:meth:`acked`).
+
+    The acked position is the device's download cursor (everything read, quarantined records and
+    skipped control-solution tests included: they never get an ack and must not hold it back), but
+    never at or past the lowest record still held: stored locally and not yet in the cloud. A held
+    record the outbox no longer has and the cloud never confirmed is a *lost* one: it keeps holding the
+    position until the device gives it again. Thread-safe: the uplink applies acks on a worker thread.
+    """
+
+    def __init__(self, state: DeviceStateStore, outbox: Outbox, *, cursor_key: str = SEQUENCE_CURSOR_KEY) -> None:
+        self.state = state
+        self.outbox = outbox
+        self.cursor_key = cursor_key
+        self._lock = threading.Lock()
+        state.follows_acks = True
+        outbox.on_acked(self.acked)
+
+    def stored(self, uid: str, reading_id: str, position: int) -> None:
+        """A reading with a device position is committed (new or known): hold its position while the
+        outbox has it unacked; release it where the outbox already settled it (delivered before)."""
+        with self._lock:
+            if self.outbox.contains(reading_id):
+                self.state.hold(uid, position, reading_id)
+            else:
+                self.state.release(uid, [reading_id])
+
+    def acked(self, confirmed: list[AckedReading]) -> None:
+        """The outbox's ack listener: release what the cloud now holds and advance the acked positions."""
+        by_device: dict[str, list[AckedReading]] = {}
+        for item in confirmed:
+            if item.device_uid is not None and item.sequence is not None:
+                by_device.setdefault(item.device_uid, []).append(item)
+        for uid, items in by_device.items():
+            with self._lock:
+                self._advance(uid, items)
+
+    def _advance(self, uid: str, items: list[AckedReading]) -> None:
+        self.state.release(uid, [item.id for item in items])
+        # The cursor is read before the held records: the sink holds a record before the driver moves
+        # its cursor onto it, so a cursor seen here never runs ahead of the holds read next.
+        cursor = self.state.get(uid, self.cursor_key)
+        held = self.state.held(uid)
+        if held:
+            # Settled by another path (the cloud rejected it into quarantine; an earlier ack named it).
+            settled = self.outbox.settled([reading_id for _, reading_id in held])
+            if settled:
+                self.state.release(uid, settled)
+                held = [(p, r) for p, r in held if r not in settled]
+        old = self.state.get(uid, ACKED_SEQUENCE_KEY)
+        top = max(int(v) for v in (old, cursor, *(item.sequence for item in items)) if v is not None)
+        position = top if not held else min(top, held[0][0] - 1)
+        if position != old:
+            self.state.set(uid, ACKED_SEQUENCE_KEY, position)

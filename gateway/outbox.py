@@ -730,6 +730,19 @@ class Outbox:
                 " ORDER BY seq", (device_uid,)).fetchall()
         return [int(row[0]) for row in rows]
 
+    def settled(self, reading_ids: Sequence[str]) -> set[str]:
+        """Those of ``reading_ids`` the cloud has settled: confirmed (``delivered``) or rejected into
+        ``quarantine``. An id neither here, nor settled, was lost before the cloud had it."""
+        found: set[str] = set()
+        with self._lock:
+            self._check_open()
+            for chunk in _chunks(list(reading_ids), 500):
+                marks = ",".join("?" * len(chunk))
+                for table in ("delivered", "quarantine"):
+                    found.update(row[0] for row in self._db.execute(
+                        f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+        return found
+
     def _room_again_if_any(self) -> None:
         """An ack freed pages: a disk-full refusal may be over (the next put finds out for sure)."""
         if self._full_reason is None or self._disk_refusal() is not None:

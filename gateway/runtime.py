@@ -8,8 +8,9 @@ too. A gateway that cannot do its job exits 2 so systemd restarts it instead of 
 a data directory or outbox that cannot be written (one line naming the path and the cause); while
 running, an outbox that stays unwritable for ``[outbox] unwritable_grace_s`` (a card gone read-only),
 or an uplink whose configuration cannot work. A damaged outbox found at start is moved aside and
-salvaged by the outbox; the runtime then forgets the devices' resume positions so memory devices are
-read from the start again, and says so in the log and the status.
+salvaged by the outbox; the runtime then forgets the devices' download cursors so memory devices are
+read again (from the last record the cloud acknowledged where the device numbers its records, else
+from the start), and says so in the log and the status.
 
 SIGTERM/SIGINT stop the device managers first (no new readings), give the uplink
 ``mqtt.drain_timeout_s`` to get in-flight readings acked, publish the offline status, and exit 0;
@@ -41,7 +42,7 @@ from typing import Any
 from gateway.ble_config import BackendLoadError, load_bleak_backends, normalise_address
 from gateway.config import ConfigError, GatewayConfig, MqttConfig
 from gateway.contract import GatewayStatus, Reading
-from gateway.device_state import DeviceStateStore
+from gateway.device_state import AckedPositions, DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, gateway_now
 from gateway.intake import RecordIntake, RecordOutcome
 from gateway.log_repeats import install as install_repeat_filter
@@ -91,6 +92,7 @@ class Gateway:
         self._closers: list[Callable[[], Any]] = []
         self._metrics: Any = None
         self._intake: RecordIntake | None = None
+        self._positions: AckedPositions | None = None
         self._tz = config.tzinfo()
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -106,6 +108,10 @@ class Gateway:
         if self.outbox.recovery is not None:
             self._after_salvage(self.outbox.recovery)
         self._intake = RecordIntake(self.outbox, local_tz=self._tz, now=gateway_now, submit=self.submit)
+        # Memory devices resume from what the cloud acknowledged, not from what is stored here (issue 15).
+        self.device_state = DeviceStateStore(config.data_dir / "device_state.sqlite")
+        self._closers.append(self.device_state.close)
+        self._positions = AckedPositions(self.device_state, self.outbox)
         self.board = StatusBoard(config.gateway_id, self.outbox, uplink_error=self._uplink_error,
                                  publish=self._publish_status, interval_s=config.status_interval_s,
                                  component_errors=lambda: self.component_errors,
@@ -158,6 +164,9 @@ class Gateway:
         if self._intake is None:
             raise OutboxError("the gateway is not started")
         outcome, reading = await self._intake.take(device, measurement, clock)
+        if self._positions is not None and reading is not None and reading.sequence is not None:
+            # Held (durably) before the driver moves its cursor on, until the cloud acks the reading.
+            await asyncio.to_thread(self._positions.stored, device.uid, reading.id, reading.sequence)
         if self.board is not None:
             fields: dict[str, Any] = {"profile": device.profile,
                                       "last_seen": reading.received_at if reading else gateway_now()}
@@ -267,24 +276,30 @@ class Gateway:
                                 STORAGE_CHECK_S)
 
     def _after_salvage(self, report: SalvageReport) -> None:
-        """A damaged outbox was moved aside: forget the resume positions so memory devices are read
-        from the start again (what salvage could not keep, they give again; the cloud de-duplicates)."""
-        from gateway.device_state import DeviceStateStore
+        """A damaged outbox was moved aside: forget the download cursors so memory devices are read
+        again (what salvage could not keep, they give again; the cloud de-duplicates): from the last
+        record the cloud acknowledged where a device has an acked position, else from the start."""
+        from gateway.device_state import ACKED_SEQUENCE_KEY, DeviceStateStore
 
         path = self.config.data_dir / "device_state.sqlite"
         reset: list[str] = []
+        acked: list[str] = []
         if path.exists():
             store = DeviceStateStore(path)
             try:
                 reset = store.forget_positions()
+                acked = store.uids_with(ACKED_SEQUENCE_KEY)
             finally:
                 store.close()
+        from_start = len(set(reset) - set(acked))
+        again = [f"{n} device{'s' if n != 1 else ''} with memory will be read again {where}"
+                 for n, where in ((from_start, "from the start"),
+                                  (len(acked), "from the last record the cloud acknowledged")) if n]
         self.storage_notice = (
             f"The outbox was damaged ({report.problem}) and moved aside to {report.moved_to.name}; "
             f"{report.salvaged} reading{'s' if report.salvaged != 1 else ''} salvaged"
             + (f", {report.unreadable} unreadable" if report.unreadable else "")
-            + (f"; {len(reset)} device{'s' if len(reset) != 1 else ''} with memory will be read again from the start"
-               if reset else "; devices with memory will be read again from the start"))
+            + "; " + ("; ".join(again) if again else "devices with memory will be read again from the start"))
         log.warning("%s", self.storage_notice)
 
     def _start_metrics(self, port: int) -> None:
@@ -308,8 +323,6 @@ class Gateway:
             log.warning("both [ble] and [usb] are disabled: no devices will be read")
             return
         assert self.board is not None
-        self.device_state = DeviceStateStore(config.data_dir / "device_state.sqlite")
-        self._closers.append(self.device_state.close)
         if config.ble.enabled:
             # Enrolled devices show in the status from the start: one never seen is a finding too.
             for device in config.ble.enrolled:

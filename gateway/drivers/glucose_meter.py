@@ -7,13 +7,22 @@ else those with sequence number ≥ last + 1. The meter notifies each record (a 
 measurement's flags announce one, follows with the same sequence number) and indicates a response
 code when done; "no records found" is a normal end.
 
-Why nothing is lost or doubled: the last sequence number is advanced in the durable
-``DeviceStateStore`` only after the sink returned (the reading is in the outbox, or the record is in
-the device quarantine because it could not become one). A link lost mid-transfer leaves it at the last
-durable record, so the next session asks from the one after. A bad record therefore never blocks the
-meter: it is committed to quarantine and the sequence moves past it like past any other. A frame too
-broken to decode shows no sequence number; it is quarantined (once: the same bytes again are known)
-and the next good record moves the sequence past it.
+Two positions per meter, both in the durable ``DeviceStateStore``. The *download cursor*
+(:data:`LAST_SEQUENCE_KEY`) is the highest sequence number committed through the sink (the reading is
+in the outbox, or the record is in the device quarantine because it could not become one); it is
+advanced only after the sink returned, and it is what the numbering checks compare against. The
+*acked position* (:data:`ACKED_SEQUENCE_KEY`) follows the cloud's acks
+(:class:`~gateway.device_state.AckedPositions`, wired by the runtime): the meter's memory stays the
+backup until the cloud holds a record, so a session asks for records after the acked position, and a
+reading the outbox lost before its ack (a cap, a damaged file, a torn write) is read again. Records
+re-read that are still in the outbox are known to the intake and not sent again. Where no acks are
+followed (``state.follows_acks`` false: a sink that is no outbox), a session resumes after the cursor.
+
+A link lost mid-transfer leaves the cursor at the last durable record. A bad record never blocks the
+meter: it is committed to quarantine and both positions move past it like past any other (it will
+never be acked, so it does not hold the acked position back). A frame too broken to decode shows no
+sequence number; it is quarantined (once: the same bytes again are known) and the next good record
+moves the sequence past it.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ SERVICE_UUID = uuid16(0x1808)
 MEASUREMENT_UUID = uuid16(0x2A18)
 CONTEXT_UUID = uuid16(0x2A34)
 RACP_UUID = uuid16(0x2A52)
+# Strings, not imports from gateway.device_state (drivers stay below the gateway core); a test ties them.
 LAST_SEQUENCE_KEY = "glucose_last_sequence"
+ACKED_SEQUENCE_KEY = "acked_sequence"
 
 # RACP op codes and response values (GLS 1.0 section 3.108, tables 3.12 and 3.14).
 OP_REPORT_STORED_RECORDS = 1
@@ -62,7 +73,8 @@ class SequenceRestartedError(DriverError):
 
 
 async def run_session(ctx: BleContext) -> SessionResult:
-    """Fetch every record newer than the last durable one; each is durable before the next is taken."""
+    """Fetch every record after the resume position (:func:`resume_after`); each is durable before the
+    next is taken."""
     session = ctx.session
     uid = ctx.device.uid
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -75,20 +87,24 @@ async def run_session(ctx: BleContext) -> SessionResult:
         await session.subscribe(CONTEXT_UUID, enqueue)
     await session.subscribe(RACP_UUID, enqueue)
 
-    last = ctx.state.get(uid, LAST_SEQUENCE_KEY)
-    if last is not None and int(last) >= 0xFFFF:
+    cursor = ctx.state.get(uid, LAST_SEQUENCE_KEY)
+    resume = resume_after(ctx)
+    # The highest sequence ever read, for the numbering checks (the acked position may be behind it).
+    read = [int(v) for v in (cursor, resume) if v is not None]
+    last = max(read) if read else None
+    if resume is not None and resume >= 0xFFFF:
         # Nothing can be newer than 65535 in a uint16: the next record wrapped the counter.
-        await _check_numbering(ctx, queue, int(last))
+        await _check_numbering(ctx, queue, max(read))
         return SessionResult(measurements=0, clock=ctx.clock, notes=list(ctx.notes))
-    request = racp.encode_report_all() if last is None else racp.encode_report_greater_or_equal(int(last) + 1)
+    request = racp.encode_report_all() if resume is None else racp.encode_report_greater_or_equal(resume + 1)
     await session.write(RACP_UUID, request)
 
     emitted = 0
     pending: Measurement | None = None
 
     async def commit(record: DeviceRecord) -> None:
-        """The one place a record is committed and the resume point advances past it."""
-        nonlocal emitted
+        """The one place a record is committed and the download cursor advances past it."""
+        nonlocal emitted, cursor
         if isinstance(record, Measurement) and "control_solution" in record.flags:
             # GLS sample type/location "control solution": a meter check, not a patient reading.
             log.info("%s: record %s is a control-solution test; not a reading", session.address, record.sequence)
@@ -97,7 +113,10 @@ async def run_session(ctx: BleContext) -> SessionResult:
             await ctx.emit(record)  # durable now: stored as a reading, or quarantined
             emitted += isinstance(record, Measurement)
         if isinstance(record, Measurement) and record.sequence is not None:
-            ctx.state.set(uid, LAST_SEQUENCE_KEY, record.sequence)
+            # Never backwards: a session re-reading unacked records passes below the cursor again.
+            if cursor is None or record.sequence > int(cursor):
+                cursor = record.sequence
+                ctx.state.set(uid, LAST_SEQUENCE_KEY, cursor)
 
     try:
         while True:
@@ -144,7 +163,7 @@ async def run_session(ctx: BleContext) -> SessionResult:
                 if value == RESPONSE_NO_RECORDS_FOUND:
                     ctx.notes.append("no new records")
                     if last is not None:
-                        await _check_numbering(ctx, queue, int(last))
+                        await _check_numbering(ctx, queue, last)
                     break
                 raise RacpError(f"{session.address}: RACP answered {response}")
     except DeviceTimeoutError:
@@ -154,13 +173,21 @@ async def run_session(ctx: BleContext) -> SessionResult:
         raise
     except DeviceDisconnectedError:
         log.info("%s: link lost after %d record(s); the next session resumes after sequence %s",
-                 session.address, emitted, ctx.state.get(uid, LAST_SEQUENCE_KEY))
+                 session.address, emitted, resume_after(ctx))
         raise
     except DecodeError as err:
         raise RacpError(f"{session.address}: RACP response does not decode: {err}") from err
     for uuid in (MEASUREMENT_UUID, CONTEXT_UUID, RACP_UUID):
         await session.unsubscribe(uuid)
     return SessionResult(measurements=emitted, clock=ctx.clock, notes=list(ctx.notes))
+
+
+def resume_after(ctx: BleContext) -> int | None:
+    """The sequence number a new session asks for records after (None: ask for all): the acked
+    position where the store follows the cloud's acks, else the download cursor."""
+    state = ctx.state
+    value = state.get(ctx.device.uid, ACKED_SEQUENCE_KEY if state.follows_acks else LAST_SEQUENCE_KEY)
+    return None if value is None else int(value)
 
 
 async def _check_numbering(ctx: BleContext, queue: asyncio.Queue[tuple[str, bytes]], last: int) -> None:
