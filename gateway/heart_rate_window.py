@@ -1,79 +1,29 @@
 """Policy for live heart rate: notifications arrive at up to 4 Hz; the cloud wants one reading per
 cadence (default a minute) carrying the window's median, not a flood.
 
-Windows are aligned to multiples of the cadence since the Unix epoch (UTC), so a window's start is
-the same whichever gateway process saw it: the start is the reading's discriminator in its
+Windows are aligned to multiples of the cadence since the Unix epoch (UTC) by
+:class:`gateway.cadence_window.CadenceWindow`: the start is the reading's discriminator in its
 deterministic id (a window has neither a sequence number nor a device time).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from gateway.cadence_window import CadenceWindow
 from gateway.codecs.common import Measurement, Quantity
 from gateway.metrics import METRICS
 
 PROFILE = "ble.heart_rate"
 
 
-@dataclass(slots=True)
-class _Window:
-    start: datetime
-    end: datetime
-    samples: list[Measurement] = field(default_factory=list)
-
-
-class HeartRateWindow:
-    """Collect heart-rate measurements; hand back one aggregate per closed window.
-
-    ``add`` returns the aggregate of the previous window when a sample falls past its end;
-    ``flush`` closes the open window (at the end of a session). Not thread-safe: one per device.
-    """
+class HeartRateWindow(CadenceWindow):
+    """Collect heart-rate measurements; hand back one :func:`aggregate` per closed window (see
+    :class:`~gateway.cadence_window.CadenceWindow` for ``add``, ``flush`` and ``pending``)."""
 
     def __init__(self, cadence_s: float = 60.0) -> None:
-        if cadence_s <= 0:
-            raise ValueError("cadence_s must be > 0")
-        self.cadence = timedelta(seconds=cadence_s)
-        self._window: _Window | None = None
-
-    def _window_for(self, at: datetime) -> _Window:
-        at = _aware(at)
-        epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        start = epoch + ((at - epoch) // self.cadence) * self.cadence
-        return _Window(start=start, end=start + self.cadence)
-
-    def add(self, measurement: Measurement, at: datetime) -> Measurement | None:
-        """Add one live measurement received at ``at``; return the closed window's aggregate, if any."""
-        at = _aware(at)
-        closed = None
-        if self._window is not None and at >= self._window.end:
-            closed = self._close(self._window, self._window.end)
-            self._window = None
-        if self._window is None:
-            self._window = self._window_for(at)
-        # A late sample (before the open window's start, e.g. a clock step) stays in the open window
-        # rather than reopening a window that was already sent.
-        self._window.samples.append(measurement)
-        return closed
-
-    def flush(self, at: datetime) -> Measurement | None:
-        """Close the open window now (a session ended); None when nothing is open."""
-        if self._window is None:
-            return None
-        window, self._window = self._window, None
-        return self._close(window, min(_aware(at), window.end))
-
-    @property
-    def pending(self) -> int:
-        """Samples held in the open window."""
-        return 0 if self._window is None else len(self._window.samples)
-
-    def _close(self, window: _Window, end: datetime) -> Measurement | None:
-        if not window.samples:
-            return None
-        return aggregate(window.samples, window.start, end)
+        super().__init__(aggregate, cadence_s)
 
 
 def aggregate(samples: list[Measurement], start: datetime, end: datetime) -> Measurement:
@@ -135,8 +85,3 @@ def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
 
 def _scalar(value: float | tuple[float, ...]) -> float:
     return value[0] if isinstance(value, tuple) else value
-
-
-def _aware(at: datetime) -> datetime:
-    # A naive time is taken as UTC: windows must not shift with the host's zone.
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

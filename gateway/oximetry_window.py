@@ -9,16 +9,17 @@ stand by (invalid, questionable, unavailable, low perfusion, a displaced or disc
 when no sample is usable the window still becomes a reading, from all its samples and carrying their
 flags, so it is stored and shown but never judged. Every window reading is flagged ``averaged``.
 
-Windows are aligned to multiples of the cadence since the Unix epoch (UTC), as heart-rate windows
-are: the start is the reading's discriminator in its deterministic id.
+Windows are aligned to multiples of the cadence since the Unix epoch (UTC) by the same
+:class:`gateway.cadence_window.CadenceWindow` as heart-rate windows: the start is the reading's
+discriminator in its deterministic id.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+from gateway.cadence_window import CadenceWindow
 from gateway.codecs.common import Measurement, Quantity
 
 # Sample flags the oximeter raises when it does not stand by the value (PLXS status bits).
@@ -34,43 +35,12 @@ HELD_SAMPLES = 3
 _UNITS = {"spo2_pulse_rate": "/min", "pulse_amplitude_index": "%"}
 
 
-@dataclass(slots=True)
-class _Window:
-    start: datetime
-    end: datetime
-    samples: list[Measurement] = field(default_factory=list)
-
-
-class OximetryWindow:
-    """Collect continuous measurements; hand back one reading per closed window (one per device)."""
+class OximetryWindow(CadenceWindow):
+    """Collect continuous measurements; hand back one :func:`aggregate` reading per closed window (one
+    per device; see :class:`~gateway.cadence_window.CadenceWindow` for ``add`` and ``flush``)."""
 
     def __init__(self, cadence_s: float = 60.0) -> None:
-        if cadence_s <= 0:
-            raise ValueError("cadence_s must be > 0")
-        self.cadence = timedelta(seconds=cadence_s)
-        self._window: _Window | None = None
-
-    def add(self, measurement: Measurement, at: datetime) -> Measurement | None:
-        """Add one sample received at ``at``; return the closed window's reading, if one closed."""
-        at = _aware(at)
-        closed = None
-        if self._window is not None and at >= self._window.end:
-            closed = aggregate(self._window.samples, self._window.start, self._window.end)
-            self._window = None
-        if self._window is None:
-            epoch = datetime(1970, 1, 1, tzinfo=UTC)
-            start = epoch + ((at - epoch) // self.cadence) * self.cadence
-            self._window = _Window(start, start + self.cadence)
-        self._window.samples.append(measurement)
-        return closed
-
-    def flush(self, at: datetime) -> Measurement | None:
-        """Close the open window now (the session ended); None when nothing is open."""
-        if self._window is None or not self._window.samples:
-            self._window = None
-            return None
-        window, self._window = self._window, None
-        return aggregate(window.samples, window.start, min(_aware(at), window.end))
+        super().__init__(aggregate, cadence_s)
 
 
 def held_minimum(values: list[float], held: int = HELD_SAMPLES) -> float:
@@ -115,7 +85,3 @@ def aggregate(samples: list[Measurement], start: datetime, end: datetime) -> Mea
             "usable_samples": len(usable),
         },
     )
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -22,18 +22,8 @@ from datetime import datetime
 from typing import Any
 
 from firmware_sims.ble import encoders as enc
-from firmware_sims.ble.gatt import (
-    ATT_CCCD_IMPROPERLY_CONFIGURED,
-    ATT_PROCEDURE_ALREADY_IN_PROGRESS,
-    RACP,
-    Characteristic,
-    GattError,
-    Link,
-    LinkLost,
-    Peripheral,
-    Service,
-    uuid16,
-)
+from firmware_sims.ble.gatt import RACP, Characteristic, Link, Service, uuid16
+from firmware_sims.ble.racp import RacpServer
 
 PULSE_OXIMETER_SERVICE = uuid16(0x1822)
 PLX_SPOT_CHECK = uuid16(0x2A5E)
@@ -87,6 +77,19 @@ def _uint24(value: int) -> bytes:
     return value.to_bytes(3, "little")
 
 
+def _status_and_pai(status: int | None, sensor_status: int | None, pulse_amplitude_index: enc.Number | None) -> bytes:
+    """The fields both PLX measurements end with, in this order where present (PLXS 1.0 3.1.1, 3.2.1):
+    measurement status (uint16), device and sensor status (uint24), pulse amplitude index (SFLOAT)."""
+    out = b""
+    if status is not None:
+        out += struct.pack("<H", status)
+    if sensor_status is not None:
+        out += _uint24(sensor_status)
+    if pulse_amplitude_index is not None:
+        out += enc.encode_sfloat(pulse_amplitude_index)
+    return out
+
+
 def encode_spot_check(
     spo2: enc.Number,
     pulse_rate: enc.Number,
@@ -108,13 +111,7 @@ def encode_spot_check(
     out = bytes([flags]) + enc.encode_sfloat(spo2) + enc.encode_sfloat(pulse_rate)
     if timestamp is not None:
         out += enc.encode_date_time(timestamp)
-    if status is not None:
-        out += struct.pack("<H", status)
-    if sensor_status is not None:
-        out += _uint24(sensor_status)
-    if pulse_amplitude_index is not None:
-        out += enc.encode_sfloat(pulse_amplitude_index)
-    return out
+    return out + _status_and_pai(status, sensor_status, pulse_amplitude_index)
 
 
 def encode_continuous(
@@ -137,13 +134,7 @@ def encode_continuous(
     for pair in (fast, slow):
         if pair is not None:
             out += enc.encode_sfloat(pair[0]) + enc.encode_sfloat(pair[1])
-    if status is not None:
-        out += struct.pack("<H", status)
-    if sensor_status is not None:
-        out += _uint24(sensor_status)
-    if pulse_amplitude_index is not None:
-        out += enc.encode_sfloat(pulse_amplitude_index)
-    return out
+    return out + _status_and_pai(status, sensor_status, pulse_amplitude_index)
 
 
 def encode_features(
@@ -199,7 +190,7 @@ class ContinuousSample:
                                  pulse_amplitude_index=self.pulse_amplitude_index)
 
 
-class PulseOximeter(Peripheral):
+class PulseOximeter(RacpServer):
     """PLXS 1.0 with stored spot-check records behind an RACP and an optional live continuous stream.
 
     ``stream`` samples are cycled at ``hz`` while the central is subscribed to 0x2A5F; ``frames``
@@ -221,9 +212,7 @@ class PulseOximeter(Peripheral):
         self.hz = hz
         self.frames = frames
         self.storage = storage
-        self.requests: list[bytes] = []
         self.sent_frames: list[bytes] = []
-        self._procedure: asyncio.Task[None] | None = None
 
     def profile_services(self) -> list[Service]:
         features = ["spo2pr_fast", "pulse_amplitude_index", "timestamp_for_spot_check"]
@@ -241,9 +230,6 @@ class PulseOximeter(Peripheral):
         if self.storage:
             characteristics.append(Characteristic(RACP, ["write", "indicate"], on_write=self._racp_write))
         return [Service(PULSE_OXIMETER_SERVICE, characteristics)]
-
-    def on_connect(self, link: Link) -> None:
-        self._procedure = None
 
     def on_subscribe(self, link: Link, uuid: str) -> None:
         if self.faults.silent_after_connect:
@@ -278,64 +264,21 @@ class PulseOximeter(Peripheral):
             await asyncio.sleep(1 / self.hz)
         link.drop()
 
-    def _racp_write(self, data: bytes) -> None:
-        link = self.link
-        if link is None:
-            return
-        if RACP not in link.subscriptions:
-            raise GattError(ATT_CCCD_IMPROPERLY_CONFIGURED, "RACP indications are not enabled")
-        self.requests.append(bytes(data))
-        if self.faults.silent_after_connect:
-            return
-        op = data[0] if data else 0
-        if op == enc.RACP_ABORT:
-            if self._procedure is not None:
-                self._procedure.cancel()
-            self.spawn(link.send(RACP, enc.encode_racp_response(enc.RACP_ABORT, enc.RESPONSE_SUCCESS)))
-            return
-        if self._procedure is not None and not self._procedure.done():
-            raise GattError(ATT_PROCEDURE_ALREADY_IN_PROGRESS, "an RACP procedure is running")
-        self._procedure = asyncio.get_running_loop().create_task(self._run_procedure(link, bytes(data)))
-        self._tasks.add(self._procedure)
-        self._procedure.add_done_callback(self._tasks.discard)
-
-    async def _run_procedure(self, link: Link, data: bytes) -> None:
-        try:
-            await self._answer(link, data)
-        except LinkLost:
-            pass
-
-    async def _answer(self, link: Link, data: bytes) -> None:
-        op = data[0] if data else 0
-        if len(data) < 2:
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_INVALID_OPERAND))
-            return
-        operator, operand = data[1], data[2:]
-        if op not in (enc.RACP_REPORT_STORED_RECORDS, enc.RACP_REPORT_NUMBER_OF_RECORDS,
-                      enc.RACP_DELETE_STORED_RECORDS):
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_OP_CODE_NOT_SUPPORTED))
-            return
+    def _select(self, operator: int, operand: bytes) -> tuple[list[SpotCheckRecord], int | None]:
         if operator == enc.OPERATOR_NULL:
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_INVALID_OPERATOR))
-            return
+            return [], enc.RESPONSE_INVALID_OPERATOR
         if operator != enc.OPERATOR_ALL:
             # PLXS 1.0 3.4: "all records" is the only operator; there is nothing to filter records by.
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_OPERATOR_NOT_SUPPORTED))
-            return
+            return [], enc.RESPONSE_OPERATOR_NOT_SUPPORTED
         if operand:
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_INVALID_OPERAND))
-            return
-        if op == enc.RACP_REPORT_NUMBER_OF_RECORDS:
-            await link.send(RACP, enc.encode_racp_number_of_records(len(self.records)))
-            return
-        if not self.records:
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_NO_RECORDS_FOUND))
-            return
-        if op == enc.RACP_DELETE_STORED_RECORDS:
-            self.records = []
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_SUCCESS))
-            return
+            return [], enc.RESPONSE_INVALID_OPERAND
+        return list(self.records), None
+
+    def _delete(self, selected: list[SpotCheckRecord]) -> None:
+        self.records = []  # "all records" is the only selection
+
+    async def _report(self, link: Link, op: int, selected: list[SpotCheckRecord]) -> None:
         before = len(self.sent_frames)
         await self._indicate_records(link, disconnect=False)
-        if len(self.sent_frames) - before == len(self.records) and link.connected:
+        if len(self.sent_frames) - before == len(selected) and link.connected:
             await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_SUCCESS))

@@ -18,8 +18,6 @@ from typing import Any
 
 from firmware_sims.ble import encoders as enc
 from firmware_sims.ble.gatt import (
-    ATT_CCCD_IMPROPERLY_CONFIGURED,
-    ATT_PROCEDURE_ALREADY_IN_PROGRESS,
     BLOOD_PRESSURE_SERVICE,
     BODY_SENSOR_LOCATION,
     BP_FEATURE,
@@ -36,12 +34,11 @@ from firmware_sims.ble.gatt import (
     WEIGHT_MEASUREMENT,
     WEIGHT_SCALE_SERVICE,
     Characteristic,
-    GattError,
     Link,
-    LinkLost,
     Peripheral,
     Service,
 )
+from firmware_sims.ble.racp import RacpServer
 
 # Pause before a cuff or scale ends the link after its last record (devices linger a moment).
 LINGER_S = 0.01
@@ -199,7 +196,7 @@ class WeightScale(_StoredRecordsDevice):
         ]
 
 
-class GlucoseMeter(Peripheral):
+class GlucoseMeter(RacpServer):
     """Glucose Service 1.0 with its Record Access Control Point (GLS section 4.9 and 3.108).
 
     The collector must enable RACP indications before writing a request (else the meter answers
@@ -214,9 +211,7 @@ class GlucoseMeter(Peripheral):
         kwargs.setdefault("model", "SIM-GLUCO")
         super().__init__(address, **kwargs)
         self.records = sorted(records or [], key=lambda r: r.sequence)
-        self.requests: list[bytes] = []
         self.sent_sequences: list[int] = []
-        self._procedure: asyncio.Task[None] | None = None
         self._sent_this_session = 0
 
     def profile_services(self) -> list[Service]:
@@ -234,64 +229,18 @@ class GlucoseMeter(Peripheral):
         ]
 
     def on_connect(self, link: Link) -> None:
+        super().on_connect(link)
         self._sent_this_session = 0
-        self._procedure = None
 
     def add_record(self, record: GlucoseRecord) -> None:
         self.records.append(record)
         self.records.sort(key=lambda r: r.sequence)
 
-    def _racp_write(self, data: bytes) -> None:
-        link = self.link
-        if link is None:
-            return
-        if RACP not in link.subscriptions:
-            raise GattError(ATT_CCCD_IMPROPERLY_CONFIGURED, "RACP indications are not enabled")
-        self.requests.append(bytes(data))
-        if self.faults.silent_after_connect:
-            return
-        op = data[0] if data else 0
-        if op == enc.RACP_ABORT:
-            if self._procedure is not None:
-                self._procedure.cancel()
-            self.spawn(link.send(RACP, enc.encode_racp_response(enc.RACP_ABORT, enc.RESPONSE_SUCCESS)))
-            return
-        if self._procedure is not None and not self._procedure.done():
-            raise GattError(ATT_PROCEDURE_ALREADY_IN_PROGRESS, "an RACP procedure is running")
-        self._procedure = asyncio.get_running_loop().create_task(self._run_procedure(link, bytes(data)))
-        self._tasks.add(self._procedure)
-        self._procedure.add_done_callback(self._tasks.discard)
+    def _delete(self, selected: list[GlucoseRecord]) -> None:
+        doomed = {r.sequence for r in selected}
+        self.records = [r for r in self.records if r.sequence not in doomed]
 
-    async def _run_procedure(self, link: Link, data: bytes) -> None:
-        try:
-            await self._answer(link, data)
-        except LinkLost:
-            pass
-
-    async def _answer(self, link: Link, data: bytes) -> None:
-        if len(data) < 2:
-            await link.send(RACP, enc.encode_racp_response(data[0] if data else 0, enc.RESPONSE_INVALID_OPERAND))
-            return
-        op, operator, operand = data[0], data[1], data[2:]
-        if op not in (enc.RACP_REPORT_STORED_RECORDS, enc.RACP_REPORT_NUMBER_OF_RECORDS,
-                      enc.RACP_DELETE_STORED_RECORDS):
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_OP_CODE_NOT_SUPPORTED))
-            return
-        selected, error = self._select(operator, operand)
-        if error is not None:
-            await link.send(RACP, enc.encode_racp_response(op, error))
-            return
-        if op == enc.RACP_REPORT_NUMBER_OF_RECORDS:
-            await link.send(RACP, enc.encode_racp_number_of_records(len(selected)))
-            return
-        if not selected:
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_NO_RECORDS_FOUND))
-            return
-        if op == enc.RACP_DELETE_STORED_RECORDS:
-            doomed = {r.sequence for r in selected}
-            self.records = [r for r in self.records if r.sequence not in doomed]
-            await link.send(RACP, enc.encode_racp_response(op, enc.RESPONSE_SUCCESS))
-            return
+    async def _report(self, link: Link, op: int, selected: list[GlucoseRecord]) -> None:
         for record in selected:
             faults = self.faults
             if (faults.drop_after_records is not None and faults.drop_times > 0

@@ -125,6 +125,22 @@ def _put(values: dict[str, Quantity], details: dict[str, Any], metric: str, valu
         details[f"{metric}_special"] = value.number.special.value
 
 
+def _spo2_and_pulse(spo2: _Sfloat, pulse: _Sfloat, details: dict[str, Any]) -> dict[str, Quantity]:
+    """The values of the SpO2/PR pair every PLX measurement starts with, checked against their ranges."""
+    _checked(spo2, 0, 100, "%")
+    _checked(pulse, 0, None, "/min")
+    values: dict[str, Quantity] = {}
+    _put(values, details, "spo2", spo2, "%")
+    _put(values, details, "spo2_pulse_rate", pulse, "/min")
+    return values
+
+
+def _put_pai(values: dict[str, Quantity], details: dict[str, Any], pai: _Sfloat | None) -> None:
+    if pai is not None:
+        _checked(pai, 0, 100, "%")
+        _put(values, details, "pulse_amplitude_index", pai, "%")
+
+
 def _read_statuses(reader: Reader, has_measurement: bool, has_device: bool, details: dict[str, Any]) -> list[str]:
     measurement_status = device_status = None
     if has_measurement:
@@ -170,14 +186,8 @@ def decode_spot_check(data: bytes) -> Measurement:
     names = _read_statuses(reader, bool(flags & SPOT_MEASUREMENT_STATUS), bool(flags & SPOT_DEVICE_SENSOR_STATUS),
                            details)
     pai = _read(reader, "pulse amplitude index") if flags & SPOT_PULSE_AMPLITUDE_INDEX else None
-    _checked(spo2, 0, 100, "%")
-    _checked(pulse, 0, None, "/min")
-    values: dict[str, Quantity] = {}
-    _put(values, details, "spo2", spo2, "%")
-    _put(values, details, "spo2_pulse_rate", pulse, "/min")
-    if pai is not None:
-        _checked(pai, 0, 100, "%")
-        _put(values, details, "pulse_amplitude_index", pai, "%")
+    values = _spo2_and_pulse(spo2, pulse, details)
+    _put_pai(values, details, pai)
     if flags & SPOT_CLOCK_NOT_SET:
         details["device_clock_not_set"] = True
         names.append("clock_unset")
@@ -206,20 +216,14 @@ def decode_continuous(data: bytes) -> Measurement:
     names = _read_statuses(reader, bool(flags & CONT_MEASUREMENT_STATUS), bool(flags & CONT_DEVICE_SENSOR_STATUS),
                            details)
     pai = _read(reader, "pulse amplitude index") if flags & CONT_PULSE_AMPLITUDE_INDEX else None
-    _checked(spo2, 0, 100, "%")
-    _checked(pulse, 0, None, "/min")
-    values: dict[str, Quantity] = {}
-    _put(values, details, "spo2", spo2, "%")
-    _put(values, details, "spo2_pulse_rate", pulse, "/min")
+    values = _spo2_and_pulse(spo2, pulse, details)
     for name, value, high, unit in extra:
         _checked(value, 0, high, unit)
         if value.number.is_finite:
             details[name] = value.number.value
         elif value.number.special is not None:
             details[f"{name}_special"] = value.number.special.value
-    if pai is not None:
-        _checked(pai, 0, 100, "%")
-        _put(values, details, "pulse_amplitude_index", pai, "%")
+    _put_pai(values, details, pai)
     return _finish(CONTINUOUS_PROFILE, values, names, data, details)
 
 

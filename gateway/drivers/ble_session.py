@@ -252,17 +252,23 @@ class BleSession:
             firmware=await self._read_text(FIRMWARE_REVISION),
         )
 
-    async def battery(self) -> int | None:
-        if not self.has(BATTERY_LEVEL):
+    async def read_optional(self, uuid: str, decode: Callable[[bytes], T], what: str) -> T | None:
+        """Read and decode a characteristic the session can do without (battery level, a feature or
+        type characteristic): None where the device lacks it or its value is unreadable or does not
+        decode (logged as ``what``); a lost link still raises DeviceDisconnectedError."""
+        if not self.has(uuid):
             return None
         try:
-            return battery_codec.decode_battery_level(await self.read(BATTERY_LEVEL))
+            return decode(await self.read(uuid))
         except DeviceDisconnectedError:
             raise
         except (DecodeError, DriverError) as err:
-            # A battery level is nice to have; the records are what the session is for.
-            log.warning("%s: battery level: %s", self.address, err)
+            # Context only: the records are what the session is for.
+            log.warning("%s: %s: %s", self.address, what, err)
             return None
+
+    async def battery(self) -> int | None:
+        return await self.read_optional(BATTERY_LEVEL, battery_codec.decode_battery_level, "battery level")
 
     async def check_clock(
         self,

@@ -68,19 +68,6 @@ class RacpError(DriverError):
     """The oximeter answered the RACP request with an error response code."""
 
 
-async def _features(ctx: BleContext) -> codec.PlxFeatures | None:
-    session = ctx.session
-    if not session.has(FEATURES_UUID):
-        return None
-    try:
-        return codec.decode_features(await session.read(FEATURES_UUID))
-    except DeviceDisconnectedError:
-        raise
-    except (DecodeError, DriverError) as err:
-        log.warning("%s: PLX features: %s", session.address, err)
-        return None
-
-
 class _RecordKeys:
     """Names clockless stored records by frame bytes and occurrence within one download."""
 
@@ -98,7 +85,7 @@ class _RecordKeys:
 async def run_session(ctx: BleContext) -> SessionResult:
     """Download stored spot-checks, then window the live stream; every record is durable before the next."""
     session = ctx.session
-    features = await _features(ctx)
+    features = await session.read_optional(FEATURES_UUID, codec.decode_features, "PLX features")
     if features is not None and features.multiple_bonds:
         ctx.notes.append("oximeter supports multiple bonds")
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()

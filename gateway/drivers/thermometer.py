@@ -17,14 +17,11 @@ pairing agent bonds on the first indication subscription, so the driver needs no
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from gateway.codecs import thermometer as codec
 from gateway.codecs.common import DecodeError, Measurement
-from gateway.drivers.base import DeviceDisconnectedError, DeviceRecord, DriverError, SessionResult, undecodable
+from gateway.drivers.base import DeviceDisconnectedError, DeviceRecord, SessionResult, undecodable
 from gateway.drivers.ble_session import BleContext, uuid16
-
-log = logging.getLogger(__name__)
 
 PROFILE = codec.PROFILE
 SERVICE_UUID = uuid16(0x1809)
@@ -33,24 +30,10 @@ TEMPERATURE_TYPE_UUID = uuid16(0x2A1D)
 INTERMEDIATE_UUID = uuid16(0x2A1E)
 
 
-async def _fixed_site(ctx: BleContext) -> str | None:
-    session = ctx.session
-    if not session.has(TEMPERATURE_TYPE_UUID):
-        return None
-    try:
-        return codec.decode_temperature_type(await session.read(TEMPERATURE_TYPE_UUID))
-    except DeviceDisconnectedError:
-        raise
-    except (DecodeError, DriverError) as err:
-        # The site is context for the chart; the readings are what the session is for.
-        log.warning("%s: temperature type: %s", session.address, err)
-        return None
-
-
 async def run_session(ctx: BleContext) -> SessionResult:
     """Take every final temperature the thermometer indicates; each is durable before the next."""
     session = ctx.session
-    site = await _fixed_site(ctx)
+    site = await session.read_optional(TEMPERATURE_TYPE_UUID, codec.decode_temperature_type, "temperature type")
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     def enqueue(uuid: str, data: bytes) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
-from firmware_sims.ble.thermometer import SITES, TemperatureRecord, Thermometer
+from firmware_sims.ble.gatt import Service
+from firmware_sims.ble.thermometer import SITES, TEMPERATURE_TYPE, TemperatureRecord, Thermometer
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
 from gateway.device_state import DeviceStateStore
@@ -80,3 +81,21 @@ def test_a_bad_record_is_quarantined_and_the_next_one_still_comes(tmp_path: Path
     assert batch is not None and len(batch) == 1
     assert [q.raw for q in quarantined] == ["00ffff7f", "00da0300ff"]
     assert "body_temperature" in quarantined[1].reason
+
+
+def test_a_temperature_type_that_does_not_decode_costs_the_site_not_the_readings(tmp_path: Path) -> None:
+    class PaddedType(Thermometer):
+        """A thermometer whose Temperature Type has a byte after the uint8 (HTS 3.2 allows none)."""
+
+        def profile_services(self) -> list[Service]:
+            services = super().profile_services()
+            for characteristic in services[0].characteristics:
+                if characteristic.uuid == TEMPERATURE_TYPE:
+                    characteristic.value += b"\x00"
+            return services
+
+    AIR.add(PaddedType("AA:1E:00:00:00:05", [TemperatureRecord(36.7, MORNING)], fixed_site=SITES["armpit"]))
+    sink = RecordingSink()
+    result = asyncio.run(session("AA:1E:00:00:00:05", sink, tmp_path))
+    assert [r.values["body_temperature"].value for r in sink.readings] == [36.7]
+    assert "temperature_type" not in sink.measurements[0].details and result.measurements == 1
