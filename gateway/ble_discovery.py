@@ -37,6 +37,7 @@ from gateway.drivers.base import (
 )
 from gateway.drivers.ble_session import BleContext, BleSession, SessionTimeouts, backoff_delay
 from gateway.enrolment import EnrolledDevice, EnrolmentStore
+from gateway.outbox import OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ HEALTH_SERVICES: dict[str, str] = {module.SERVICE_UUID: profile for profile, mod
 StatusCallback = Callable[..., Any]
 # Failures a device session is expected to have (radio, device, bytes); anything else is logged with
 # its traceback because it is a bug, but it still only ends that one device's session.
-EXPECTED_FAILURES = (DriverError, BleakError, DecodeError, TimeoutError, OSError)
+# OutboxError: storage full or unwritable. The record stays on the device and the storage state is
+# in the status; a retry later is the plan, not a crash.
+EXPECTED_FAILURES = (DriverError, BleakError, DecodeError, TimeoutError, OSError, OutboxError)
 
 
 def profile_for_services(service_uuids: list[str]) -> str | None:

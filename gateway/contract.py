@@ -131,6 +131,17 @@ ProfileName = Annotated[str, StringConstraints(min_length=1, max_length=64), Aft
 UnitText = Annotated[str, StringConstraints(max_length=32), AfterValidator(_printable)]
 
 
+def _scrubbed(value: str) -> str:
+    # Free text in a status (an exception's message, a storage notice) may quote what a device sent:
+    # refusing it would lose the whole status, and with it the storage state and the per-device
+    # counts the care team's technical alerts come from. It is shown, never parsed: clean it instead.
+    return _UNPRINTABLE.sub(" ", value)
+
+
+StatusText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_scrubbed)]
+"""Free text in a gateway status: control characters become spaces (PostgreSQL's jsonb refuses a NUL)."""
+
+
 class Device(ContractModel):
     uid: DeviceUid
     """Stable identity: ``ble:<address>``, ``usb:<vid>:<pid>:<serial>``, ``ant:<device number>``."""
@@ -293,12 +304,12 @@ class Ack(ContractModel):
 
 
 class DeviceStatus(ContractModel):
-    uid: str
-    profile: str
+    uid: DeviceUid
+    profile: ProfileName
     last_seen: UtcDatetime | None = None
     battery: Annotated[int, Field(ge=0, le=100)] | None = None
     clock_offset_s: float | None = None
-    error: str | None = None
+    error: StatusText | None = None
     quarantined: Annotated[int, Field(ge=0)] = 0
     """Records of this device the gateway could not turn into readings (kept in its device quarantine)."""
 
@@ -308,16 +319,16 @@ class GatewayStatus(ContractModel):
     gateway_id: Identifier
     online: bool
     at: UtcDatetime
-    version: str | None = None
+    version: StatusText | None = None
     devices: list[DeviceStatus] = Field(default_factory=list)
     outbox_depth: int = 0
     outbox_oldest_age_s: float | None = None
     outbox_full: bool = False
     """New readings cannot be saved (or, with ``when_full = drop_oldest``, old ones are being dropped)."""
     quarantined: int = 0
-    uplink_error: str | None = None
+    uplink_error: StatusText | None = None
     storage_state: Literal["ok", "low", "full", "unwritable"] = "ok"
-    storage_message: str | None = None
+    storage_message: StatusText | None = None
     """The storage state in plain words ("Storage full: 8 245 readings waiting to upload; new readings
     cannot be saved"), or what happened to a damaged outbox; None when there is nothing to say."""
     storage_bytes: int | None = None
@@ -329,7 +340,7 @@ class GatewayStatus(ContractModel):
     ``drop_oldest`` drops, ``max_age_days`` expiries), each counted once."""
     readings_waiting_on_devices: int = 0
     """Readings refused for lack of room that stay in their device's memory until there is room."""
-    component_errors: dict[str, str] = Field(default_factory=dict)
+    component_errors: dict[str, StatusText] = Field(default_factory=dict)
     """Gateway components (uplink, status, device managers) that failed, with the error in plain words."""
 
 

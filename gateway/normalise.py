@@ -71,12 +71,18 @@ def judge_time(
         return received_at.astimezone(UTC), Clock(judgement=ClockJudgement.GATEWAY, offset_s=offset_s), True
     judgement = ClockJudgement.DEVICE
     local = device_time
-    if offset is not None and abs(offset) > CLOCK_TOLERANCE:
-        local = device_time - offset
-        judgement = ClockJudgement.CORRECTED
-    measured_at = local.replace(tzinfo=tz).astimezone(UTC)
-    if measured_at > received_at + FUTURE_TOLERANCE:
-        return received_at.astimezone(UTC), Clock(judgement=ClockJudgement.GATEWAY, offset_s=offset_s), True
+    gateway_time = received_at.astimezone(UTC), Clock(judgement=ClockJudgement.GATEWAY, offset_s=offset_s), True
+    try:
+        if offset is not None and abs(offset) > CLOCK_TOLERANCE:
+            local = device_time - offset
+            judgement = ClockJudgement.CORRECTED
+        measured_at = local.replace(tzinfo=tz).astimezone(UTC)
+    except OverflowError:
+        # A clock set near year 1 or 9999 and then "corrected" leaves the calendar: no time to trust.
+        return gateway_time
+    # A clock far ahead corrects an old record to before any plausible time: as implausible as the future.
+    if local < EARLIEST_PLAUSIBLE or measured_at > received_at + FUTURE_TOLERANCE:
+        return gateway_time
     return measured_at, Clock(judgement=judgement, offset_s=offset_s), False
 
 

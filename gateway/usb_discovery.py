@@ -30,6 +30,7 @@ from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DriverError, MeasurementSink
 from gateway.drivers.device_strings import clean_device_string
 from gateway.drivers.serial_port import SerialDriver, usb_uid
+from gateway.outbox import OutboxError
 from gateway.usb_config import UsbConfig
 from gateway.usb_devices import PortFacts, SupportedDevice, device_table, match_port
 
@@ -268,7 +269,9 @@ class UsbManager:
                 self._failed(port, uid, err)
                 await self._status(uid, profile=device.profile, state="failed", error=str(err))
             port.ending = False
-        except DriverError as err:
+        except (DriverError, OutboxError) as err:
+            # OutboxError: storage full or unwritable; the record stays on the device, the storage
+            # state is in the status, and the session is tried again later: no traceback.
             uid = driver.device.uid if driver else device.uid
             self._failed(port, uid, err)
             await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")

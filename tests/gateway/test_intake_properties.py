@@ -199,18 +199,18 @@ def test_an_undecodable_frame_is_quarantined_once_with_its_bytes(raw: bytes, rea
         assert kept.raw == raw.hex() and "\n" not in kept.reason and outbox.depth() == 0
 
 
-def test_a_device_time_that_overflows_in_utc_is_quarantined_not_raised() -> None:
-    """The last minutes of year 9999 west of UTC are in year 10000 in UTC: an OverflowError in the time
-    arithmetic is a refused record, never an exception into the driver."""
+def test_a_device_time_that_overflows_in_utc_is_timed_by_the_gateway_not_raised() -> None:
+    """The last minutes of year 9999 west of UTC are in year 10000 in UTC: the time arithmetic would
+    overflow, so the clock is judged unset and the gateway's time used; the value is kept."""
     from gateway.codecs.common import Quantity
 
     measurement = Measurement(profile="ble.glucose", kind="glucose", values={"glucose": Quantity(95.0, "mg/dL")},
                               device_time=datetime(9999, 12, 31, 23, 30), raw=b"\x01\x02")
     device = DeviceInfo(uid="ble:AA:CC", transport="ble", profile="ble.glucose")
     west = ZoneInfo("Etc/GMT+12")
-    with pytest.raises(OverflowError):
-        to_reading(device, measurement, None, NOW, local_tz=west)
+    reading = to_reading(device, measurement, None, NOW, local_tz=west)
+    assert reading.measured_at == NOW and "clock_unset" in reading.flags
+    assert reading.device_time == datetime(9999, 12, 31, 23, 30)
     with intake_on_disk(west) as (intake, outbox):
-        assert asyncio.run(intake(device, measurement, None)) is RecordOutcome.QUARANTINED
-        (kept,) = outbox.quarantined_records()
-        assert "OverflowError" in kept.reason
+        assert asyncio.run(intake(device, measurement, None)) is RecordOutcome.STORED
+        assert outbox.ids() == [reading.id] and outbox.quarantined_records() == []

@@ -96,3 +96,22 @@ def test_live_heart_rate_windows_are_timed_by_the_gateway_and_get_distinct_ids()
     assert first.measured_at == RECEIVED + timedelta(minutes=1)
     assert first.clock.judgement is ClockJudgement.GATEWAY
     assert "clock_unset" not in first.flags
+
+
+def test_a_correction_that_leaves_the_calendar_or_the_plausible_range_uses_the_gateway_time() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.drivers.base import ClockCheck
+    from gateway.normalise import judge_time
+
+    received = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    # The device clock reads year 9999 at connect: an old record "corrected" by that offset overflows.
+    far_ahead = ClockCheck(gateway_now=received, device_now=datetime(9999, 12, 31, 23, 0))
+    assert judge_time(datetime(2026, 12, 3, 11, 0), far_ahead, received, UTC)[2] is True
+    # Twenty years ahead: a record from 2026 would be corrected to 2006, before any plausible time.
+    ahead = ClockCheck(gateway_now=received, device_now=datetime(2046, 12, 3, 12, 0))
+    measured_at, clock, unset = judge_time(datetime(2026, 12, 3, 11, 0), ahead, received, UTC)
+    assert (measured_at, clock.judgement, unset) == (received, "gateway", True)
+    # A device time near the end of the calendar in a zone behind UTC overflows without a correction.
+    from zoneinfo import ZoneInfo
+    assert judge_time(datetime(9999, 12, 31, 23, 59), None, received, ZoneInfo("Pacific/Kiritimati"))[2] is True

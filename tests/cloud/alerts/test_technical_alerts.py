@@ -99,3 +99,21 @@ def test_an_older_status_arriving_late_changes_nothing(conn, unique_id):
     report(conn, gateway, {cuff: 7}, full=True)
     _clock[0] = newest + timedelta(seconds=1)
     assert service.list_alerts(conn, patient_id=unique_id) == []
+
+
+def test_a_status_quoting_device_garbage_is_kept_not_lost(conn, unique_id):
+    # An error message may quote what a device sent (a NUL, control characters): jsonb refuses a NUL,
+    # and a refused status would hide the storage state and the counts the alerts come from.
+    cuff = add_patient(conn, unique_id)["blood_pressure"]
+    gateway = f"gw-{unique_id}"
+    bind(conn, cuff, gateway)
+    _clock[0] += timedelta(seconds=1)
+    status = GatewayStatus.model_validate({
+        "gateway_id": gateway, "online": True, "at": _clock[0].isoformat(), "uplink_error": "bad\x00frame\x1b[2J",
+        "component_errors": {"ble-manager": "model 'UA\x00651'"},
+        "devices": [{"uid": cuff, "profile": "ble.blood_pressure", "error": "read\x00failed", "quarantined": 2}]})
+    with psycopg.connect(conn.info.dsn) as tx:
+        BatchWriter(6 * 3600).write(tx, [], _clock[0], [StatusUpdate(gateway, status)])
+    stored = conn.execute("SELECT status FROM gateways WHERE id = %s", (gateway,)).fetchone()[0]
+    assert stored["uplink_error"] == "bad frame [2J" and stored["devices"][0]["error"] == "read failed"
+    assert len(technical(conn, unique_id, "device_unreadable_records")) == 1
