@@ -114,21 +114,27 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """C0 controls (NUL among them), DEL, C1 controls and lone surrogates (JSON can carry ``\\ud800``)."""
 
 
-def _printable(value: str) -> str:
-    # PostgreSQL text refuses NUL and UTF-8 cannot encode a lone surrogate: either one would make the
-    # database refuse the reading after validation. The message names the character, never echoes it.
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""Checked by pydantic-core itself (once per string on ingest's hot path, no Python call); a lone
+surrogate never gets that far (the JSON parser and the str conversion refuse it). PostgreSQL text
+refuses NUL: a string with one would make the database refuse the reading after validation."""
+
+
+def unprintable_reason(value: str) -> str | None:
+    """Which character makes ``value`` unprintable, in words (it names the character, never echoes
+    it); None when there is none. Turns a pattern mismatch into a reason a person can act on."""
     bad = _UNPRINTABLE.search(value)
-    if bad is not None:
-        raise ValueError(f"control character U+{ord(bad.group()):04X} at position {bad.start()} is not allowed")
-    return value
+    if bad is None:
+        return None
+    return f"control character U+{ord(bad.group()):04X} at position {bad.start()} is not allowed"
 
 
-DeviceText = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
+DeviceText = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE_PATTERN)]
 """A string a device reported about itself (model, serial, manufacturer): printable, 1..64 characters.
 The gateway cleans these (strips NUL and control characters, caps the length); ingest checks again."""
-DeviceUid = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
-ProfileName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)]
-UnitText = Annotated[str, StringConstraints(max_length=32), AfterValidator(_printable)]
+DeviceUid = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
+ProfileName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PRINTABLE_PATTERN)]
+UnitText = Annotated[str, StringConstraints(max_length=32, pattern=PRINTABLE_PATTERN)]
 
 
 def _scrubbed(value: str) -> str:

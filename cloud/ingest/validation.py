@@ -28,6 +28,7 @@ from gateway.contract import (
     Rejection,
     UtcDatetime,
     gateway_id_from_topic,
+    unprintable_reason,
 )
 
 DEAD_LETTER_PAYLOAD_KEEP = 64 * 1024
@@ -91,7 +92,10 @@ def describe(err: ValidationError, limit: int = 3) -> str:
     parts = []
     for item in err.errors(include_url=False)[:limit]:
         where = ".".join(str(p) for p in item["loc"]) or "message"
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "string_pattern_mismatch" and isinstance(item.get("input"), str):
+            message = unprintable_reason(item["input"]) or message
+        parts.append(f"{where}: {message}")
     more = err.error_count() - limit
     return printable("; ".join(parts) + (f" (+{more} more)" if more > 0 else ""))
 
