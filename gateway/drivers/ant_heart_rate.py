@@ -5,7 +5,7 @@ key is distributed by ANT Wireless and never hard-coded), assign channel 0 as a 
 set its channel id (device type 120; the device number learnt from an earlier session, else 0 =
 any strap), period 8070, RF 57 (2457 MHz), open it. Each step must be answered by a channel response
 with code 0. Then broadcasts (4 Hz) become heart-rate measurements, batched as the BLE heart-rate
-driver does (:class:`gateway.heart_rate_window.HeartRateWindow`: one reading per cadence). The
+driver does (:class:`gateway.drivers.heart_rate_window.HeartRateWindow`: one reading per cadence). The
 strap's channel id is learnt with a channel-id request and kept in the device state; it names the
 strap (``ant:<device number>:<transmission type>``). A strap leaving range ends its window; the
 channel is reopened to search again for as long as the stick is plugged in.
@@ -52,8 +52,8 @@ from gateway.codecs.ant import (
 )
 from gateway.codecs.common import DecodeError, NoReadingError
 from gateway.drivers.base import DeviceInfo, DeviceTimeoutError, DriverError, SessionResult
+from gateway.drivers.heart_rate_window import HeartRateWindow
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
-from gateway.heart_rate_window import HeartRateWindow
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from gateway.codecs import heart_rate as codec
 from gateway.codecs.common import DecodeError
 from gateway.drivers.base import DeviceDisconnectedError, SessionResult
 from gateway.drivers.ble_session import BleContext, uuid16
-from gateway.heart_rate_window import HeartRateWindow
+from gateway.drivers.heart_rate_window import HeartRateWindow
 
 log = logging.getLogger(__name__)
 

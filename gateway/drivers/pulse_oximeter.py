@@ -9,7 +9,7 @@ stores spot-checks) and notifications on PLX Continuous Measurement (0x2A5F, whe
    the oximeter indicates until the RACP response ends the transfer ("no records found" is a normal
    end). The memory is never deleted from the gateway: it is the second copy of every record until
    the cloud has acknowledged it.
-2. **The live stream.** Continuous samples are windowed by :class:`~gateway.oximetry_window.OximetryWindow`
+2. **The live stream.** Continuous samples are windowed by :class:`~gateway.drivers.oximetry_window.OximetryWindow`
    (one reading per ``[ble] heart_rate_cadence_s``, default a minute: the window's lowest SpO2 held
    for three samples, median pulse rate) until the oximeter stops (link lost, silent for the op
    timeout) or ``heart_rate_max_session_s`` passes; the open window is flushed at the end.
@@ -52,7 +52,7 @@ from gateway.drivers.base import (
     undecodable,
 )
 from gateway.drivers.ble_session import BleContext, uuid16
-from gateway.oximetry_window import OximetryWindow
+from gateway.drivers.oximetry_window import OximetryWindow
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.contract import Ack, Reading
 from gateway.drivers.base import DeviceInfo
-from gateway.heart_rate_window import aggregate
+from gateway.drivers.heart_rate_window import aggregate
 from gateway.normalise import to_reading
 from gateway.outbox import Outbox, OutboxFullError, kept_by_device
 from gateway.storage import classify, free_bytes

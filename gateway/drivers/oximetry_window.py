@@ -10,7 +10,7 @@ when no sample is usable the window still becomes a reading, from all its sample
 flags, so it is stored and shown but never judged. Every window reading is flagged ``averaged``.
 
 Windows are aligned to multiples of the cadence since the Unix epoch (UTC) by the same
-:class:`gateway.cadence_window.CadenceWindow` as heart-rate windows: the start is the reading's
+:class:`gateway.drivers.cadence_window.CadenceWindow` as heart-rate windows: the start is the reading's
 discriminator in its deterministic id.
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import statistics
 from datetime import UTC, datetime
 
-from gateway.cadence_window import CadenceWindow
 from gateway.codecs.common import Measurement, Quantity
+from gateway.drivers.cadence_window import CadenceWindow
 
 # Sample flags the oximeter raises when it does not stand by the value (PLXS status bits).
 UNUSABLE = frozenset({
@@ -37,7 +37,7 @@ _UNITS = {"spo2_pulse_rate": "/min", "pulse_amplitude_index": "%"}
 
 class OximetryWindow(CadenceWindow):
     """Collect continuous measurements; hand back one :func:`aggregate` reading per closed window (one
-    per device; see :class:`~gateway.cadence_window.CadenceWindow` for ``add`` and ``flush``)."""
+    per device; see :class:`~gateway.drivers.cadence_window.CadenceWindow` for ``add`` and ``flush``)."""
 
     def __init__(self, cadence_s: float = 60.0) -> None:
         super().__init__(aggregate, cadence_s)

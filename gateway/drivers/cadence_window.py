@@ -1,6 +1,6 @@
 """Live samples gathered into one reading per cadence: the windowing that heart-rate and oximetry
-streams share (what a window's reading holds is theirs: ``gateway.heart_rate_window``,
-``gateway.oximetry_window``).
+streams share (what a window's reading holds is theirs: ``gateway.drivers.heart_rate_window``,
+``gateway.drivers.oximetry_window``).
 
 Windows are aligned to multiples of the cadence since the Unix epoch (UTC), so a window's start is
 the same whichever gateway process saw it: the start is the reading's discriminator in its

@@ -2,7 +2,7 @@
 cadence (default a minute) carrying the window's median, not a flood.
 
 Windows are aligned to multiples of the cadence since the Unix epoch (UTC) by
-:class:`gateway.cadence_window.CadenceWindow`: the start is the reading's discriminator in its
+:class:`gateway.drivers.cadence_window.CadenceWindow`: the start is the reading's discriminator in its
 deterministic id (a window has neither a sequence number nor a device time).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import statistics
 from datetime import UTC, datetime
 
-from gateway.cadence_window import CadenceWindow
 from gateway.codecs.common import Measurement, Quantity
+from gateway.drivers.cadence_window import CadenceWindow
 from gateway.metrics import METRICS
 
 PROFILE = "ble.heart_rate"
@@ -20,7 +20,7 @@ PROFILE = "ble.heart_rate"
 
 class HeartRateWindow(CadenceWindow):
     """Collect heart-rate measurements; hand back one :func:`aggregate` per closed window (see
-    :class:`~gateway.cadence_window.CadenceWindow` for ``add``, ``flush`` and ``pending``)."""
+    :class:`~gateway.drivers.cadence_window.CadenceWindow` for ``add``, ``flush`` and ``pending``)."""
 
     def __init__(self, cadence_s: float = 60.0) -> None:
         super().__init__(aggregate, cadence_s)

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.codecs.common import Measurement, Quantity
 from gateway.drivers.base import DeviceInfo
-from gateway.heart_rate_window import HeartRateWindow
+from gateway.drivers.heart_rate_window import HeartRateWindow
 from gateway.normalise import to_reading
 
 pytestmark = pytest.mark.unit
