@@ -251,3 +251,63 @@ def adherence_candidates(conn: Any, now: datetime, excluded_flags: list[str]) ->
         """,
         {"now": now, "excluded": excluded_flags},
     )
+
+
+# --- technical alerts (cloud.alerts.technical) ------------------------------------------------------
+
+# Devices of this gateway whose reported count differs from the one stored, with the patients they
+# are assigned to now (a two-user cuff can have two). Read without locks: the locks are taken in the
+# order above once the patients are known.
+_CHANGED_COUNTS = """
+SELECT d.uid, d.profile, d.model, d.quarantined_records AS before, r.n AS now,
+       coalesce((SELECT array_agg(DISTINCT da.patient_id ORDER BY da.patient_id) FROM device_assignments da
+                  WHERE da.device_uid = d.uid AND da.valid_from <= %(now)s
+                    AND (da.valid_to IS NULL OR %(now)s < da.valid_to)), '{}') AS patients
+FROM unnest(%(uids)s::text[], %(counts)s::int[]) AS r(uid, n)
+JOIN devices d ON d.uid = r.uid AND d.bound_gateway_id = %(gateway)s
+WHERE d.quarantined_records <> r.n
+ORDER BY d.uid
+"""
+
+_SET_COUNTS = """
+UPDATE devices d SET quarantined_records = r.n
+FROM (SELECT * FROM unnest(%s::text[], %s::int[]) AS r(uid, n) ORDER BY uid) r
+WHERE d.uid = r.uid
+"""
+
+# Patients with a device bound to this gateway, and whether another of their gateways is full too.
+_GATEWAY_PATIENTS = """
+SELECT da.patient_id,
+       bool_or(d.bound_gateway_id <> %(gateway)s AND (coalesce((g.status ->> 'outbox_full')::boolean, false)
+                                                    OR g.status ->> 'storage_state' IN ('full', 'unwritable')))
+           AS other_full
+FROM device_assignments da
+JOIN devices mine ON mine.uid = da.device_uid AND mine.bound_gateway_id = %(gateway)s
+JOIN device_assignments every ON every.patient_id = da.patient_id
+     AND every.valid_from <= %(now)s AND (every.valid_to IS NULL OR %(now)s < every.valid_to)
+JOIN devices d ON d.uid = every.device_uid
+LEFT JOIN gateways g ON g.id = d.bound_gateway_id
+WHERE da.valid_from <= %(now)s AND (da.valid_to IS NULL OR %(now)s < da.valid_to)
+GROUP BY da.patient_id
+ORDER BY da.patient_id
+"""
+
+_NEWEST_STATUS_AT = "SELECT (status ->> 'at')::timestamptz AS at FROM gateways WHERE id = %s"
+
+
+def changed_quarantine_counts(conn: Any, gateway_id: str, uids: list[str], counts: list[int],
+                              now: datetime) -> list[dict[str, Any]]:
+    return _all(conn, _CHANGED_COUNTS, {"now": now, "gateway": gateway_id, "uids": uids, "counts": counts})
+
+
+def gateway_patients(conn: Any, gateway_id: str, now: datetime) -> list[dict[str, Any]]:
+    return _all(conn, _GATEWAY_PATIENTS, {"now": now, "gateway": gateway_id})
+
+
+def set_quarantine_counts(conn: Any, uids: list[str], counts: list[int]) -> None:
+    conn.execute(_SET_COUNTS, (uids, counts))
+
+
+def newest_status_at(conn: Any, gateway_id: str) -> datetime | None:
+    row = _one(conn, _NEWEST_STATUS_AT, (gateway_id,))
+    return row["at"] if row else None

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
-
+from cloud.alerts import queries
 from cloud.alerts import rules as rule_catalogue
 from cloud.alerts.delivery import record_changes
 from cloud.alerts.lifecycle import SYSTEM, AlertBook
@@ -35,46 +34,6 @@ from gateway.contract import GatewayStatus
 
 UNREADABLE_RULE = "device_unreadable_records"
 STORAGE_RULE = "gateway_storage_full"
-
-# Devices of this gateway whose reported count differs from the one stored, with the patients they
-# are assigned to now (a two-user cuff can have two). Read without locks: the locks are taken in the
-# order above once the patients are known.
-_CHANGED_COUNTS = """
-SELECT d.uid, d.profile, d.model, d.quarantined_records AS before, r.n AS now,
-       coalesce((SELECT array_agg(DISTINCT da.patient_id ORDER BY da.patient_id) FROM device_assignments da
-                  WHERE da.device_uid = d.uid AND da.valid_from <= %(now)s
-                    AND (da.valid_to IS NULL OR %(now)s < da.valid_to)), '{}') AS patients
-FROM unnest(%(uids)s::text[], %(counts)s::int[]) AS r(uid, n)
-JOIN devices d ON d.uid = r.uid AND d.bound_gateway_id = %(gateway)s
-WHERE d.quarantined_records <> r.n
-ORDER BY d.uid
-"""
-
-_SET_COUNTS = """
-UPDATE devices d SET quarantined_records = r.n
-FROM (SELECT * FROM unnest(%s::text[], %s::int[]) AS r(uid, n) ORDER BY uid) r
-WHERE d.uid = r.uid
-"""
-
-# Patients with a device bound to this gateway, and whether another of their gateways is full too.
-_GATEWAY_PATIENTS = """
-SELECT da.patient_id,
-       bool_or(d.bound_gateway_id <> %(gateway)s AND (coalesce((g.status ->> 'outbox_full')::boolean, false)
-                                                    OR g.status ->> 'storage_state' IN ('full', 'unwritable')))
-           AS other_full
-FROM device_assignments da
-JOIN devices mine ON mine.uid = da.device_uid AND mine.bound_gateway_id = %(gateway)s
-JOIN device_assignments every ON every.patient_id = da.patient_id
-     AND every.valid_from <= %(now)s AND (every.valid_to IS NULL OR %(now)s < every.valid_to)
-JOIN devices d ON d.uid = every.device_uid
-LEFT JOIN gateways g ON g.id = d.bound_gateway_id
-WHERE da.valid_from <= %(now)s AND (da.valid_to IS NULL OR %(now)s < da.valid_to)
-GROUP BY da.patient_id
-ORDER BY da.patient_id
-"""
-
-_NEWEST_STATUS_AT = "SELECT (status ->> 'at')::timestamptz FROM gateways WHERE id = %s"
-
 
 @dataclass(frozen=True, slots=True)
 class _CountChange:
@@ -97,17 +56,15 @@ def on_gateway_statuses(conn: Any, statuses: Sequence[tuple[str, GatewayStatus]]
 
 
 def _is_newest(conn: Any, gateway_id: str, status: GatewayStatus) -> bool:
-    with conn.cursor() as cur:
-        row = cur.execute(_NEWEST_STATUS_AT, (gateway_id,)).fetchone()
-    return row is not None and row[0] is not None and row[0] <= status.at
+    stored_at = queries.newest_status_at(conn, gateway_id)
+    return stored_at is not None and stored_at <= status.at
 
 
 def _apply(conn: Any, gateway_id: str, status: GatewayStatus, now: datetime) -> list[Notification]:
     reported = {d.uid: d.quarantined for d in status.devices}
-    with conn.cursor(row_factory=dict_row) as cur:
-        changes = [_CountChange(**row) for row in cur.execute(_CHANGED_COUNTS, {
-            "now": now, "gateway": gateway_id, "uids": list(reported), "counts": list(reported.values())})]
-        gateway_patients = cur.execute(_GATEWAY_PATIENTS, {"now": now, "gateway": gateway_id}).fetchall()
+    changes = [_CountChange(**row) for row in queries.changed_quarantine_counts(
+        conn, gateway_id, list(reported), list(reported.values()), now)]
+    gateway_patients = queries.gateway_patients(conn, gateway_id, now)
     grown = [c for c in changes if c.now > c.before]
     full = storage_is_full(status)
     storage_open = {r["patient_id"] for r in gateway_patients} if full else set()
@@ -137,8 +94,7 @@ def _apply(conn: Any, gateway_id: str, status: GatewayStatus, now: datetime) -> 
             if alert is not None:
                 book.resolve(alert, SYSTEM, detail={"gateway_id": gateway_id, "outbox_depth": status.outbox_depth})
     if changes:
-        with conn.cursor() as cur:
-            cur.execute(_SET_COUNTS, ([c.uid for c in changes], [c.now for c in changes]))
+        queries.set_quarantine_counts(conn, [c.uid for c in changes], [c.now for c in changes])
     if book is None or not book.changes:
         return []
     return record_changes(conn, book.changes, now, mqtt_via_outbox=False)
