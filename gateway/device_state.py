@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # only for annotations: drivers import this module, and need 
 # the glucose meter's last RACP sequence number and the TaiDoc meter's record anchor.
 SEQUENCE_CURSOR_KEY = "glucose_last_sequence"
 POSITION_KEYS = (SEQUENCE_CURSOR_KEY, "taidoc.anchor")
+# Devices that number no records (TaiDoc meters): the gateway's own count of the device's records it
+# committed, oldest first, used as the record's position. Not a download cursor into the device (a
+# lost outbox does not reset it: positions must keep increasing), so it is not in POSITION_KEYS.
+RECORD_ORDINAL_KEY = "record_ordinal"
+CURSOR_KEYS = (SEQUENCE_CURSOR_KEY, RECORD_ORDINAL_KEY)
 # The highest sequence number n such that every record up to n the gateway took from the device is held
 # by the cloud or needs no upload (quarantined, a control-solution test): where a new session resumes.
 ACKED_SEQUENCE_KEY = "acked_sequence"
@@ -61,6 +66,13 @@ class DeviceStateStore:
             " uid TEXT NOT NULL, position INTEGER NOT NULL, reading_id TEXT NOT NULL,"
             " PRIMARY KEY (uid, reading_id))"
         )
+        # What a driver needs to resume from a position (a TaiDoc anchor), kept per position so a session
+        # can resume from the acked position rather than from the last record stored.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS position_marks ("
+            " uid TEXT NOT NULL, position INTEGER NOT NULL, value TEXT NOT NULL,"
+            " PRIMARY KEY (uid, position))"
+        )
 
     def get(self, uid: str, key: str, default: Any = None) -> Any:
         with self._lock:
@@ -74,6 +86,39 @@ class DeviceStateStore:
                 " ON CONFLICT (uid, key) DO UPDATE SET value = excluded.value",
                 (uid, key, json.dumps(value)),
             )
+
+    def advance(self, uid: str, values: dict[str, Any], mark: tuple[int, Any] | None = None) -> None:
+        """Set several keys and, optionally, the resume mark of a position, in one durable transaction
+        (one fsync per record a download commits, not three)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO device_state (uid, key, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT (uid, key) DO UPDATE SET value = excluded.value",
+                    [(uid, key, json.dumps(value)) for key, value in values.items()],
+                )
+                if mark is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO position_marks (uid, position, value) VALUES (?, ?, ?)",
+                        (uid, mark[0], json.dumps(mark[1])),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def mark_at(self, uid: str, position: int) -> Any:
+        """The resume mark kept for ``position`` (None if there is none)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM position_marks WHERE uid=? AND position=?",
+                                   (uid, position)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def forget_marks_below(self, uid: str, position: int) -> None:
+        """Marks below the acked position are never resumed from again."""
+        with self._lock:
+            self._db.execute("DELETE FROM position_marks WHERE uid=? AND position<?", (uid, position))
 
     def delete(self, uid: str, key: str) -> None:
         with self._lock:
@@ -131,18 +176,24 @@ class AckedPositions:
     position until the device gives it again. Thread-safe: the uplink applies acks on a worker thread.
     """
 
-    def __init__(self, state: DeviceStateStore, outbox: Outbox, *, cursor_key: str = SEQUENCE_CURSOR_KEY) -> None:
+    def __init__(self, state: DeviceStateStore, outbox: Outbox, *, cursor_keys: tuple[str, ...] = CURSOR_KEYS) -> None:
         self.state = state
         self.outbox = outbox
-        self.cursor_key = cursor_key
+        self.cursor_keys = cursor_keys
         self._lock = threading.Lock()
+        # Devices whose positions are the gateway's own record count (not in the reading): their acks
+        # carry no sequence, so they are recognised by uid.
+        self._counted = set(state.uids_with(RECORD_ORDINAL_KEY))
         state.follows_acks = True
         outbox.on_acked(self.acked)
 
-    def stored(self, uid: str, reading_id: str, position: int) -> None:
+    def stored(self, uid: str, reading_id: str, position: int, *, counted: bool = False) -> None:
         """A reading with a device position is committed (new or known): hold its position while the
-        outbox has it unacked; release it where the outbox already settled it (delivered before)."""
+        outbox has it unacked; release it where the outbox already settled it (delivered before).
+        ``counted``: the position is the gateway's record count, not the reading's sequence number."""
         with self._lock:
+            if counted:
+                self._counted.add(uid)
             if self.outbox.contains(reading_id):
                 self.state.hold(uid, position, reading_id)
             else:
@@ -152,7 +203,7 @@ class AckedPositions:
         """The outbox's ack listener: release what the cloud now holds and advance the acked positions."""
         by_device: dict[str, list[AckedReading]] = {}
         for item in confirmed:
-            if item.device_uid is not None and item.sequence is not None:
+            if item.device_uid is not None and (item.sequence is not None or item.device_uid in self._counted):
                 by_device.setdefault(item.device_uid, []).append(item)
         for uid, items in by_device.items():
             with self._lock:
@@ -162,7 +213,7 @@ class AckedPositions:
         self.state.release(uid, [item.id for item in items])
         # The cursor is read before the held records: the sink holds a record before the driver moves
         # its cursor onto it, so a cursor seen here never runs ahead of the holds read next.
-        cursor = self.state.get(uid, self.cursor_key)
+        cursor = next((value for key in self.cursor_keys if (value := self.state.get(uid, key)) is not None), None)
         held = self.state.held(uid)
         if held:
             # Settled by another path (the cloud rejected it into quarantine; an earlier ack named it).
@@ -171,7 +222,10 @@ class AckedPositions:
                 self.state.release(uid, settled)
                 held = [(p, r) for p, r in held if r not in settled]
         old = self.state.get(uid, ACKED_SEQUENCE_KEY)
-        top = max(int(v) for v in (old, cursor, *(item.sequence for item in items)) if v is not None)
+        known = [int(v) for v in (old, cursor, *(item.sequence for item in items)) if v is not None]
+        if not known:
+            return
+        top = max(known)
         position = top if not held else min(top, held[0][0] - 1)
         if position != old:
             self.state.set(uid, ACKED_SEQUENCE_KEY, position)

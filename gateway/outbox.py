@@ -202,6 +202,8 @@ class OutboxStats:
     free_bytes: int | None = None
     device_quarantined: int = 0
     """Device records the gateway could not turn into readings (see :meth:`Outbox.quarantine_record`)."""
+    device_quarantine_evicted: int = 0
+    """Quarantined device records deleted to keep the newest ``max_quarantined_per_device`` per device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +246,10 @@ class Outbox:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_age_s: float | None = None,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        max_quarantined_per_device: int = 500,
     ) -> None:
         self.path = Path(path)
+        self.max_quarantined_per_device = max_quarantined_per_device
         self.remember_delivered_s = remember_delivered_s
         self.max_readings = max_readings
         self.when_full = when_full
@@ -813,11 +817,23 @@ class Outbox:
                     (record.id, record.device_uid, record.profile, record.raw, record.reason, record.position,
                      self._now()),
                 )
+                new = cursor.rowcount == 1
+                written: dict[str, int] = {}
+                if new:
+                    # A device that sends nothing but garbage (a live stream of bad frames) must not fill
+                    # the card with it: the newest records per device are kept, the evicted ones counted.
+                    evicted = self._db.execute(
+                        "DELETE FROM device_quarantine WHERE rowid IN (SELECT rowid FROM device_quarantine"
+                        " WHERE device_uid = ? ORDER BY quarantined_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                        (record.device_uid, self.max_quarantined_per_device),
+                    ).rowcount
+                    written = self._write_counters(device_quarantine_evicted=evicted)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return cursor.rowcount == 1
+            self._committed(written)
+        return new
 
     def quarantined_records(self, device_uid: str | None = None) -> list[QuarantinedRecord]:
         """Quarantined device records, oldest first (of one device, or all)."""
@@ -901,6 +917,7 @@ class Outbox:
             budget_bytes=self.max_bytes,
             free_bytes=free,
             device_quarantined=device_quarantined,
+            device_quarantine_evicted=counters.get("device_quarantine_evicted", 0),
         )
 
     def _describe_state(self, disk: str | None, cap: str | None, used: int, free: int | None,

@@ -33,6 +33,10 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("rpm_gateway_outbox_full", "1 when new readings cannot be saved (a cap, the budget, "
                                 "the disk)", int(stats.full))
         yield GaugeMetricFamily("rpm_gateway_quarantined", "Readings the cloud rejected", stats.quarantined)
+        yield GaugeMetricFamily("rpm_gateway_device_quarantined", "Device records the gateway could not turn into "
+                                "readings, kept with their bytes", stats.device_quarantined)
+        yield CounterMetricFamily("rpm_gateway_device_quarantine_evicted", "Quarantined device records deleted to "
+                                  "keep the newest per device", stats.device_quarantine_evicted)
         yield CounterMetricFamily("rpm_gateway_outbox_dropped", "Readings dropped by when_full=drop_oldest",
                                   stats.dropped)
         yield CounterMetricFamily("rpm_gateway_outbox_refused", "Readings of devices with memory refused for lack of "

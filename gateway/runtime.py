@@ -156,17 +156,23 @@ class Gateway:
 
     # ---------------------------------------------------------------------------- readings in
 
-    async def sink(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> RecordOutcome:
+    async def sink(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None, *,
+                   position: int | None = None) -> RecordOutcome:
         """The :class:`~gateway.drivers.base.MeasurementSink` drivers call; returns once durable.
 
         A record that cannot become a reading is quarantined (:mod:`gateway.intake`) and this returns
-        normally, so the driver moves past it; the status counts it under the device."""
+        normally, so the driver moves past it; the status counts it under the device. ``position``: the
+        record's place in the device's order where the reading carries no sequence number (a TaiDoc
+        meter's record count), so the device resumes from what the cloud acknowledged."""
         if self._intake is None:
             raise OutboxError("the gateway is not started")
         outcome, reading = await self._intake.take(device, measurement, clock)
-        if self._positions is not None and reading is not None and reading.sequence is not None:
-            # Held (durably) before the driver moves its cursor on, until the cloud acks the reading.
-            await asyncio.to_thread(self._positions.stored, device.uid, reading.id, reading.sequence)
+        if self._positions is not None and reading is not None:
+            held = reading.sequence if position is None else position
+            if held is not None:
+                # Held (durably) before the driver moves its cursor on, until the cloud acks the reading.
+                await asyncio.to_thread(self._positions.stored, device.uid, reading.id, held,
+                                        counted=position is not None)
         if self.board is not None:
             fields: dict[str, Any] = {"profile": device.profile,
                                       "last_seen": reading.received_at if reading else gateway_now()}

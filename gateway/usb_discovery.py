@@ -233,8 +233,9 @@ class UsbManager:
         )
 
     def _sink_for(self) -> MeasurementSink:
-        async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None) -> None:
-            await self.sink(device, measurement, clock)
+        async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None,
+                       **position: int) -> None:
+            await self.sink(device, measurement, clock, **position)
             await self._status(device.uid, profile=device.profile, last_seen=datetime.now(UTC), error=None)
 
         return sink

@@ -95,7 +95,11 @@ DeviceRecord = Measurement | UnreadableRecord
 
 class MeasurementSink(Protocol):
     async def __call__(self, device: DeviceInfo, measurement: DeviceRecord, clock: ClockCheck | None) -> None:
-        """Commit the record (as a reading, or to the device quarantine); return only when it is durable."""
+        """Commit the record (as a reading, or to the device quarantine); return only when it is durable.
+
+        Where ``state.follows_acks`` (the gateway's runtime), a driver whose records carry no sequence
+        number also passes ``position=`` (its count of the device's records) so the device resumes
+        from what the cloud acknowledged; other sinks are called without it."""
 
 
 def undecodable(profile: str, raw: bytes, err: Exception, position: int | str | None = None) -> UnreadableRecord:

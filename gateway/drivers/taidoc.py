@@ -11,7 +11,14 @@ its index and the record count when it was committed. Next session the anchor is
 ``index + (count now - count then)``; where it is found there, only the records above it are new and
 they are downloaded oldest first, each committed through the sink before the anchor moves onto it, so a
 cable pulled mid-download resumes at the first record not yet committed (a record that cannot become a
-reading is committed to the device quarantine, and the anchor moves past it all the same). Where it is not found there
+reading is committed to the device quarantine, and the anchor moves past it all the same).
+
+Under the gateway's runtime (``state.follows_acks``) a session resumes from the anchor of the last
+record the *cloud* acknowledged, not of the last one stored: each committed record gets a position (the
+gateway's count of this device's records, :data:`RECORD_ORDINAL_KEY`), its anchor is kept as that
+position's mark, and the acked position follows the cloud's acks
+(:class:`~gateway.device_state.AckedPositions`). A reading the outbox lost before its ack (a cap, a
+damaged file) is then read from the meter again. Where it is not found there
 (memory full and wrapped, or cleared), the driver scans from the newest record down until it meets the
 anchor; where it never does, the memory was cleared (or replaced) and every record on it is new. A
 record read twice still has the same reading id (device time and raw values), so the outbox and the
@@ -54,6 +61,7 @@ from gateway.codecs.taidoc import (
     wake_request,
     write_clock_request,
 )
+from gateway.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY
 from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now, undecodable
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
 from gateway.normalise import CLOCK_TOLERANCE, EARLIEST_PLAUSIBLE
@@ -208,7 +216,8 @@ class TaidocDriver(SerialDriver):
 
     async def _download(self, profile: ModelProfile, count: int, clock: ClockCheck, notes: list[str]) -> int:
         uid = self.device.uid
-        anchor: dict[str, Any] | None = self.state.get(uid, ANCHOR_KEY)
+        self._ordinal = int(self.state.get(uid, RECORD_ORDINAL_KEY, 0))
+        anchor = self._resume_anchor(uid)
         if count == 0:
             if anchor:
                 notes.append("device memory is empty (cleared): starting over")
@@ -232,6 +241,17 @@ class TaidocDriver(SerialDriver):
                 return await self._commit_known(profile, count, seen[:boundary], fingerprints, clock, notes)
         notes.append(f"last record read is no longer on the device (cleared): reading all {count}")
         return await self._commit_known(profile, count, seen, [], clock, notes)
+
+    def _resume_anchor(self, uid: str) -> dict[str, Any] | None:
+        """Where this session resumes: the acked record's anchor when the cloud's acks are followed,
+        else (or before this gateway counted any record of the device) the last committed one."""
+        if not self.state.follows_acks or not self._ordinal:
+            return self.state.get(uid, ANCHOR_KEY)
+        acked = self.state.get(uid, ACKED_SEQUENCE_KEY)
+        if not acked:
+            return None  # nothing of this device acknowledged yet: its whole memory is read again
+        self.state.forget_marks_below(uid, int(acked))
+        return self.state.mark_at(uid, int(acked))
 
     async def _anchor_at(self, index: int, fingerprints: list[str], count: int) -> bool:
         for offset, fingerprint in enumerate(fingerprints):
@@ -270,9 +290,12 @@ class TaidocDriver(SerialDriver):
     ) -> tuple[int, list[str]]:
         """The one place a record is committed (stored as a reading, or quarantined) and the anchor then
         moves onto it; returns (1 if it became a reading, the new anchor)."""
+        self._ordinal += 1
         added = await self._commit(profile, record, clock, notes)
         anchor = [record.fingerprint, *anchor][:ANCHOR_LENGTH]
-        self.state.set(self.device.uid, ANCHOR_KEY, {"fingerprints": anchor, "index": record.index, "count": count})
+        value = {"fingerprints": anchor, "index": record.index, "count": count}
+        mark = (self._ordinal, value) if self.state.follows_acks else None
+        self.state.advance(self.device.uid, {ANCHOR_KEY: value, RECORD_ORDINAL_KEY: self._ordinal}, mark)
         return added, anchor
 
     async def _commit(self, profile: ModelProfile, record: StoredRecord, clock: ClockCheck, notes: list[str]) -> int:
@@ -293,7 +316,10 @@ class TaidocDriver(SerialDriver):
             raw = record.time_frame.encode() + record.value_frame.encode()
             await self.sink(self.device, undecodable(self.profile, raw, err, record.index), clock)
             return 0
-        await self.sink(self.device, measurement, clock)
+        if self.state.follows_acks:
+            await self.sink(self.device, measurement, clock, position=self._ordinal)
+        else:
+            await self.sink(self.device, measurement, clock)
         return 1
 
 

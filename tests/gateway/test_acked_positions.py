@@ -24,14 +24,18 @@ import pytest
 from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
+from firmware_sims.serial.taidoc import BpRecord as TaidocBp
+from firmware_sims.serial.taidoc import PtyTaidoc, TaidocMeter
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
+from gateway.codecs.taidoc import Command
 from gateway.config import GatewayConfig, parse_config
 from gateway.contract import compute_reading_id
-from gateway.device_state import ACKED_SEQUENCE_KEY, SEQUENCE_CURSOR_KEY
+from gateway.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY, SEQUENCE_CURSOR_KEY
 from gateway.drivers import glucose_meter
-from gateway.drivers.base import SessionResult
+from gateway.drivers.base import DeviceInfo, SessionResult
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY
+from gateway.drivers.taidoc import TaidocDriver
 from gateway.runtime import Gateway
 from tests.gateway.ble_support import empty_air  # noqa: F401 (autouse fixture)
 from tests.gateway.mqtt_acker import TestAcker
@@ -43,11 +47,11 @@ BLE = BleConfig(backend="sim", op_timeout_s=1.0, idle_timeout_s=0.3, connect_tim
 UNREACHABLE = "mqtt://127.0.0.1:9"  # the uplink is down: readings stay in the outbox, unacked
 
 
-def config(tmp_path: Path, url: str, gateway_id: str) -> GatewayConfig:
+def config(tmp_path: Path, url: str, gateway_id: str, **extra: Any) -> GatewayConfig:
     return parse_config({
         "gateway_id": gateway_id, "data_dir": str(tmp_path / "gw"), "status_interval_s": 30,
         "mqtt": {"url": url, "drain_timeout_s": 0.2, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5},
-        "ble": {"enabled": False}, "usb": {"enabled": False},
+        "ble": {"enabled": False}, "usb": {"enabled": False}, **extra,
     })
 
 
@@ -210,3 +214,95 @@ def test_a_damaged_outbox_falls_back_to_the_acked_position_not_to_the_start(
     assert message is not None and "1 device with memory will be read again from the last record the cloud " \
                                    "acknowledged" in message
     assert set(acker.seen) == {reading_id(address, n) for n in range(1, 6)}
+
+
+# --- TaiDoc meters: no sequence numbers, the gateway counts their records -----------------------------
+
+TAIDOC_SERIAL = "3128A0B1C2D3E4F5"
+TAIDOC_UID = f"usb:10c4:ea80:{TAIDOC_SERIAL}"
+TAIDOC_RECORD_VALUE = Command.RECORD_VALUE
+
+
+async def read_taidoc(gateway: Gateway, meter: TaidocMeter) -> int:
+    """One session through the gateway's sink; returns how many records it read from the meter."""
+    assert gateway.device_state is not None
+    before = meter.requests.count(TAIDOC_RECORD_VALUE)
+    with PtyTaidoc(meter) as sim:
+        device = DeviceInfo(uid="usb:10c4:ea80:pending", transport="usb", profile="serial.taidoc")
+        await asyncio.wait_for(TaidocDriver(sim.path, device, gateway.sink, gateway.device_state).run(), 20)
+    return meter.requests.count(TAIDOC_RECORD_VALUE) - before
+
+
+def taidoc_ids(gateway: Gateway) -> dict[int, str]:
+    """Reading id by systolic value (each test record has its own)."""
+    assert gateway.outbox is not None
+    with contextlib.closing(sqlite3.connect(gateway.outbox.path)) as db:
+        return {int(s): rid for rid, s in db.execute(
+            "SELECT id, json_extract(payload, '$.values.systolic.value') FROM readings")}
+
+
+def test_a_taidoc_reading_lost_before_its_ack_is_read_from_the_meter_again(
+        tmp_path: Path, mqtt_broker, unique_id: str, acker: TestAcker) -> None:  # type: ignore[no-untyped-def]
+    meter = TaidocMeter(serial=TAIDOC_SERIAL)
+    start = datetime.now().replace(second=0, microsecond=0) - timedelta(hours=6)
+    for n in range(5):  # oldest first: systolic 121..125
+        meter.store(TaidocBp(start + timedelta(minutes=30 * n), systolic=121 + n, diastolic=80, pulse=70))
+    offline, online = config(tmp_path, UNREACHABLE, unique_id), config(tmp_path, mqtt_broker.url, unique_id)
+
+    async def scenario() -> None:
+        async with running(offline) as gateway:
+            assert await read_taidoc(gateway, meter) == 5
+            ids = taidoc_ids(gateway)
+            assert len(ids) == 5
+        with contextlib.closing(sqlite3.connect(offline.data_dir / "outbox.sqlite")) as db:
+            db.execute("DELETE FROM readings WHERE id = ?", (ids[123],))  # lost before its ack
+            db.commit()
+
+        async with running(online) as gateway:
+            state = gateway.device_state
+            assert state is not None
+            await eventually(lambda: acker.seen.keys() == set(ids.values()) - {ids[123]}, 10, "4 readings sent")
+            await eventually(lambda: state.get(TAIDOC_UID, ACKED_SEQUENCE_KEY) == 2, 10, "held before the lost one")
+            # Resumes from the acked record (the 2nd), so the 3rd, lost here, is read again.
+            assert await read_taidoc(gateway, meter) == 2 + 3  # the anchor's two records, then 3..5
+            await eventually(lambda: acker.seen.keys() == set(ids.values()), 10, "the lost reading reaches the cloud")
+            top = state.get(TAIDOC_UID, RECORD_ORDINAL_KEY)
+            await eventually(lambda: state.get(TAIDOC_UID, ACKED_SEQUENCE_KEY) == top, 10, "acked at the last record")
+            assert state.held(TAIDOC_UID) == []
+            meter.store(TaidocBp(start + timedelta(hours=5), systolic=126, diastolic=80, pulse=70))
+
+        async with running(online) as gateway:  # a restart keeps the acked position
+            assert await read_taidoc(gateway, meter) == 2 + 1  # acked records are not read again
+            await eventually(lambda: len(acker.seen) == 6, 10, "the new reading sent")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert set(acker.seen.values()) == {1}  # re-reading 4 and 5 sent neither again
+
+
+@pytest.mark.parametrize("when_full", ["drop_oldest", "refuse_new"])
+def test_a_taidoc_memory_larger_than_the_outbox_cap_reaches_the_cloud_whole_under_either_policy(
+        tmp_path: Path, mqtt_broker, unique_id: str, acker: TestAcker, when_full: str) -> None:  # type: ignore[no-untyped-def]
+    meter = TaidocMeter(serial=TAIDOC_SERIAL)
+    start = datetime.now().replace(second=0, microsecond=0) - timedelta(hours=6)
+    for n in range(6):
+        meter.store(TaidocBp(start + timedelta(minutes=30 * n), systolic=121 + n, diastolic=80, pulse=70))
+    capped = {"max_readings": 3, "when_full": when_full}
+    offline = config(tmp_path, UNREACHABLE, unique_id, outbox=capped)
+    online = config(tmp_path, mqtt_broker.url, unique_id, outbox=capped)
+
+    async def scenario() -> None:
+        async with running(offline) as gateway:  # an outage: the outbox holds 3 of the meter's 6
+            with contextlib.suppress(Exception):  # refuse_new ends the session at the first refusal
+                await read_taidoc(gateway, meter)
+            assert gateway.outbox is not None and gateway.outbox.depth() == 3
+        async with running(online) as gateway:
+            for _ in range(4):  # sessions as the meter is plugged in again, until all six are in the cloud
+                await eventually(lambda: gateway.outbox is not None and gateway.outbox.depth() == 0, 10, "sent")
+                if len(acker.seen) == 6:
+                    break
+                with contextlib.suppress(Exception):
+                    await read_taidoc(gateway, meter)
+            await eventually(lambda: len(acker.seen) == 6, 10, "all six readings in the cloud")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert set(acker.seen.values()) == {1}

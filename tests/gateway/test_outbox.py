@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.contract import Ack, Rejection
-from gateway.outbox import Outbox, OutboxFullError
+from gateway.outbox import Outbox, OutboxFullError, QuarantinedRecord
 from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.unit
@@ -223,3 +223,27 @@ def test_a_memory_read_again_after_delivery_is_not_sent_again(tmp_path: Path, cl
     reopened.apply_ack(Ack(batch_id="b2", accepted=[]))
     assert reopened.put(bp_reading(0)) is True
     reopened.close()
+
+
+def test_a_device_sending_only_garbage_cannot_grow_the_device_quarantine_past_its_cap(
+        tmp_path: Path, clock: FakeClock) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", clock=clock, max_quarantined_per_device=3)
+    try:
+        for n in range(5):
+            clock.now += 1
+            assert outbox.quarantine_record(QuarantinedRecord("ble:aa", "ble.heart_rate", f"{n:02x}", "bad frame"))
+        other = QuarantinedRecord("ble:bb", "ble.glucose", "ff", "bad record")
+        assert outbox.quarantine_record(other)
+        assert not outbox.quarantine_record(other)  # the same record again is no new entry
+        kept = outbox.quarantined_records("ble:aa")
+        assert [record.raw for record in kept] == ["02", "03", "04"]  # the newest three
+        assert [record.raw for record in outbox.quarantined_records("ble:bb")] == ["ff"]
+        stats = outbox.stats()
+        assert (stats.device_quarantined, stats.device_quarantine_evicted) == (4, 2)
+    finally:
+        outbox.close()
+    reopened = Outbox(tmp_path / "outbox.db", clock=clock, max_quarantined_per_device=3)
+    try:
+        assert reopened.stats().device_quarantine_evicted == 2  # the count is durable
+    finally:
+        reopened.close()
