@@ -5,14 +5,19 @@ ranges < 54, 54-69, 70-180, 181-250, > 250 mg/dL, CV = SD / mean, and the Glucos
 Indicator GMI (%) = 3.31 + 0.02392 x mean (Bergenstal et al., Diabetes Care 2018). Blood pressure:
 ACC/AHA 2017 categories of the average (home readings are judged as averages). Adherence: distinct
 days with readings per 30-day period, the CPT 99454 16-day rule (specs/clinical-thresholds.md).
+Pulse oximetry: time below 90 % and 88 % (the thresholds home-oximetry reports and the BTS 2017 target
+ranges use) and each night's minimum; body temperature: each day's maximum and the days at or above
+38.0 Cel (NEWS2's fever band).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from statistics import fmean
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -142,3 +147,99 @@ def adherence_summary(days_with_readings: Sequence[str], as_of: date, periods: i
         out.append({"start": start, "end": end, "days_with_readings": n, "required_days": required_days,
                     "meets_16_day_rule": n >= required_days, "days_short": max(0, required_days - n)})
     return {"periods": out, "current": out[0]}
+
+
+SPO2_BELOW = (90, 88)
+"""SpO2 thresholds (%) whose time-below the oximetry summary reports."""
+MAX_WEIGHT = timedelta(minutes=10)
+"""The longest a single SpO2 reading stands for: a continuous oximeter's window readings come a minute
+apart and stand for the minute up to the next one; a spot-check hours from the next stands for ten
+minutes, not for the whole gap."""
+NIGHT_START_HOUR, NIGHT_END_HOUR = 22, 8
+"""A night is local 22:00-07:59, named by the date it starts (overnight desaturation)."""
+FEVER_CEL = 38.0
+
+
+def _weights(series: Sequence[tuple[datetime, float]]) -> list[timedelta]:
+    """How long each reading stands for: until the next reading, at most MAX_WEIGHT (the last: the
+    median spacing of the series, at most MAX_WEIGHT)."""
+    gaps = [min(b[0] - a[0], MAX_WEIGHT) for a, b in pairwise(series)]
+    last = sorted(gaps)[len(gaps) // 2] if gaps else MAX_WEIGHT
+    return [*gaps, last]
+
+
+def _night_of(at: datetime, tz: ZoneInfo) -> date | None:
+    local = at.astimezone(tz)
+    if local.hour >= NIGHT_START_HOUR:
+        return local.date()
+    if local.hour < NIGHT_END_HOUR:
+        return local.date() - timedelta(days=1)
+    return None
+
+
+def oximetry_summary(series: Sequence[tuple[datetime, float]], days: int, tz: str) -> dict[str, Any]:
+    """SpO2 (%) readings in time order (excluded flags already left out) -> latest, minimum, mean,
+    time below 90 and 88 % (minutes and share of the measured time, each reading weighted by how long it
+    stands for, see :data:`MAX_WEIGHT`), and per night the minimum and minutes below 90 %."""
+    zone = ZoneInfo(tz)
+    out: dict[str, Any] = {"days": days, "readings": len(series)}
+    if not series:
+        out.update({"latest_percent": None, "latest_at": None, "min_percent": None, "mean_percent": None,
+                    "measured_minutes": 0.0, "time_below": {f"below_{t}": None for t in SPO2_BELOW}, "nights": []})
+        return out
+    weights = _weights(series)
+    measured = sum(weights, timedelta())
+    time_below: dict[str, dict[str, float]] = {}
+    for threshold in SPO2_BELOW:
+        below = sum((w for (_, v), w in zip(series, weights, strict=True) if v < threshold), timedelta())
+        time_below[f"below_{threshold}"] = {
+            "minutes": round(below.total_seconds() / 60, 1),
+            "percent": round(100.0 * below / measured, 1) if measured else 0.0,
+        }
+    nights: dict[date, dict[str, Any]] = {}
+    for (at, value), weight in zip(series, weights, strict=True):
+        night = _night_of(at, zone)
+        if night is None:
+            continue
+        entry = nights.setdefault(night, {"night_of": night, "min_percent": value, "min_at": at, "readings": 0,
+                                          "minutes_below_90": 0.0})
+        entry["readings"] += 1
+        if value < entry["min_percent"]:
+            entry["min_percent"], entry["min_at"] = value, at
+        if value < 90:
+            entry["minutes_below_90"] = round(entry["minutes_below_90"] + weight.total_seconds() / 60, 1)
+    values = [v for _, v in series]
+    out.update({
+        "latest_percent": round(series[-1][1], 1),
+        "latest_at": series[-1][0],
+        "min_percent": round(min(values), 1),
+        "mean_percent": round(fmean(values), 1),
+        "measured_minutes": round(measured.total_seconds() / 60, 1),
+        "time_below": time_below,
+        "nights": [nights[night] for night in sorted(nights)],
+    })
+    return out
+
+
+def temperature_summary(series: Sequence[tuple[datetime, float]], days: int, tz: str) -> dict[str, Any]:
+    """Body temperature (Cel) readings in time order -> latest, maximum, and per local day the maximum
+    and whether it reached the fever band (>= 38.0 Cel)."""
+    zone = ZoneInfo(tz)
+    daily: dict[date, dict[str, Any]] = {}
+    for at, value in series:
+        day = at.astimezone(zone).date()
+        entry = daily.setdefault(day, {"date": day, "max_cel": value, "max_at": at, "readings": 0})
+        entry["readings"] += 1
+        if value > entry["max_cel"]:
+            entry["max_cel"], entry["max_at"] = value, at
+    days_out = [{**daily[day], "max_cel": round(daily[day]["max_cel"], 1),
+                 "fever": daily[day]["max_cel"] >= FEVER_CEL} for day in sorted(daily)]
+    return {
+        "days": days,
+        "readings": len(series),
+        "latest_cel": round(series[-1][1], 1) if series else None,
+        "latest_at": series[-1][0] if series else None,
+        "max_cel": round(max(v for _, v in series), 1) if series else None,
+        "days_with_fever": sum(1 for day in days_out if day["fever"]),
+        "daily": days_out,
+    }

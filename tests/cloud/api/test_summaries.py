@@ -9,11 +9,66 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from cloud.api.summaries import adherence_summary, bp_summary, glucose_summary, gmi, weight_summary
+from cloud.api.summaries import (
+    adherence_summary,
+    bp_summary,
+    glucose_summary,
+    gmi,
+    oximetry_summary,
+    temperature_summary,
+    weight_summary,
+)
 from tests.cloud.alerts.scripted_patient import bp, ingest, make_reading, weight
 from tests.cloud.api.conftest import World
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.unit
+def test_time_below_weights_each_reading_by_its_spacing_capped_and_nights_take_their_minimum() -> None:
+    # Berlin (UTC+2 in summer): a continuous night 23:00-23:09 local, one reading a minute, 4 of them
+    # below 90 (two of those below 88); then a daytime spot-check at 12:00 local, 13 h later.
+    night = datetime(2026, 6, 1, 21, 0, tzinfo=UTC)
+    values = [93, 91, 89, 89, 87, 86, 90, 92, 94, 95]
+    series = [(night + timedelta(minutes=n), float(v)) for n, v in enumerate(values)]
+    series.append((datetime(2026, 6, 2, 10, 0, tzinfo=UTC), 96.0))
+    summary = oximetry_summary(series, 7, "Europe/Berlin")
+    # Each of the first 10 stands for one minute; the spot-check for the median spacing (1 min); the 10th
+    # reading stands for 10 min (capped), not for the 13 h to the spot-check: 9 + 10 + 1 = 20 min measured.
+    assert summary["measured_minutes"] == 20.0
+    assert summary["time_below"]["below_90"] == {"minutes": 4.0, "percent": 20.0}
+    assert summary["time_below"]["below_88"] == {"minutes": 2.0, "percent": 10.0}
+    assert (summary["min_percent"], summary["latest_percent"], summary["readings"]) == (86.0, 96.0, 11)
+    (only_night,) = summary["nights"]  # the 12:00 spot-check belongs to no night
+    assert only_night["night_of"] == date(2026, 6, 1) and only_night["min_percent"] == 86.0
+    assert only_night["min_at"] == night + timedelta(minutes=5)
+    assert (only_night["readings"], only_night["minutes_below_90"]) == (10, 4.0)
+
+
+@pytest.mark.unit
+def test_a_night_after_midnight_belongs_to_the_date_it_started_and_no_readings_is_no_error() -> None:
+    early = datetime(2026, 1, 10, 3, 30, tzinfo=UTC)  # 03:30 in London (UTC+0 in winter): night of 9 Jan
+    summary = oximetry_summary([(early, 91.0)], 7, "Europe/London")
+    assert [n["night_of"] for n in summary["nights"]] == [date(2026, 1, 9)]
+    empty = oximetry_summary([], 7, "UTC")
+    assert empty["readings"] == 0 and empty["time_below"] == {"below_90": None, "below_88": None}
+    assert empty["nights"] == [] and empty["latest_percent"] is None
+
+
+@pytest.mark.unit
+def test_temperature_summary_takes_each_local_days_maximum_and_marks_fever_days() -> None:
+    tz = "America/New_York"  # UTC-5 in January
+    series = [
+        (datetime(2026, 1, 5, 14, 0, tzinfo=UTC), 36.8),
+        (datetime(2026, 1, 6, 3, 0, tzinfo=UTC), 38.3),  # 22:00 on 5 Jan, local
+        (datetime(2026, 1, 6, 15, 0, tzinfo=UTC), 37.9),
+        (datetime(2026, 1, 6, 20, 0, tzinfo=UTC), 37.2),
+    ]
+    summary = temperature_summary(series, 7, tz)
+    assert [(d["date"], d["max_cel"], d["fever"], d["readings"]) for d in summary["daily"]] == [
+        (date(2026, 1, 5), 38.3, True, 2), (date(2026, 1, 6), 37.9, False, 2)]
+    assert (summary["max_cel"], summary["latest_cel"], summary["days_with_fever"]) == (38.3, 37.2, 1)
+    assert temperature_summary([], 7, tz)["max_cel"] is None
 
 
 @pytest.mark.unit
