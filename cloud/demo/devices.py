@@ -46,6 +46,8 @@ class DemoWorld:
         self.tty_dir.mkdir(parents=True, exist_ok=True)
         self._bp: list[dict] = []
         self._weights: list[dict] = []
+        self._spo2: list[dict] = []
+        self._temperatures: list[dict] = []
         self.astm_meter = GlucoseMeter(serial=story.ASTM_SERIAL)
         self.taidoc_meter = TaidocMeter(BP_MONITOR, story.TAIDOC_SERIAL)
         # Per device key, the device-clock times of the records put in its memory so far: what "sent"
@@ -59,7 +61,7 @@ class DemoWorld:
     # ------------------------------------------------------------------ what the gateway is told
 
     def ble_addresses(self) -> list[str]:
-        return [story.CUFF_ADDRESS, story.SCALE_ADDRESS]
+        return [story.CUFF_ADDRESS, story.SCALE_ADDRESS, story.OXIMETER_ADDRESS, story.THERMOMETER_ADDRESS]
 
     def usb_ports(self) -> dict[str, str]:
         return {"serial.astm": str(self.tty_dir / "astm-meter"), "serial.taidoc": str(self.tty_dir / "taidoc-bp")}
@@ -76,6 +78,10 @@ class DemoWorld:
                 self._delivered["cuff" if record["user_id"] == 1 else "cuff-u2"].add(
                     datetime.fromisoformat(record["timestamp"]))
             self._delivered["scale"].update(datetime.fromisoformat(r["timestamp"]) for r in plan.weight)
+            self._spo2.extend(plan.spo2)
+            self._temperatures.extend(plan.temperature)
+            self._delivered["oximeter"].update(datetime.fromisoformat(r["timestamp"]) for r in plan.spo2)
+            self._delivered["thermometer"].update(datetime.fromisoformat(r["timestamp"]) for r in plan.temperature)
         self._write_scenario()
         for when, value in plan.astm:
             self.astm_meter.results.append(GlucoseResult(when, value))
@@ -111,11 +117,16 @@ class DemoWorld:
     def _write_scenario(self) -> None:
         with self._lock:
             bp, weights = list(self._bp), list(self._weights)
+            spo2, temperatures = list(self._spo2), list(self._temperatures)
         write_scenario(self.scenario_path, [
             {"type": "blood_pressure", "address": story.CUFF_ADDRESS, "name": "Demo BP cuff",
              "model": "SIM-BP2", "serial": "BP2-0001", "records": bp},
             {"type": "weight_scale", "address": story.SCALE_ADDRESS, "name": "Demo scale",
              "model": "SIM-SCALE", "serial": "SC-0001", "records": weights},
+            {"type": "pulse_oximeter", "address": story.OXIMETER_ADDRESS, "name": "Demo oximeter",
+             "model": "SIM-PLX", "serial": "PLX-0001", "records": spo2},
+            {"type": "thermometer", "address": story.THERMOMETER_ADDRESS, "name": "Demo thermometer",
+             "model": "SIM-THERMO", "serial": "HT-0001", "fahrenheit": True, "records": temperatures},
         ])
 
     def _download_astm(self) -> None:

@@ -10,6 +10,10 @@ current and page; what is compressed is how fast the week's readings reach the g
   the 7-day weight-gain rule fires.
 - Chloe Martin (type 2 diabetes) has a USB glucose meter (ASTM, Contour-style) and a USB TaiDoc BP
   monitor; one low glucose on day 4 opens a hypoglycaemia alert that the next normal value resolves.
+- Dara Nwosu, home after pneumonia, wears a BLE pulse oximeter at night and takes her temperature
+  with a BLE thermometer (it speaks Fahrenheit; the record shows Celsius). On the fifth evening she
+  runs a fever (38.6 °C) that is gone the next morning; on the last night her SpO2 falls to 89 % in
+  the small hours, below the usual 94-98 % target: one low-saturation alert.
 """
 
 from __future__ import annotations
@@ -47,12 +51,15 @@ class DayPlan:
     weight: list[dict] = field(default_factory=list)
     astm: list[tuple[datetime, float]] = field(default_factory=list)
     taidoc: list[tuple[datetime, int, int, int]] = field(default_factory=list)
+    spo2: list[dict] = field(default_factory=list)
+    temperature: list[dict] = field(default_factory=list)
 
 
 PATIENTS = (
     Patient("pt-ana", "Ana Souza", "female", "1956-04-11"),
     Patient("pt-ben", "Ben Okafor", "male", "1949-09-30"),
     Patient("pt-chloe", "Chloe Martin", "female", "1968-01-22"),
+    Patient("pt-dara", "Dara Nwosu", "female", "1961-07-03"),
 )
 CARE_TEAM = ("ct-demo", "Demo cardiometabolic team")
 CLINICIAN = "dr-demo"
@@ -61,6 +68,8 @@ CUFF_ADDRESS = "D3:00:00:00:0A:01"
 SCALE_ADDRESS = "D3:00:00:00:0B:01"
 ASTM_SERIAL = "7390-2211001"
 TAIDOC_SERIAL = "3128DE0000C10E01"
+OXIMETER_ADDRESS = "D3:00:00:00:0C:01"
+THERMOMETER_ADDRESS = "D3:00:00:00:0D:01"
 
 
 def devices() -> tuple[DemoDevice, ...]:
@@ -74,6 +83,10 @@ def devices() -> tuple[DemoDevice, ...]:
                    f"usb:0000:0000:{ASTM_SERIAL}"),
         DemoDevice("taidoc", "USB TaiDoc BP monitor (Chloe)", "usb", "serial.taidoc", "pt-chloe", None,
                    f"usb:0000:0000:{TAIDOC_SERIAL}"),
+        DemoDevice("oximeter", "BLE pulse oximeter (Dara)", "ble", "ble.pulse_oximeter", "pt-dara", None,
+                   f"ble:{OXIMETER_ADDRESS}"),
+        DemoDevice("thermometer", "BLE thermometer (Dara)", "ble", "ble.thermometer", "pt-dara", None,
+                   f"ble:{THERMOMETER_ADDRESS}"),
     )
 
 
@@ -103,8 +116,23 @@ def week(now: datetime) -> list[DayPlan]:
         for offset, value in zip((10.5, 6, 1.5), glucose[day], strict=True):
             plan.astm.append((base - timedelta(hours=offset), value))
         plan.taidoc.append((morning + timedelta(minutes=5), 138 - day, 86, 68))
+        plan.spo2.extend(_night(base, low=day == DAYS - 1))
+        # Morning and evening temperatures in °F, as the thermometer sends them; a fever on day 5's evening.
+        plan.temperature.append({"value": 98.1, "timestamp": (morning + timedelta(minutes=10)).isoformat(), "site": 6})
+        evening_f = 101.5 if day == 4 else 98.6
+        plan.temperature.append({"value": evening_f, "timestamp": (evening + timedelta(minutes=15)).isoformat(),
+                                 "site": 6})
         plans.append(plan)
     return plans
+
+
+def _night(base: datetime, *, low: bool) -> list[dict]:
+    """The oximeter's six hourly spot-checks of the night before ``base``'s morning reading (``base``
+    minus 11 h), the first 16 h before ``base``; the last night dips to 89 %."""
+    start = base - timedelta(hours=16)
+    values = (93, 91, 90, 89, 90, 92) if low else (96, 95, 95, 96, 95, 96)
+    return [{"spo2": value, "pulse_rate": 68 + n, "timestamp": (start + timedelta(hours=n)).isoformat()}
+            for n, value in enumerate(values)]
 
 
 def _bp(when: datetime, systolic: int, diastolic: int, pulse: int, *, user: int) -> dict:
