@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
+
+from cloud.errors import CloudError
+from cloud.logging_setup import configure_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("cloud.db.migrate", "apply the database migrations (safe to run twice, and concurrently)"),
@@ -17,8 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("cloud.api.server", "serve the clinician HTTP API"),
     "token": ("cloud.api.tokens", "mint a development bearer token"),
     "scheduler": ("cloud.alerts.scheduler", "evaluate time-based alert rules and deliver webhooks"),
-    "assign": ("cloud.db.assign", "assign a device (and user index) to a patient"),
-    "rebind": ("cloud.db.binding", "move a device's binding to another gateway (audited)"),
+    "assign": ("cloud.devices.assignment", "assign a device (and user index) to a patient"),
+    "rebind": ("cloud.devices.binding", "move a device's binding to another gateway (audited)"),
 }
 
 
@@ -34,7 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             module.add_arguments(command)
             command.set_defaults(handler=module.main)
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    # Once, before the command runs: every cloud process logs the same way (RPM_LOG_FORMAT, RPM_LOG_LEVEL).
+    configure_logging(args.command)
+    try:
+        return int(args.handler(args) or 0)
+    except CloudError as err:
+        # What a command leaves unhandled: one line, and the exit code an uncaught error always had (the
+        # traceback at RPM_LOG_LEVEL=DEBUG).
+        logging.getLogger(__name__).debug("rpm-cloud %s failed", args.command, exc_info=err)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud.errors import CloudError
+
 log = logging.getLogger(__name__)
 
 
-class EmbeddedServiceError(RuntimeError):
+class EmbeddedServiceError(CloudError, RuntimeError):
     """An embedded service could not be started."""
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.mqtt.broker import TlsOptions
 
 
 class CloudSettings(BaseSettings):
@@ -19,6 +23,12 @@ class CloudSettings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+
+    # Logs (cloud.logging_setup)
+    log_format: Literal["plain", "json"] = "plain"
+    """``plain``: one line of text per event; ``json``: one JSON object per line, for a log shipper."""
+    log_level: str | None = None
+    """Root log level (DEBUG, INFO, WARNING, ERROR); default: the command's own (INFO, the demo WARNING)."""
 
     # Ingest
     ingest_batch_max: int = Field(2000, gt=0)
@@ -55,6 +65,17 @@ class CloudSettings(BaseSettings):
     """Database connections the API holds (requests run in a thread pool of about this size)."""
     api_max_body_bytes: int = Field(64 * 1024, gt=0)
     """Largest request body the API reads (413 past it, checked before the body is read)."""
+
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str | None) -> str | None:
+        if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"unknown log level {value!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+        return None if value is None else value.upper()
+
+    def mqtt_tls(self) -> TlsOptions:
+        return TlsOptions(ca_file=self.mqtt_ca_file, cert_file=self.mqtt_cert_file, key_file=self.mqtt_key_file)
 
 
 @lru_cache(maxsize=1)

@@ -43,6 +43,7 @@ import json
 import multiprocessing
 import os
 import random
+import subprocess
 import sys
 import time
 import uuid
@@ -53,12 +54,14 @@ from typing import Any
 
 from gateway.contract import Batch, Reading, acks_topic, compute_reading_id, readings_topic
 from gateway.metrics import METRICS
+from gateway.mqtt.backoff import ExponentialBackoff
 
 LATENCY_SAMPLE = 20_000
 """Ack latencies each publisher keeps (a uniform reservoir sample) for the percentiles."""
 SEQUENCE_BASE = 100
 """Generated readings' sequence numbers start above the template variants' own."""
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
+RECONNECT = ExponentialBackoff(RECONNECT_MIN_S, RECONNECT_MAX_S, jitter=(0.5, 1.0))
 CONNACK_TIMEOUT_S = 10.0
 MAINTENANCE_S = 0.2
 """How often a publisher looks for connections to re-open and batches to send again."""
@@ -190,9 +193,9 @@ class _SimulatedGateway:
     """One gateway of a publisher process: its MQTT connection, its cuff's templates, and every batch
     it sent that the cloud has not acknowledged yet (oldest send first)."""
 
-    __slots__ = ("backoff", "client", "connected", "connecting_since", "connects", "counter", "device_uid",
-                 "gateway_id", "in_flight", "index", "last_ack_at", "newest_acked_first", "next_attempt", "refused",
-                 "templates", "topic", "unacked", "waiting", "window")
+    __slots__ = ("client", "connected", "connecting_since", "connects", "counter", "device_uid", "gateway_id",
+                 "in_flight", "index", "last_ack_at", "newest_acked_first", "next_attempt", "reconnect_failures",
+                 "refused", "templates", "topic", "unacked", "waiting", "window")
 
     def __init__(self, plan: LoadPlan, index: int) -> None:
         self.index = index
@@ -214,7 +217,7 @@ class _SimulatedGateway:
         self.connects = 0
         self.connecting_since: float | None = None
         self.next_attempt = 0.0
-        self.backoff = RECONNECT_MIN_S
+        self.reconnect_failures = 0
         self.last_ack_at = 0.0
         self.newest_acked_first = 0.0
         """First-send time of the newest batch acked: a batch first sent long after one still waiting
@@ -295,7 +298,7 @@ class _Publisher:
         gw.refused = None
         gw.connects += 1
         gw.connected = True
-        gw.backoff = RECONNECT_MIN_S
+        gw.reconnect_failures = 0
         receive_maximum = getattr(properties, "ReceiveMaximum", None)
         gw.window = min(WINDOW, receive_maximum) if receive_maximum else WINDOW
         # A fresh connection gets a whole ack timeout (paho has just re-sent what lacked a PUBACK).
@@ -306,8 +309,8 @@ class _Publisher:
     def _on_disconnect(self, client: Any, gw: _SimulatedGateway, flags: Any, reason: Any, properties: Any) -> None:
         gw.connected = False
         gw.connecting_since = None
-        gw.next_attempt = time.monotonic() + gw.backoff * random.uniform(0.5, 1.0)
-        gw.backoff = min(RECONNECT_MAX_S, gw.backoff * 2)
+        gw.reconnect_failures += 1
+        gw.next_attempt = time.monotonic() + RECONNECT.delay(gw.reconnect_failures)
 
     def _reconnect_due(self, now: float) -> None:
         for gw in self.gateways:
@@ -645,17 +648,22 @@ def wait_for_storage(database_url: str, plan: LoadPlan, expected: int, quiet_s: 
 
 
 def assign_patients(database_url: str, plan: LoadPlan) -> None:
-    """One patient per simulated gateway (id = gateway id), its cuff assigned from a day ago."""
-    import psycopg
+    """One patient per simulated gateway (id = gateway id), its cuff assigned from a day ago.
 
-    from cloud.db.assign import assign_device
-
-    since = datetime.now(UTC) - timedelta(days=1)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for index in range(plan.gateways):
-            gateway_id = plan.gateway_id(index)
-            assign_device(conn, cuff_uid(gateway_id), gateway_id, valid_from=since, create_patient=True,
-                          display_name=f"Load patient {index}", created_by="rpm-sim load")
+    Through the cloud's own command (``rpm-cloud assign --batch -``, one process for the whole fleet):
+    a simulator knows the wire contract, not the cloud's modules.
+    """
+    since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    lines = "".join(json.dumps({"device_uid": cuff_uid(plan.gateway_id(index)), "patient_id": plan.gateway_id(index),
+                                "valid_from": since, "create_patient": True, "name": f"Load patient {index}"}) + "\n"
+                    for index in range(plan.gateways))
+    # The URL goes in the environment, not the command line, where any local user could read it.
+    done = subprocess.run([sys.executable, "-m", "cloud.cli", "assign", "--batch", "-"], input=lines, text=True,
+                          capture_output=True, env={**os.environ, "RPM_DATABASE_URL": database_url}, timeout=300,
+                          check=False)
+    if done.returncode != 0:
+        said = (done.stdout + done.stderr).strip().splitlines()
+        raise RuntimeError(f"rpm-cloud assign --batch failed ({done.returncode}): {said[-1] if said else ''}")
 
 
 def run_load(plan: LoadPlan, database_url: str | None) -> dict[str, Any]:

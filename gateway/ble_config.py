@@ -1,18 +1,49 @@
-"""The ``[ble]`` section of the gateway configuration, and loading the bleak backend it names."""
+"""The ``[ble]`` section of the gateway configuration, and the bleak backends it can name."""
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# ``backend = "sim"`` is shorthand for the simulator's module; the gateway never imports it statically.
-BACKEND_ALIASES = {"sim": "firmware_sims.ble.backend"}
+from gateway.errors import GatewayError
+
+BleakBackends = tuple[Any, Any]
+"""(scanner backend class, client backend class) for bleak's ``backend=``; (None, None) lets bleak
+pick the platform's own (BlueZ on Linux)."""
 
 
-class BackendLoadError(Exception):
+class BackendLoadError(GatewayError):
     """The configured bleak backend module cannot be imported or lacks the backend classes."""
+
+
+def _simulator() -> BleakBackends:
+    # Imported here, when a config names it: the simulator is not part of an installed gateway.
+    from firmware_sims.ble.backend import client_backend, scanner_backend
+
+    return scanner_backend, client_backend
+
+
+NAMED_BACKENDS: dict[str, Callable[[], BleakBackends]] = {"sim": _simulator}
+"""Backends a config names by a short name (``backend = "sim"``)."""
+
+
+def named_backends(name: str | None) -> BleakBackends:
+    """The backends for ``None`` or a name in :data:`NAMED_BACKENDS`. A module path in the config is
+    imported by the runtime (``gateway.runtime.load_bleak_backends``), which hands the classes down."""
+    if name is None:
+        return None, None
+    try:
+        load = NAMED_BACKENDS[name]
+    except KeyError:
+        raise BackendLoadError(
+            f"ble.backend: {name!r} is a module path; only rpm-gateway run, scan and pair import it"
+        ) from None
+    try:
+        return load()
+    except ImportError as err:
+        raise BackendLoadError(f"ble.backend: cannot import {name!r}: {err}") from None
 
 
 def normalise_address(address: str) -> str:
@@ -54,21 +85,3 @@ class BleConfig(BaseModel):
     retry_backoff_max_s: float = Field(300.0, gt=0)
     heart_rate_max_session_s: float | None = Field(None, gt=0)
     """End a heart-rate session after this long (None: until the strap goes away)."""
-
-
-def load_bleak_backends(name: str | None) -> tuple[Any, Any]:
-    """Return (scanner backend class, client backend class) for bleak's ``backend=``; (None, None)
-    means bleak picks the platform's own."""
-    if name is None:
-        return None, None
-    module_name = BACKEND_ALIASES.get(name, name)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise BackendLoadError(f"ble.backend: cannot import {module_name!r}: {err}") from None
-    try:
-        return module.scanner_backend, module.client_backend
-    except AttributeError:
-        raise BackendLoadError(
-            f"ble.backend: module {module_name!r} has no scanner_backend/client_backend"
-        ) from None

@@ -1,10 +1,11 @@
 """BLE discovery and the device-session supervisor.
 
 One central scanner (drivers never scan, as Home Assistant's bluetooth stack does it) listens for the
-six health services. An advertisement from an **enrolled** device starts one session task for it,
-under a TaskGroup, so a failing device never stops the others; an un-enrolled device is never
-connected. After a good session the device is left alone for ``session_cooldown_s`` (cuffs keep
-advertising for a while); after a failed one it backs off exponentially with jitter.
+health services of the BLE profiles in :mod:`gateway.profiles`. An advertisement from an **enrolled**
+device starts one session task for it, under a TaskGroup, so a failing device never stops the others;
+an un-enrolled device is never connected. After a good session the device is left alone for
+``session_cooldown_s`` (cuffs keep advertising for a while; a profile may opt out); after a failed one
+it backs off exponentially with jitter.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
-from gateway.ble_config import BleConfig, load_bleak_backends, normalise_address
+from gateway.ble_config import BleakBackends, BleConfig, named_backends, normalise_address
 from gateway.codecs.common import DecodeError
-from gateway.device_state import DeviceStateStore
-from gateway.drivers import blood_pressure, glucose_meter, heart_rate, pulse_oximeter, thermometer, weight_scale
 from gateway.drivers.base import (
     ClockCheck,
     DeviceInfo,
@@ -36,20 +35,14 @@ from gateway.drivers.base import (
     gateway_now,
 )
 from gateway.drivers.ble_session import BleContext, BleSession, SessionTimeouts, backoff_delay
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.enrolment import EnrolledDevice, EnrolmentStore
 from gateway.outbox import OutboxError
+from gateway.profiles import BLE_PROFILES
 
 log = logging.getLogger(__name__)
 
-DRIVERS = {
-    blood_pressure.PROFILE: blood_pressure,
-    glucose_meter.PROFILE: glucose_meter,
-    weight_scale.PROFILE: weight_scale,
-    heart_rate.PROFILE: heart_rate,
-    pulse_oximeter.PROFILE: pulse_oximeter,
-    thermometer.PROFILE: thermometer,
-}
-HEALTH_SERVICES: dict[str, str] = {module.SERVICE_UUID: profile for profile, module in DRIVERS.items()}
+HEALTH_SERVICES: dict[str, str] = {uuid: p.name for p in BLE_PROFILES.values() for uuid in p.service_uuids}
 """Service UUID (128-bit, lower case) → profile."""
 
 StatusCallback = Callable[..., Any]
@@ -89,7 +82,7 @@ async def run_device_session(
     rng: Callable[[], float] = random.random,
 ) -> SessionResult:
     """Connect, gather device facts, check and set the clock, run the profile's driver, disconnect."""
-    driver = DRIVERS[profile]
+    driver = BLE_PROFILES[profile].driver
     timeouts = SessionTimeouts(
         connect_s=config.connect_timeout_s,
         connect_attempts=config.connect_attempts,
@@ -107,10 +100,16 @@ async def run_device_session(
             if inspect.isawaitable(outcome):
                 await outcome
         ctx = BleContext(
-            session=session, device=info, sink=sink, state=state, clock=clock, now=now,
-            heart_rate_cadence_s=config.heart_rate_cadence_s, max_session_s=config.heart_rate_max_session_s,
+            session=session,
+            device=info,
+            sink=sink,
+            state=state,
+            clock=clock,
+            now=now,
+            heart_rate_cadence_s=config.heart_rate_cadence_s,
+            max_session_s=config.heart_rate_max_session_s,
         )
-        result = await driver.run_session(ctx)
+        result = await driver(ctx)
     return dataclasses.replace(result, battery=battery)
 
 
@@ -128,7 +127,10 @@ class BleManager:
         local_tz: tzinfo | None = None,
         now: Callable[[], datetime] = gateway_now,
         rng: Callable[[], float] = random.random,
+        backends: BleakBackends | None = None,
     ) -> None:
+        """``backends``: the bleak backend classes the runtime loaded for ``config.backend``; without
+        them, only a backend the config names by a short name (``sim``) can be used."""
         self.config = config
         self.sink = sink
         self.state = state
@@ -137,7 +139,7 @@ class BleManager:
         self.local_tz = local_tz
         self.now = now
         self.rng = rng
-        self._scanner_backend, self._client_backend = load_bleak_backends(config.backend)
+        self._scanner_backend, self._client_backend = backends or named_backends(config.backend)
         self._group: asyncio.TaskGroup | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._not_before: dict[str, float] = {}
@@ -158,7 +160,8 @@ class BleManager:
             # with its profile in the config is matched by address, so the scan cannot filter by service.
             by_address = any(device.profile for device in self.config.enrolled)
             scanner = BleakScanner(
-                self._on_advertisement, service_uuids=None if by_address else list(HEALTH_SERVICES),
+                self._on_advertisement,
+                service_uuids=None if by_address else list(HEALTH_SERVICES),
                 backend=self._scanner_backend,
             )
             await scanner.start()
@@ -171,7 +174,7 @@ class BleManager:
     def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         address = normalise_address(device.address)
         profile = self.enrolment.profile_for(address) or profile_for_services(adv.service_uuids)
-        if profile is None or profile not in DRIVERS:
+        if profile is None or profile not in BLE_PROFILES:
             return
         if not self.enrolment.is_enrolled(address):
             if address not in self.ignored:
@@ -201,14 +204,27 @@ class BleManager:
         loop = asyncio.get_running_loop()
 
         async def connected(info: DeviceInfo, battery: int | None, clock: ClockCheck) -> None:
-            await self._status(uid, profile=profile, last_seen=self.now(), battery=battery,
-                               clock_offset_s=clock_offset_s(clock, self.local_tz), error=None)
+            await self._status(
+                uid,
+                profile=profile,
+                last_seen=self.now(),
+                battery=battery,
+                clock_offset_s=clock_offset_s(clock, self.local_tz),
+                error=None,
+            )
 
         try:
             result = await run_device_session(
-                device, profile, config=self.config, sink=self.sink, state=self.state,
-                client_backend=self._client_backend, now=self.now, local_tz=self.local_tz,
-                on_connected=connected, rng=self.rng,
+                device,
+                profile,
+                config=self.config,
+                sink=self.sink,
+                state=self.state,
+                client_backend=self._client_backend,
+                now=self.now,
+                local_tz=self.local_tz,
+                on_connected=connected,
+                rng=self.rng,
             )
         except Exception as err:  # one device's failure, whatever it is, must never stop the others
             failures = self._failures.get(address, 0) + 1
@@ -226,18 +242,24 @@ class BleManager:
             self._failures.pop(address, None)
             self.errors.pop(address, None)
             self.results[address] = result
-            cooldown = 0.0 if profile == heart_rate.PROFILE else self.config.session_cooldown_s
+            cooldown = self.config.session_cooldown_s if BLE_PROFILES[profile].cooldown_after_session else 0.0
             self._not_before[address] = loop.time() + cooldown
-            await self._status(uid, profile=profile, last_seen=self.now(), battery=result.battery,
-                               clock_offset_s=clock_offset_s(result.clock, self.local_tz), error=None)
+            await self._status(
+                uid,
+                profile=profile,
+                last_seen=self.now(),
+                battery=result.battery,
+                clock_offset_s=clock_offset_s(result.clock, self.local_tz),
+                error=None,
+            )
         finally:
             self._running.pop(address, None)
 
 
-async def ble_candidates(config: Any, seconds: float) -> list[dict[str, Any]]:
+async def ble_candidates(config: Any, seconds: float, backends: BleakBackends | None = None) -> list[dict[str, Any]]:
     """What ``rpm-gateway scan`` shows for BLE: health devices heard in ``seconds``, strongest first,
     each marked enrolled or not. ``config`` is the GatewayConfig."""
-    scanner_backend, _ = load_bleak_backends(config.ble.backend)
+    scanner_backend, _ = backends or named_backends(config.ble.backend)
     found = await BleakScanner.discover(
         seconds, return_adv=True, service_uuids=list(HEALTH_SERVICES), backend=scanner_backend
     )
@@ -249,21 +271,25 @@ async def ble_candidates(config: Any, seconds: float) -> list[dict[str, Any]]:
             if profile is None:
                 continue
             address = normalise_address(device.address)
-            rows.append({
-                "address": address,
-                "name": adv.local_name or device.name,
-                "rssi": adv.rssi,
-                "profile": profile,
-                "enrolled": store.is_enrolled(address),
-            })
+            rows.append(
+                {
+                    "address": address,
+                    "name": adv.local_name or device.name,
+                    "rssi": adv.rssi,
+                    "profile": profile,
+                    "enrolled": store.is_enrolled(address),
+                }
+            )
     finally:
         store.close()
     return sorted(rows, key=lambda row: -row["rssi"])
 
 
-async def pair_window(config: BleConfig, store: EnrolmentStore, seconds: float) -> list[EnrolledDevice]:
+async def pair_window(
+    config: BleConfig, store: EnrolmentStore, seconds: float, backends: BleakBackends | None = None
+) -> list[EnrolledDevice]:
     """Listen for ``seconds``; enrol every health device heard that is not enrolled yet."""
-    scanner_backend, _ = load_bleak_backends(config.backend)
+    scanner_backend, _ = backends or named_backends(config.backend)
     enrolled: list[EnrolledDevice] = []
 
     def heard(device: BLEDevice, adv: AdvertisementData) -> None:

@@ -6,10 +6,12 @@ Every failure a user can cause exits 2 with one line on stderr, never a tracebac
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from gateway.config import ConfigError, load_config
+from gateway.errors import GatewayError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +35,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    # One line whatever the message holds (a TOML error can quote the file's own text).
+    return " ".join(str(err).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except GatewayError as err:
+        # What a command leaves unhandled: one line, and the exit code an uncaught error always had (the
+        # traceback at the debug log level).
+        logging.getLogger(__name__).debug("rpm-gateway %s failed", args.command, exc_info=err)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "decode":
         from gateway.decode import run as run_decode
 
@@ -46,15 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             check_startup(config)
     except ConfigError as err:
-        # One line whatever the message holds (a TOML error can quote the file's own text).
-        print(f"error: config: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"error: config: {_one_line(err)}", file=sys.stderr)
         return 2
     if args.command == "scan":
         from gateway.scan import run_scan
 
         return run_scan(config, args.seconds)
     if args.command == "pair":
-        from gateway.enrolment import run_pair
+        from gateway.scan import run_pair
 
         return run_pair(config, args.seconds)
     from gateway.runtime import run_gateway

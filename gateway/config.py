@@ -25,10 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.ble_config import BleConfig
 from gateway.contract import Identifier
+from gateway.errors import GatewayError
+from gateway.mqtt.backoff import ExponentialBackoff
+from gateway.mqtt.broker import TlsOptions
 from gateway.usb_config import UsbConfig
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """The configuration file is missing, not TOML, or fails validation; the message names the key."""
 
 
@@ -52,6 +55,13 @@ class MqttConfig(BaseModel):
     """Reconnect backoff: doubles from min to max, with jitter so a fleet does not reconnect in step."""
     drain_timeout_s: float = Field(5.0, ge=0)
     """On SIGTERM, how long to wait for the cloud's acks of what is in flight before exiting."""
+
+    def tls(self) -> TlsOptions:
+        return TlsOptions(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
+
+    def reconnect_backoff(self) -> ExponentialBackoff:
+        # Jitter only shortens a wait (0.5..1 x): reconnect_max_s stays the longest a gateway is away.
+        return ExponentialBackoff(self.reconnect_min_s, self.reconnect_max_s, jitter=(0.5, 1.0))
 
 
 class OutboxConfig(BaseModel):
@@ -207,9 +217,9 @@ def _check_devices(config: GatewayConfig) -> list[str]:
 
 
 def _ble_profiles() -> list[str]:
-    from gateway.drivers import blood_pressure, glucose_meter, heart_rate, weight_scale
+    from gateway.profiles import BLE_PROFILES  # the table imports every driver: only when a config is checked
 
-    return sorted(module.PROFILE for module in (blood_pressure, glucose_meter, heart_rate, weight_scale))
+    return sorted(BLE_PROFILES)
 
 
 def parse_config(data: dict) -> GatewayConfig:

@@ -6,49 +6,35 @@ converted), the device's own time, user index, sequence number and flags.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.codecs.common import DecodeError, Measurement
 from gateway.metrics import UnknownUnitError
 from gateway.normalise import canonical_values
+from gateway.profiles import CODECS, CodecEntry
 
-# profile → "module:function"; each function takes the frame bytes (and, where it says so, model=)
-# and returns a Measurement or raises DecodeError. Imported lazily so one codec's import error cannot
-# take the others down.
-PROFILES: dict[str, str] = {
-    "ble.blood_pressure": "gateway.codecs.blood_pressure:decode_measurement",
-    "ble.intermediate_cuff_pressure": "gateway.codecs.blood_pressure:decode_intermediate_cuff_pressure",
-    "ble.glucose": "gateway.codecs.glucose:decode_measurement",
-    "ble.weight_scale": "gateway.codecs.weight_scale:decode_measurement",
-    "ble.heart_rate": "gateway.codecs.heart_rate:decode_measurement",
-    "ble.plx_spot_check": "gateway.codecs.pulse_oximeter:decode_spot_check",
-    "ble.plx_continuous": "gateway.codecs.pulse_oximeter:decode_continuous",
-    "ble.thermometer": "gateway.codecs.thermometer:decode_measurement",
-    "ble.intermediate_temperature": "gateway.codecs.thermometer:decode_intermediate_temperature",
-    "serial.astm": "gateway.codecs.astm:decode_frame_reading",
-    "serial.ad_scale": "gateway.codecs.ad_scale:decode_line_reading",
-    "serial.ant_hrm": "gateway.codecs.ant:decode_message_reading",
-    "serial.taidoc": "gateway.codecs.taidoc:decode_frame_reading",
-}
-# Profiles whose decoder takes a model name (it selects the record layout).
-MODEL_PROFILES = {"serial.taidoc"}
+# Every frame type the profile table (gateway.profiles) names, by its ``--profile`` name.
+PROFILES: Mapping[str, CodecEntry] = CODECS
+MODEL_PROFILES = frozenset(name for name, entry in CODECS.items() if entry.takes_model)
+"""Profiles whose decoder takes a model name (it selects the record layout)."""
 
 
 class UnknownProfileError(DecodeError):
     pass
 
 
-def decoder_for(profile: str) -> Callable[..., Measurement]:
+def codec_for(profile: str) -> CodecEntry:
     try:
-        target = PROFILES[profile]
+        return PROFILES[profile]
     except KeyError:
         raise UnknownProfileError(f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}") from None
-    module_name, function_name = target.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+
+
+def decoder_for(profile: str) -> Callable[..., Measurement]:
+    return codec_for(profile).decode
 
 
 def parse_hex(text: str) -> bytes:
@@ -96,9 +82,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def decode_to_json(profile: str, hex_text: str, model: str | None = None) -> dict[str, Any]:
-    decoder = decoder_for(profile)
+    codec = codec_for(profile)
     data = parse_hex(hex_text)
-    measurement = decoder(data, model=model) if profile in MODEL_PROFILES else decoder(data)
+    measurement = codec.decode(data, model=model) if codec.takes_model else codec.decode(data)
     return measurement_json(profile, measurement)
 
 
@@ -110,8 +96,10 @@ def run(profile: str, hex_text: str, model: str | None = None) -> int:
         print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # a codec bug must still not print a traceback at the user
-        print(f"error: internal error in the {profile} decoder: {type(err).__name__}: {_one_line(str(err))}",
-              file=sys.stderr)
+        print(
+            f"error: internal error in the {profile} decoder: {type(err).__name__}: {_one_line(str(err))}",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(result))
     return 0

@@ -7,9 +7,7 @@ is SQLite, committed before a call returns, so an enrolment survives a restart o
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,8 +48,9 @@ class EnrolmentStore:
     def for_config(cls, config: GatewayConfig) -> EnrolmentStore:
         return cls(Path(config.data_dir) / STORE_FILE, config.ble.enrolled)
 
-    def enrol(self, address: str, *, profile: str | None = None, name: str | None = None,
-              source: str = "manual") -> bool:
+    def enrol(
+        self, address: str, *, profile: str | None = None, name: str | None = None, source: str = "manual"
+    ) -> bool:
         """Enrol ``address``; False if it already was (its first enrolment is kept)."""
         address = normalise_address(address)
         with self._lock:
@@ -93,7 +92,8 @@ class EnrolmentStore:
         stored = [EnrolledDevice(a, p, n, s, datetime.fromisoformat(t)) for a, p, n, s, t in rows]
         seen = {d.address for d in stored}
         from_config = [
-            EnrolledDevice(d.address, d.profile, d.name, "config") for d in self._configured.values()
+            EnrolledDevice(d.address, d.profile, d.name, "config")
+            for d in self._configured.values()
             if d.address not in seen
         ]
         return from_config + stored
@@ -101,27 +101,3 @@ class EnrolmentStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def run_pair(config: GatewayConfig, seconds: float) -> int:
-    """``rpm-gateway pair --seconds N``: enrol every health device that advertises during the window."""
-    from gateway.ble_config import BackendLoadError
-    from gateway.ble_discovery import pair_window
-
-    store = EnrolmentStore.for_config(config)
-    print(f"pairing window open for {seconds:g} s: put each device in pairing mode (or take a measurement)")
-    try:
-        enrolled = asyncio.run(pair_window(config.ble, store, seconds))
-    except BackendLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # bleak raises platform-specific errors when there is no adapter
-        print(f"error: ble: cannot scan: {err}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    if not enrolled:
-        print("no new health device seen")
-    for device in enrolled:
-        print(f"enrolled {device.address} {device.profile or '?'} {device.name or ''}".rstrip())
-    return 0

@@ -133,6 +133,17 @@ OTHER_FLAGS = (
     "out_of_plausible_range", "unstable", "averaged",
 )
 FLAGS: frozenset[str] = frozenset(BP_FLAGS + GLUCOSE_FLAGS + PULSE_OXIMETRY_FLAGS + THERMOMETER_FLAGS + OTHER_FLAGS)
+EXCLUDED_FLAGS: frozenset[str] = frozenset({
+    "measurement_unsuccessful", "control_solution",
+    # Pulse oximetry (specs/clinical-thresholds.md): stored and shown, never judged, never a trend point.
+    "invalid_measurement", "measurement_unavailable", "low_perfusion", "sensor_displaced", "sensor_disconnected",
+    "sensor_unconnected_to_user", "demonstration_data", "testing_data",
+    "intermediate",  # a thermometer's value on its way; the gateway never sends one, the cloud never judges one
+})
+"""A reading with one of these is not a patient value (no value, a control-solution sample, demonstration
+or test data, or a value its own device disowns): the cloud stores it but never judges it, trends it or
+counts it toward a baseline."""
+assert EXCLUDED_FLAGS <= FLAGS
 
 
 def metric(name: str) -> Metric:

@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import Clock, ClockJudgement, Device, Reading, Value, compute_reading_id
-from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.drivers.base import CLOCK_TOLERANCE, EARLIEST_PLAUSIBLE, FUTURE_TOLERANCE, ClockCheck, DeviceInfo
 from gateway.drivers.device_strings import clean_device_string
 from gateway.metrics import METRICS
-
-# A device clock within this of the gateway's is taken as right: small drift is not worth a correction
-# that would move times a patient remembers.
-CLOCK_TOLERANCE = timedelta(minutes=2)
-# Device times before this are an unset clock (devices reset to 2000-01-01 or their firmware date).
-EARLIEST_PLAUSIBLE = datetime(2010, 1, 1)
-# A corrected time further than this in the future is implausible.
-FUTURE_TOLERANCE = timedelta(minutes=10)
 
 
 def canonical_value(metric_name: str, quantity: Quantity) -> Value:

@@ -46,7 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from gateway.contract import Ack, Reading
+from gateway.contract import Ack, ClockJudgement, Reading
+from gateway.errors import GatewayError
 from gateway.outbox_salvage import (
     Damage,
     SalvageReport,
@@ -56,6 +57,7 @@ from gateway.outbox_salvage import (
     salvage_sources,
     table_names,
 )
+from gateway.profiles import PROFILES
 from gateway.storage import Reserve, StorageError, check_file, classify, describe, free_bytes
 
 log = logging.getLogger(__name__)
@@ -75,16 +77,21 @@ OTHERS_HEADROOM = 128 * 1024
 SHRINK_ABOVE = 256 * 1024
 # What a stored reading costs beyond its JSON: the row, the unique index on id, the sendable index.
 ROW_OVERHEAD = 128
-# Profiles whose devices keep no memory of what they sent: a reading refused is gone for good. Every
-# other device keeps its records (RACP meters, cuffs and scales that re-send their memory, ASTM and
-# TaiDoc meters), so a refused reading is read again later.
-LIVE_PROFILES = frozenset({"ble.heart_rate", "serial.ant_hrm", "serial.ad_scale"})
+# Profiles whose devices keep no memory of what they sent (the profile table says so): a reading
+# refused is gone for good. Every other device keeps its records (RACP meters, cuffs and scales that
+# re-send their memory, ASTM and TaiDoc meters), so a refused reading is read again later.
+LIVE_PROFILES = frozenset(profile.name for profile in PROFILES if not profile.keeps_records)
 StorageState = Literal["ok", "low", "full", "unwritable"]
 
 
 def kept_by_device(reading: Reading) -> bool:
     """Does the device still hold this record if the outbox cannot take it (True), or is a refused
     reading lost (False: live heart rate, a streaming scale)?"""
+    if (reading.device_time is None and reading.clock.judgement is ClockJudgement.GATEWAY
+            and "clock_unset" not in reading.flags):
+        # A window of a live stream (an oximeter's continuous samples), timed by the gateway by design:
+        # the device keeps no record of it, whatever else its profile stores.
+        return False
     return reading.kind != "heart_rate" and reading.device.profile not in LIVE_PROFILES
 
 # The share of a batch kept for the newest readings while a backlog drains.
@@ -137,7 +144,7 @@ CREATE INDEX IF NOT EXISTS device_quarantine_device ON device_quarantine (device
 """
 
 
-class OutboxError(Exception):
+class OutboxError(GatewayError):
     """The outbox could not take or give a reading."""
 
 

@@ -8,7 +8,7 @@ rowid ranges and, where a range raises ``DatabaseError``, halves it down to sing
 unreadable page costs only the rows on it.
 
 What salvage cannot bring back the devices give again: the gateway resets the device positions (see
-:mod:`gateway.device_state`) so memory devices are read from the start; reading ids are deterministic
+:mod:`gateway.drivers.device_state`) so memory devices are read from the start; reading ids are deterministic
 and the cloud de-duplicates, so a record read twice is stored once.
 """
 

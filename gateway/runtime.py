@@ -39,14 +39,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.ble_config import BackendLoadError, load_bleak_backends, normalise_address
+from gateway.acked_positions import AckedPositions
+from gateway.ble_config import NAMED_BACKENDS, BackendLoadError, BleakBackends, named_backends, normalise_address
 from gateway.config import ConfigError, GatewayConfig, MqttConfig
 from gateway.contract import GatewayStatus, Reading
-from gateway.device_state import AckedPositions, DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, gateway_now
+from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, SerialSession, gateway_now
+from gateway.drivers.device_state import DeviceStateStore
+from gateway.errors import GatewayError
 from gateway.intake import RecordIntake, RecordOutcome
 from gateway.log_repeats import install as install_repeat_filter
 from gateway.logging_setup import configure_logging
+from gateway.mqtt.backoff import ExponentialBackoff
 from gateway.outbox import Outbox, OutboxError
 from gateway.outbox_salvage import SalvageReport
 from gateway.status import StatusBoard
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 60.0
+RESTART = ExponentialBackoff(RESTART_MIN_S, RESTART_MAX_S)
 # A component that ran this long before failing starts its backoff from the beginning again.
 HEALTHY_AFTER_S = 60.0
 # How often the outbox's upkeep runs (checkpoint, reserve, age limit) and its writability is judged.
@@ -65,7 +69,7 @@ STORAGE_CHECK_S = 2.0
 FATAL_ERRORS: tuple[type[Exception], ...] = (UplinkError, StorageError)
 
 
-class GatewayFailed(Exception):
+class GatewayFailed(GatewayError):
     """The gateway cannot do its job (no writable outbox, no possible uplink): it must exit non-zero."""
 
 
@@ -239,7 +243,7 @@ class Gateway:
             self._error_generation[name] = self._error_generation.get(name, 0) + 1  # void a pending clear
             if self.board is not None:
                 self.board.changed()
-            delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (failures - 1))
+            delay = RESTART.delay(failures)
             # The traceback once per distinct error; the same error again is one line with its count.
             log.error("%s failed (%s); restarting in %.0f s (failure %d)", name, message, delay, failures,
                       exc_info=err if message != last_error else None)
@@ -285,7 +289,7 @@ class Gateway:
         """A damaged outbox was moved aside: forget the download cursors so memory devices are read
         again (what salvage could not keep, they give again; the cloud de-duplicates): from the last
         record the cloud acknowledged where a device has an acked position, else from the start."""
-        from gateway.device_state import ACKED_SEQUENCE_KEY, DeviceStateStore
+        from gateway.drivers.device_state import ACKED_SEQUENCE_KEY, DeviceStateStore
 
         path = self.config.data_dir / "device_state.sqlite"
         reset: list[str] = []
@@ -353,19 +357,21 @@ class Gateway:
 
     def _make_ble_manager(self) -> Any:
         assert self.board is not None
-        discovery = importlib.import_module("gateway.ble_discovery")
-        enrolment_module = importlib.import_module("gateway.enrolment")
-        enrolment = enrolment_module.EnrolmentStore.for_config(self.config)
-        if hasattr(enrolment, "close"):
-            self._closers.append(enrolment.close)
-        return discovery.BleManager(self.config.ble, self.sink, self.device_state, enrolment,
-                                    on_status=self.board.device_update, local_tz=self._tz)
+        from gateway.ble_discovery import BleManager
+        from gateway.enrolment import EnrolmentStore
+
+        backends = load_bleak_backends(self.config.ble.backend)
+        enrolment = EnrolmentStore.for_config(self.config)
+        self._closers.append(enrolment.close)
+        return BleManager(self.config.ble, self.sink, self.device_state, enrolment, backends=backends,
+                          on_status=self.board.device_update, local_tz=self._tz)
 
     def _make_usb_manager(self) -> Any:
         assert self.board is not None
-        discovery = importlib.import_module("gateway.usb_discovery")
-        return discovery.UsbManager(self.config.usb, self.sink, self.device_state,
-                                    on_status=self.board.device_update, local_tz=self._tz)
+        from gateway.usb_discovery import UsbManager
+
+        return UsbManager(self.config.usb, self.sink, self.device_state, load_driver=load_serial_driver,
+                          on_status=self.board.device_update, local_tz=self._tz)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -493,20 +499,50 @@ def _check_modules(config: GatewayConfig) -> list[str]:
 
 def _check_driver(spec: str) -> str | None:
     """What would stop the USB manager loading a ``module:Class`` driver named in the config."""
+    try:
+        load_serial_driver(spec)
+    except DriverLoadError as err:
+        return str(err)
+    return None
+
+
+# Importing what a config names happens here, at the edge: the BLE and USB managers are handed the
+# backend classes and drivers, and the profile table (gateway.profiles) holds the built-in ones.
+def load_bleak_backends(name: str | None) -> BleakBackends:
+    """(scanner, client) backend classes for ``[ble] backend``: a short name (``sim``) or a module path
+    exposing ``scanner_backend`` and ``client_backend``; (None, None) lets bleak pick the platform's."""
+    if name is None or name in NAMED_BACKENDS:
+        return named_backends(name)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        raise BackendLoadError(f"ble.backend: cannot import {name!r}: {err}") from None
+    try:
+        return module.scanner_backend, module.client_backend
+    except AttributeError:
+        raise BackendLoadError(f"ble.backend: module {name!r} has no scanner_backend/client_backend") from None
+
+
+class DriverLoadError(GatewayError, ValueError):
+    """A ``[[usb.devices]] driver`` names no importable SerialDriver class."""
+
+
+def load_serial_driver(spec: str) -> SerialSession:
+    """The driver for ``[[usb.devices]] driver = "module:Class"``, a SerialDriver subclass."""
     from gateway.drivers.serial_port import SerialDriver
 
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
-        return f"expected 'module:Class', got {spec!r}"
+        raise DriverLoadError(f"expected 'module:Class', got {spec!r}")
     try:
         driver = getattr(importlib.import_module(module_name), class_name)
     except ImportError as err:
-        return f"cannot import {module_name!r}: {err}"
+        raise DriverLoadError(f"cannot import {module_name!r}: {err}") from None
     except AttributeError:
-        return f"module {module_name!r} has no {class_name!r}"
+        raise DriverLoadError(f"module {module_name!r} has no {class_name!r}") from None
     if not (isinstance(driver, type) and issubclass(driver, SerialDriver)):
-        return f"{spec!r} is not a SerialDriver"
-    return None
+        raise DriverLoadError(f"{spec!r} is not a SerialDriver")
+    return SerialSession(driver)
 
 
 def run_gateway(config: GatewayConfig) -> int:

@@ -1,12 +1,16 @@
-"""``rpm-gateway scan``: the health devices around (BLE) and plugged in (USB), and which are enrolled."""
+"""``rpm-gateway scan``: the health devices around (BLE) and plugged in (USB), and which are enrolled;
+``rpm-gateway pair``: enrol the BLE health devices heard in a window."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
+from gateway.ble_config import BackendLoadError
 from gateway.config import GatewayConfig
+from gateway.enrolment import EnrolmentStore
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +20,9 @@ def _ble(config: GatewayConfig, seconds: float) -> tuple[list[dict[str, Any]], s
         return [], "disabled in the config"
     try:
         from gateway.ble_discovery import ble_candidates
+        from gateway.runtime import load_bleak_backends
 
-        return asyncio.run(ble_candidates(config, seconds)), None
+        return asyncio.run(ble_candidates(config, seconds, load_bleak_backends(config.ble.backend))), None
     except Exception as err:  # no adapter, no BlueZ, no D-Bus: say so and still list USB
         return [], f"{type(err).__name__}: {err}"
 
@@ -55,4 +60,28 @@ def run_scan(config: GatewayConfig, seconds: float) -> int:
         print(f"  {_row(candidate, ('port', 'device', 'profile', 'vid', 'pid', 'description'))}")
     if not usb and not usb_error:
         print("  no serial port")
+    return 0
+
+
+def run_pair(config: GatewayConfig, seconds: float) -> int:
+    """``rpm-gateway pair --seconds N``: enrol every health device that advertises during the window."""
+    from gateway.ble_discovery import pair_window
+    from gateway.runtime import load_bleak_backends
+
+    store = EnrolmentStore.for_config(config)
+    print(f"pairing window open for {seconds:g} s: put each device in pairing mode (or take a measurement)")
+    try:
+        enrolled = asyncio.run(pair_window(config.ble, store, seconds, load_bleak_backends(config.ble.backend)))
+    except BackendLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # bleak raises platform-specific errors when there is no adapter
+        print(f"error: ble: cannot scan: {err}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    if not enrolled:
+        print("no new health device seen")
+    for device in enrolled:
+        print(f"enrolled {device.address} {device.profile or '?'} {device.name or ''}".rstrip())
     return 0

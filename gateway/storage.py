@@ -21,6 +21,8 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
+from gateway.errors import GatewayError
+
 StorageKind = Literal["full", "unwritable", "damaged", "other"]
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -30,7 +32,7 @@ _SQLITE_UNWRITABLE = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQL
 _SQLITE_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
-class StorageError(Exception):
+class StorageError(GatewayError):
     """The data directory or the outbox file cannot be used; the message names the path and the cause."""
 
 

@@ -25,66 +25,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gateway.config import MqttConfig
 from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
-from gateway.mqtt_flow import apply_receive_maximum
+from gateway.errors import GatewayError
+from gateway.mqtt.backoff import ExponentialBackoff
+from gateway.mqtt.broker import BrokerAddress, BrokerUrlError, TlsError
+from gateway.mqtt.client import (
+    BAD_CREDENTIALS,
+    MQTT_V5,
+    MQTT_V311,
+    UNSUPPORTED_PROTOCOL,
+    ClientOptions,
+    Protocol,
+    apply_receive_maximum,
+    connect,
+    create_client,
+)
 from gateway.outbox import Outbox, OutboxBatch
 from gateway.storage import describe
 
 log = logging.getLogger(__name__)
 
-# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes onto them).
-_UNSUPPORTED_PROTOCOL = {1, 132}
-_BAD_CREDENTIALS = {4, 5, 134, 135}
 CONNACK_TIMEOUT_S = 10.0
 MAX_IN_FLIGHT = 100  # batches awaiting PUBACK, before the broker's Receive Maximum caps it
 SENDER_RESTART_MIN_S = 0.5
 SENDER_RESTART_MAX_S = 30.0
+SENDER_RESTART = ExponentialBackoff(SENDER_RESTART_MIN_S, SENDER_RESTART_MAX_S)
 # amqtt never answers a v5 CONNECT that asks for a persistent session (it answers a bare one with
 # "unsupported protocol version"): silence this long after a v5 CONNECT means "try 3.1.1".
 V5_SILENCE_S = 3.0
 
 
-class UplinkError(Exception):
+class UplinkError(GatewayError):
     """The uplink's configuration is unusable (bad URL, unreadable TLS files)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://`` (TLS, default port 8883)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-        raise UplinkError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
-    tls = parts.scheme in ("mqtts", "ssl")
-    return BrokerAddress(
-        host=parts.hostname,
-        port=parts.port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
+    """The ``mqtt.url`` key: ``mqtt://[user:pass@]host[:port]`` or ``mqtts://`` (TLS, default port 8883)."""
+    try:
+        return BrokerAddress.parse(url)
+    except BrokerUrlError as err:
+        raise UplinkError(f"mqtt.url: {err}") from None
 
 
 @dataclass
@@ -124,9 +115,10 @@ class Uplink:
         self.gateway_id = gateway_id
         self.outbox = outbox
         self.address = parse_broker_url(config.url)
+        self._reconnect = config.reconnect_backoff()
         self._will_payload = will_payload
         self._on_change = on_change
-        self._protocol = mqtt.MQTTv5
+        self._protocol: Protocol = MQTT_V5
         self._fallback_unconfirmed = False
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +145,7 @@ class Uplink:
     def state(self) -> UplinkState:
         return UplinkState(
             connected=self._connected.is_set(),
-            protocol=None if self._client is None else ("5" if self._protocol == mqtt.MQTTv5 else "3.1.1"),
+            protocol=None if self._client is None else self._protocol,
             error=self._error,
             in_flight_batches=len(self._in_flight),
             in_flight_readings=sum(f.size for f in self._in_flight.values()),
@@ -241,8 +233,7 @@ class Uplink:
             if outcome == "fallback":
                 continue  # straight away, as 3.1.1
             failures = 0 if outcome == "was_up" else failures + 1
-            delay = min(self.config.reconnect_max_s, self.config.reconnect_min_s * 2 ** max(0, failures - 1))
-            delay *= random.uniform(0.5, 1.0)
+            delay = self._reconnect.delay(failures)
             log.info("uplink: reconnecting to %s:%d in %.1f s", self.address.host, self.address.port, delay)
             await asyncio.sleep(delay)
 
@@ -275,7 +266,7 @@ class Uplink:
         self._client = client
         try:
             waiter = asyncio.ensure_future(lost.wait())
-            v5 = self._protocol == mqtt.MQTTv5
+            v5 = self._protocol == MQTT_V5
             done, _ = await asyncio.wait({connack, waiter}, timeout=V5_SILENCE_S if v5 else CONNACK_TIMEOUT_S,
                                          return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -286,7 +277,7 @@ class Uplink:
                 if self._fallback_unconfirmed:
                     # 3.1.1 fared no better: the protocol was not the problem. Back to v5 next time, and say
                     # what else it can be.
-                    self._protocol = mqtt.MQTTv5
+                    self._protocol = MQTT_V5
                     self._fallback_unconfirmed = False
                     self._set_error(f"broker {self.address.host}:{self.address.port} {why} during CONNECT with "
                                     "MQTT 5 and 3.1.1 (TLS client certificate, broker policy or overload? see the "
@@ -297,9 +288,9 @@ class Uplink:
             self._fallback_unconfirmed = False
             code, text, session_present = connack.result()
             if code != 0:
-                if code in _UNSUPPORTED_PROTOCOL and self._protocol == mqtt.MQTTv5:
+                if code in UNSUPPORTED_PROTOCOL and self._protocol == MQTT_V5:
                     return self._fall_back(text, confirmed=True)
-                if code in _BAD_CREDENTIALS:
+                if code in BAD_CREDENTIALS:
                     user = self.config.username or self.address.username
                     self._set_error(f"broker refused the credentials for user {user!r}: {text}", level=logging.ERROR)
                 else:
@@ -323,49 +314,40 @@ class Uplink:
         a TLS or policy failure also looks like, so 3.1.1 must then prove itself."""
         log.warning("uplink: broker refused MQTT v5 (%s): falling back to MQTT 3.1.1 with a persistent session",
                     why)
-        self._protocol = mqtt.MQTTv311
+        self._protocol = MQTT_V311
         self._fallback_unconfirmed = not confirmed
         return "fallback"
 
-    def _make_client(self) -> mqtt.Client:
-        v5 = self._protocol == mqtt.MQTTv5
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+    def _client_options(self) -> ClientOptions:
+        config = self.config
+        return ClientOptions(
             client_id=self.gateway_id,
             protocol=self._protocol,
-            clean_session=None if v5 else False,
+            # The cloud's acks published while the gateway was away wait in its session.
+            persistent=True,
+            session_expiry_s=config.session_expiry_s,
+            keepalive_s=config.keepalive_s,
+            username=config.username,
+            password=config.password,
+            tls=config.tls(),
+            # paho's own queue holds what we publish while a (re)connect is in progress; the outbox is the
+            # real store, so no cap here beyond what max_in_flight allows.
+            max_in_flight=MAX_IN_FLIGHT,
+            # TLS alerts and socket errors surface through paho's log (the "paho" logger level applies).
+            logger="paho.uplink",
         )
-        # paho's own queue holds what we publish while a (re)connect is in progress; the outbox is the
-        # real store, so no cap here beyond what max_in_flight allows.
-        client.max_inflight_messages_set(MAX_IN_FLIGHT)
-        # TLS alerts and socket errors surface through paho's log (the "paho" logger level applies).
-        client.enable_logger(logging.getLogger("paho.uplink"))
-        username = self.config.username or self.address.username
-        password = self.config.password or self.address.password
-        if username:
-            client.username_pw_set(username, password)
-        if self.address.tls or self.config.ca_file:
-            try:
-                client.tls_set(
-                    ca_certs=str(self.config.ca_file) if self.config.ca_file else None,
-                    certfile=str(self.config.cert_file) if self.config.cert_file else None,
-                    keyfile=str(self.config.key_file) if self.config.key_file else None,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError) as err:
-                raise UplinkError(f"mqtt TLS files unusable: {err}") from err
+
+    def _make_client(self) -> mqtt.Client:
+        try:
+            client = create_client(self.address, self._client_options())
+        except TlsError as err:
+            raise UplinkError(f"mqtt {err}") from err
         if self._will_payload is not None:
             client.will_set(status_topic(self.gateway_id), self._will_payload(), qos=1, retain=True)
         return client
 
     def _connect_client(self, client: mqtt.Client) -> None:
-        if self._protocol == mqtt.MQTTv5:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = self.config.session_expiry_s
-            client.connect(self.address.host, self.address.port, self.config.keepalive_s,
-                           clean_start=False, properties=properties)
-        else:
-            client.connect(self.address.host, self.address.port, self.config.keepalive_s)
+        connect(client, self.address, self._client_options())
 
     @staticmethod
     def _stop_client(client: mqtt.Client) -> None:
@@ -387,9 +369,8 @@ class Uplink:
             log.info("uplink: %d batch(es), %d reading(s) re-queued after reconnect (session present: %s)",
                      len(lost_batches), count, session_present)
         self._mid_batch.clear()
-        protocol = "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
         log.info("uplink: connected to %s:%d as %s (MQTT %s, session present: %s)", self.address.host,
-                 self.address.port, self.gateway_id, protocol, session_present)
+                 self.address.port, self.gateway_id, self._protocol, session_present)
         self._error = None
         self._connected.set()
         if self._pending_status is not None:
@@ -433,7 +414,7 @@ class Uplink:
                 failures += 1
                 self.sender_failures += 1
                 message = f"sending stopped: {describe(err)}"
-                delay = min(SENDER_RESTART_MAX_S, SENDER_RESTART_MIN_S * 2 ** (failures - 1))
+                delay = SENDER_RESTART.delay(failures)
                 if message != last:
                     log.error("uplink: %s; sending again in %.1f s", message, delay, exc_info=err)
                 else:

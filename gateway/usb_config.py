@@ -23,7 +23,8 @@ class UsbDeviceMatch(BaseModel):
     """A fixed port path (e.g. a pty in tests, or /dev/ttyUSB0 for a bridge without useful ids)."""
     profile: str
     driver: str | None = None
-    """``module:Class`` to run instead of the profile's driver."""
+    """``module:Class`` (a SerialDriver subclass) to run instead of the profile's driver; imported by
+    ``rpm-gateway run`` at start, which refuses a config whose driver does not import."""
     baudrate: int | None = Field(None, gt=0)
     bytesize: Literal[7, 8] | None = None
     parity: Literal["N", "E", "O"] | None = None

@@ -1,8 +1,9 @@
 """The table of supported USB serial devices: how a port is recognised and which driver runs it.
 
 A port matches an entry by USB vendor/product id, by a description pattern where a bridge chip's ids
-are shared by many products (FTDI, Silicon Labs), or by a fixed port path. Users extend the table
-with ``[[usb.devices]]`` entries in the config; those are tried first. ``deploy/udev/`` is generated
+are shared by many products (FTDI, Silicon Labs), or by a fixed port path. The built-in entries are
+the USB products of the profile table (:mod:`gateway.profiles`). Users extend the table with
+``[[usb.devices]]`` entries in the config; those are tried first. ``deploy/udev/`` is generated
 from this table (``python -m gateway.usb_devices --udev``) and a test keeps the two consistent.
 """
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.drivers.base import DriverError, SerialContext, SessionDriver, SessionResult
+from gateway.errors import GatewayError
+from gateway.profiles import USB_PROFILES, DeviceProfile, UsbProduct
 from gateway.usb_config import UsbConfig, UsbDeviceMatch
 
 UDEV_GROUP = "rpm-gateway"
@@ -23,8 +27,7 @@ UDEV_GROUP = "rpm-gateway"
 class SupportedDevice:
     name: str
     profile: str
-    driver: str
-    """``module:Class`` of a :class:`~gateway.drivers.serial_port.SerialDriver`."""
+    driver: SessionDriver[SerialContext]
     vid: int | None = None
     pid: int | None = None
     description: str | None = None
@@ -67,51 +70,55 @@ class PortFacts:
     location: str | None = None
 
 
-# Drivers by profile, for config entries that name only a profile.
-DRIVERS: dict[str, str] = {
-    "serial.astm": "gateway.drivers.astm_meter:AstmMeterDriver",
-    "serial.ad_scale": "gateway.drivers.serial_scale:SerialScaleDriver",
-    "serial.ant_hrm": "gateway.drivers.ant_heart_rate:AntHeartRateDriver",
-}
+def _product_entry(profile: DeviceProfile, product: UsbProduct) -> SupportedDevice:
+    return SupportedDevice(
+        product.name,
+        profile.name,
+        profile.driver,
+        vid=product.vid,
+        pid=product.pid,
+        description=product.description,
+        baudrate=product.baudrate,
+        bytesize=product.bytesize,
+        parity=product.parity,
+        stopbits=product.stopbits,
+    )
 
-SUPPORTED_DEVICES: tuple[SupportedDevice, ...] = (
-    # Ascensia (Bayer) Contour meters with a USB serial (CDC) interface and Bayer's serial cables:
-    # ASTM E1381/E1394 at 9600 8N1 (CDC ignores the rate). Meters that enumerate as HID only are not
-    # serial ports and never show up here.
-    SupportedDevice("Ascensia/Bayer Contour (serial)", "serial.astm", DRIVERS["serial.astm"], vid=0x1A79),
-    # A&D weighing indicators and scales behind an FTDI FT232R bridge: the ids are FTDI's, shared with
-    # thousands of products, so the USB product string must name A&D. 2400 baud 7E1 is A&D's default.
-    SupportedDevice(
-        "A&D scale (FTDI bridge)", "serial.ad_scale", DRIVERS["serial.ad_scale"],
-        vid=0x0403, pid=0x6001, description=r"\bA ?& ?D\b|\bAND\b|A&D", baudrate=2400, bytesize=7, parity="E",
-    ),
-    # Garmin/Dynastream ANT USB sticks. The ANTUSB2 and ANTUSB-m are bound by Linux's usb-serial-simple
-    # driver (ttyUSBn) at 115200; the original ANTUSB stick is a CP210x bridge at 57600.
-    SupportedDevice("Dynastream ANTUSB2", "serial.ant_hrm", DRIVERS["serial.ant_hrm"], vid=0x0FCF, pid=0x1008,
-                    baudrate=115200),
-    SupportedDevice("Dynastream ANTUSB-m", "serial.ant_hrm", DRIVERS["serial.ant_hrm"], vid=0x0FCF, pid=0x1009,
-                    baudrate=115200),
-    SupportedDevice("Dynastream ANTUSB (CP210x)", "serial.ant_hrm", DRIVERS["serial.ant_hrm"], vid=0x0FCF,
-                    pid=0x1004, baudrate=57600),
-    # TaiDoc (FORA) BP monitors and 2-in-1 meters: Silicon Labs CP2110 bridge at 19200 8N1. The
-    # driver asks for the model first and reads nothing from a device it does not know.
-    SupportedDevice("TaiDoc/FORA meter (CP2110)", "serial.taidoc", "gateway.drivers.taidoc:TaidocDriver",
-                    vid=0x10C4, pid=0xEA80, baudrate=19200),
+
+SUPPORTED_DEVICES: tuple[SupportedDevice, ...] = tuple(
+    _product_entry(profile, product) for profile in USB_PROFILES.values() for product in profile.usb_products
 )
+DRIVERS: Mapping[str, SessionDriver[SerialContext]] = {name: p.driver for name, p in USB_PROFILES.items()}
+"""Drivers by profile, for config entries that name only a profile."""
+DriverLoader = Callable[[str], SessionDriver[SerialContext]]
+"""Turns a config entry's ``driver = "module:Class"`` into a driver (the runtime's loader)."""
 
 
-class UnknownDeviceProfileError(ValueError):
+class UnknownDeviceProfileError(GatewayError, ValueError):
     """A ``[[usb.devices]]`` entry names a profile no driver handles."""
 
 
-def from_config_entry(entry: UsbDeviceMatch) -> SupportedDevice:
-    driver = entry.driver or DRIVERS.get(entry.profile) or next(
-        (d.driver for d in SUPPORTED_DEVICES if d.profile == entry.profile), None
-    )
-    if driver is None:
-        known = sorted({*DRIVERS, *(d.profile for d in SUPPORTED_DEVICES)})
-        raise UnknownDeviceProfileError(f"usb.devices: unknown profile {entry.profile!r}; known: {', '.join(known)}")
-    builtin = next((d for d in SUPPORTED_DEVICES if d.profile == entry.profile), None)
+def _not_loaded(spec: str) -> SessionDriver[SerialContext]:
+    async def run_session(ctx: SerialContext) -> SessionResult:
+        raise DriverError(
+            f"usb.devices: driver {spec!r} was not loaded (rpm-gateway run loads the drivers a config names)"
+        )
+
+    return run_session
+
+
+def from_config_entry(entry: UsbDeviceMatch, load_driver: DriverLoader | None = None) -> SupportedDevice:
+    """The table entry for a ``[[usb.devices]]`` entry; a ``driver`` it names comes from ``load_driver``."""
+    profile = USB_PROFILES.get(entry.profile)
+    if entry.driver is not None:
+        driver = load_driver(entry.driver) if load_driver is not None else _not_loaded(entry.driver)
+    elif profile is not None:
+        driver = profile.driver
+    else:
+        raise UnknownDeviceProfileError(
+            f"usb.devices: unknown profile {entry.profile!r}; known: {', '.join(sorted(USB_PROFILES))}"
+        )
+    builtin = profile.usb_products[0] if profile is not None else None
     return SupportedDevice(
         name=f"config: {entry.profile} {entry.port or ''}".strip(),
         profile=entry.profile,
@@ -128,9 +135,9 @@ def from_config_entry(entry: UsbDeviceMatch) -> SupportedDevice:
     )
 
 
-def device_table(config: UsbConfig) -> list[SupportedDevice]:
+def device_table(config: UsbConfig, load_driver: DriverLoader | None = None) -> list[SupportedDevice]:
     """Config entries first (a user's entry overrides a built-in one for the same port), then built-ins."""
-    return [from_config_entry(e) for e in config.devices] + list(SUPPORTED_DEVICES)
+    return [from_config_entry(e, load_driver) for e in config.devices] + list(SUPPORTED_DEVICES)
 
 
 def match_port(port: PortFacts, table: Sequence[SupportedDevice]) -> SupportedDevice | None:

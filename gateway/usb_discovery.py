@@ -3,7 +3,7 @@
 Ports are listed with pyserial's ``list_ports`` every ``[usb] poll_interval_s``; where ``pyudev`` is
 importable, udev's tty events wake the watcher at once instead of at the next poll. Each port is
 matched against the device table (:mod:`gateway.usb_devices`: config entries first, including fixed
-``port`` paths, then the built-in table). A matched port gets one session (the table's driver); a
+``port`` paths, then the profile table's products). A matched port gets one session (the table's driver); a
 session that ends because the cable was pulled is an unplug, not an error, and the next plug-in
 starts a new session. A session that ends normally (a meter finished its upload) is not restarted
 until the device is plugged in again; one that failed is retried after ``retry_after_error_s``.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import logging
 import os
@@ -26,13 +25,21 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
-from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DriverError, MeasurementSink
+from gateway.drivers.base import (
+    ClockCheck,
+    DeviceDisconnectedError,
+    DeviceInfo,
+    DriverError,
+    MeasurementSink,
+    SerialContext,
+)
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import clean_device_string
-from gateway.drivers.serial_port import SerialDriver, usb_uid
+from gateway.drivers.serial_port import usb_uid
 from gateway.outbox import OutboxError
+from gateway.profiles import USB_PROFILES
 from gateway.usb_config import UsbConfig
-from gateway.usb_devices import PortFacts, SupportedDevice, device_table, match_port
+from gateway.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
 
 try:  # udev events where available (Linux with pyudev installed); polling works without
     import pyudev  # type: ignore[import-not-found]
@@ -53,9 +60,14 @@ def list_serial_ports() -> list[PortFacts]:
 
     return [
         PortFacts(
-            device=p.device, vid=p.vid, pid=p.pid, serial_number=p.serial_number,
+            device=p.device,
+            vid=p.vid,
+            pid=p.pid,
+            serial_number=p.serial_number,
             description=p.description if p.description != "n/a" else None,
-            manufacturer=p.manufacturer, product=p.product, location=p.location,
+            manufacturer=p.manufacturer,
+            product=p.product,
+            location=p.location,
         )
         for p in list_ports.comports()
     ]
@@ -80,18 +92,20 @@ def usb_candidates(config: UsbConfig, ports: list[PortFacts] | None = None) -> l
         entry = match_port(port, table)
         if entry is None and port.vid is None:
             continue  # a built-in UART or a pty nobody configured: not a USB candidate
-        candidates.append({
-            "transport": "usb",
-            "port": port.device,
-            "vid": None if port.vid is None else f"{port.vid:04x}",
-            "pid": None if port.pid is None else f"{port.pid:04x}",
-            "serial": port.serial_number,
-            "description": port.description,
-            "supported": entry is not None,
-            "profile": entry.profile if entry else None,
-            "name": entry.name if entry else None,
-            "uid": usb_uid(port.vid, port.pid, port.serial_number or port.device),
-        })
+        candidates.append(
+            {
+                "transport": "usb",
+                "port": port.device,
+                "vid": None if port.vid is None else f"{port.vid:04x}",
+                "pid": None if port.pid is None else f"{port.pid:04x}",
+                "serial": port.serial_number,
+                "description": port.description,
+                "supported": entry is not None,
+                "profile": entry.profile if entry else None,
+                "name": entry.name if entry else None,
+                "uid": usb_uid(port.vid, port.pid, port.serial_number or port.device),
+            }
+        )
     return candidates
 
 
@@ -128,20 +142,24 @@ class UsbManager:
         on_status: StatusCallback | None = None,
         local_tz: tzinfo | None = None,
         list_ports: Callable[[], list[PortFacts]] | None = None,
+        load_driver: DriverLoader | None = None,
     ) -> None:
+        """``load_driver`` turns a ``driver = "module:Class"`` named in ``[[usb.devices]]`` into a driver;
+        the runtime passes its loader (importing what a config names is the runtime's job)."""
         self.config = config
         self.sink = sink
         self.state = state
         self.on_status = on_status
         self.local_tz = local_tz
         self._list_ports = list_ports
+        self._load_driver = load_driver
         self._ports: dict[str, _Port] = {}
         self._wake = asyncio.Event()
         self.sessions_started = 0
 
     async def run(self) -> None:
         """Watch and serve until cancelled; cancelling ends every session (each closes its port)."""
-        table = device_table(self.config)
+        table = device_table(self.config, self._load_driver)
         loop = asyncio.get_running_loop()
         monitor = self._start_udev(loop)
         try:
@@ -221,20 +239,28 @@ class UsbManager:
             manufacturer=clean_device_string(facts.manufacturer),
         )
 
-    def _driver_for(self, port: _Port, device: DeviceInfo) -> SerialDriver:
-        module_name, _, class_name = port.entry.driver.partition(":")
-        driver_class = getattr(importlib.import_module(module_name), class_name)
+    def _context_for(self, port: _Port, device: DeviceInfo) -> SerialContext:
         options = port.entry.driver_options()
-        if port.entry.profile == "serial.ant_hrm":
+        profile = USB_PROFILES.get(port.entry.profile)
+        if profile is not None and profile.needs_ant_network_key:
             options.setdefault("network_key", self.config.ant_network_key)
-        return driver_class(
-            port.facts.device, device, self._sink_for(), self.state,
-            baudrate=port.entry.baudrate, local_tz=self.local_tz, options=options,
+
+        async def announce(device: DeviceInfo) -> None:
+            await self._status(device.uid, profile=device.profile, state="connected", last_seen=datetime.now(UTC))
+
+        return SerialContext(
+            port_path=port.facts.device,
+            device=device,
+            sink=self._sink_for(),
+            state=self.state,
+            baudrate=port.entry.baudrate,
+            local_tz=self.local_tz,
+            options=options,
+            announce=announce,
         )
 
     def _sink_for(self) -> MeasurementSink:
-        async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None,
-                       **position: int) -> None:
+        async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None, **position: int) -> None:
             await self.sink(device, measurement, clock, **position)
             await self._status(device.uid, profile=device.profile, last_seen=datetime.now(UTC), error=None)
 
@@ -244,23 +270,19 @@ class UsbManager:
         device = self._device_for(port)
         path = port.facts.device
         self.sessions_started += 1
-        driver: SerialDriver | None = None
+        ctx = self._context_for(port, device)
         try:
-            driver = self._driver_for(port, device)
             log.info("%s: %s session on %s", device.uid, port.entry.profile, path)
-            if not driver.identifies_itself:
-                await self._status(device.uid, profile=device.profile, state="connected",
-                                   last_seen=datetime.now(UTC))
-            result = await driver.run()
+            result = await port.entry.driver(ctx)
         except asyncio.CancelledError:
             port.task = None
             if port.removed:
-                uid = driver.device.uid if driver else device.uid
+                uid = ctx.device.uid
                 log.info("%s: unplugged from %s", uid, path)
                 await self._status(uid, profile=device.profile, state="unplugged", error=None)
             raise
         except DeviceDisconnectedError as err:
-            uid = driver.device.uid if driver else device.uid
+            uid = ctx.device.uid
             port.ending = True
             if await self._vanished(path, port.node):
                 log.info("%s: unplugged from %s", uid, path)
@@ -273,21 +295,29 @@ class UsbManager:
         except (DriverError, OutboxError) as err:
             # OutboxError: storage full or unwritable; the record stays on the device, the storage
             # state is in the status, and the session is tried again later: no traceback.
-            uid = driver.device.uid if driver else device.uid
+            uid = ctx.device.uid
             self._failed(port, uid, err)
             await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
         except Exception as err:  # a driver bug or a bad table entry: report it, keep the other ports going
-            uid = driver.device.uid if driver else device.uid
+            uid = ctx.device.uid
             log.exception("%s: session on %s crashed", uid, path)
             self._failed(port, uid, err)
             await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
         else:
-            uid = driver.device.uid
+            uid = ctx.device.uid
             offset = result.clock.offset if result.clock is not None else None
-            log.info("%s: session done, %d measurement(s)%s", uid, result.measurements,
-                     "".join(f"; {n}" for n in result.notes))
+            log.info(
+                "%s: session done, %d measurement(s)%s",
+                uid,
+                result.measurements,
+                "".join(f"; {n}" for n in result.notes),
+            )
             await self._status(
-                uid, profile=device.profile, state="done", error=None, last_seen=datetime.now(UTC),
+                uid,
+                profile=device.profile,
+                state="done",
+                error=None,
+                last_seen=datetime.now(UTC),
                 clock_offset_s=None if offset is None else round(offset.total_seconds(), 3),
                 battery=result.battery,
             )

@@ -1,13 +1,16 @@
 """Alert rules (data), evaluation, lifecycle and delivery.
 
-``rules`` the catalogue and per-patient overrides, ``evaluate`` pure verdicts of a rule on a
-reading, ``lifecycle`` the database state machine (one open alert per patient and rule), ``hook``
-the ingest hook, ``delivery`` the MQTT/webhook outbox, ``scheduler`` the time-based rules and the
-delivery loop, ``service`` the Python API the clinician API calls.
+``rules`` per-patient overrides of the catalogue (``cloud.db.alert_rules``), ``evaluate`` pure
+verdicts of a rule on a reading, ``lifecycle`` the database state machine (one open alert per
+patient and rule), ``new_readings`` the rules on newly stored readings (called by ``cloud.effects``
+in ingest's transaction), ``delivery`` the MQTT/webhook outbox, ``scheduler`` the time-based rules
+and the delivery loop, ``service`` the Python API the clinician API calls.
 """
 
+from cloud.errors import CloudError
 
-class AlertsError(Exception):
+
+class AlertsError(CloudError):
     """Base of the alerts' errors."""
 
 

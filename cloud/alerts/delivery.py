@@ -23,12 +23,23 @@ import httpx
 
 from cloud.alerts import queries
 from cloud.alerts.lifecycle import Change
-from cloud.hooks import Notification
 from cloud.twin import service as twin
 from gateway.contract import Alert, alerts_topic
+from gateway.mqtt.backoff import ExponentialBackoff
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-RPM-Signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A message to publish after commit (e.g. an alert on ``rpm/v1/alerts/{patient_id}``)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
 
 _TWIN_EVENT = {"opened": "alert_opened", "reopened": "alert_opened", "updated": "alert_updated",
                "acknowledged": "alert_acknowledged", "resolved": "alert_resolved"}
@@ -120,7 +131,7 @@ class Backoff:
     def retry_at(self, attempts: int, now: datetime) -> datetime | None:
         if attempts >= self.max_attempts:
             return None
-        return now + timedelta(seconds=min(self.max_s, self.base_s * self.factor ** (attempts - 1)))
+        return now + timedelta(seconds=ExponentialBackoff(self.base_s, self.max_s, self.factor).delay(attempts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from cloud.alerts.rules import Condition, Rule
+from cloud.db.alert_rules import Condition, Rule
 from cloud.twin.baselines import EMPTY, Baseline, History, compute_baseline
 from gateway.metrics import METRICS
 

@@ -18,7 +18,8 @@ from psycopg.types.json import Jsonb
 
 from cloud.alerts import queries
 from cloud.alerts.evaluate import ReadingFacts, Verdict
-from cloud.alerts.rules import SEVERITIES, Rule
+from cloud.alerts.rules import SEVERITIES
+from cloud.db.alert_rules import Rule
 
 SYSTEM = "system"
 

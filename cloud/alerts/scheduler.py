@@ -7,6 +7,9 @@ opens an alert (once: an open alert is left alone), which the next reading of th
 ingest. The adherence rule warns while the 16-days-of-30 rule for RPM billing can still be met, and
 resolves itself when it no longer applies. Several schedulers may run: each patient is handled under
 its twin row lock and deliveries are claimed with ``FOR UPDATE SKIP LOCKED``.
+
+``--metrics-port`` serves Prometheus metrics (:class:`SchedulerMetrics`): jobs run, alerts opened,
+alert messages published, webhook attempts and failures, and how long each pass takes.
 """
 
 from __future__ import annotations
@@ -17,18 +20,19 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from cloud.alerts import queries
-from cloud.alerts import rules as rule_catalogue
 from cloud.alerts.delivery import Backoff, DeliveryReport, Publish, deliver_due, record_changes
 from cloud.alerts.lifecycle import AlertBook
+from cloud.db import alert_rules as rule_catalogue
 from cloud.settings import get_settings
 from cloud.twin import service as twin
-from cloud.twin.state import EXCLUDED_FLAGS
+from gateway.metrics import EXCLUDED_FLAGS
+from gateway.mqtt.broker import BrokerAddress, MqttSetupError, TlsOptions
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +132,17 @@ def evaluate_adherence(conn: Any, now: datetime | None = None) -> tuple[int, int
 
 
 def mqtt_publisher(url: str, username: str | None, password: str | None,
-                   timeout_s: float = 10.0) -> tuple[Any, Publish]:
-    """A connected paho client and a ``publish(topic, payload) -> acked`` function (QoS 1)."""
-    import paho.mqtt.client as mqtt
+                   timeout_s: float = 10.0, *, tls: TlsOptions | None = None) -> tuple[Any, Publish]:
+    """A connected paho client and a ``publish(topic, payload) -> acked`` function (QoS 1).
+    ``tls``: default, the settings' (``RPM_MQTT_CA_FILE`` ...)."""
+    from gateway.mqtt.client import MQTT_V311, ClientOptions, connect, create_client
 
-    parts = urlsplit(url)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rpm-scheduler-{threading.get_ident()}")
-    if username:
-        client.username_pw_set(username, password)
-    if parts.scheme in ("mqtts", "ssl"):
-        settings = get_settings()
-        client.tls_set(ca_certs=settings.mqtt_ca_file, certfile=settings.mqtt_cert_file,
-                       keyfile=settings.mqtt_key_file)
-    client.connect(parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883))
+    address = BrokerAddress.parse(url)
+    options = ClientOptions(client_id=f"rpm-scheduler-{threading.get_ident()}", protocol=MQTT_V311,
+                            username=username, password=password,
+                            tls=get_settings().mqtt_tls() if tls is None else tls)
+    client = create_client(address, options)
+    connect(client, address, options)
     client.loop_start()
 
     def publish(topic: str, payload: bytes) -> bool:
@@ -154,12 +156,70 @@ def mqtt_publisher(url: str, username: str | None, password: str | None,
     return client, publish
 
 
+class SchedulerMetrics:
+    """The scheduler's Prometheus metrics, in a registry of its own; recorded once per pass."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter("rpm_scheduler_runs", "Scheduler jobs run", ["job"], registry=self.registry)
+        self.alerts_opened = Counter("rpm_scheduler_alerts_opened", "Missing-data and adherence alerts opened",
+                                     registry=self.registry)
+        self.alerts_published = Counter("rpm_scheduler_alerts_published", "Alert messages published over MQTT"
+                                        " and acknowledged by the broker", registry=self.registry)
+        self.mqtt_failures = Counter("rpm_scheduler_mqtt_failures", "Alert messages the broker did not acknowledge",
+                                     registry=self.registry)
+        self.webhook_attempts = Counter("rpm_scheduler_webhook_attempts", "Webhook deliveries attempted",
+                                        registry=self.registry)
+        self.webhook_failures = Counter("rpm_scheduler_webhook_failures", "Webhook attempts that failed (retried"
+                                        " later, or given up)", registry=self.registry)
+        self.deliveries_given_up = Counter("rpm_scheduler_deliveries_given_up", "Deliveries abandoned after their"
+                                           " last attempt", registry=self.registry)
+        self.loop_seconds = Histogram("rpm_scheduler_loop_seconds", "Time of one pass (checks, then deliveries)",
+                                      registry=self.registry)
+        self._published = self._unacked = 0
+
+    def counting(self, publish: Publish | None) -> Publish | None:
+        """``publish``, counting what the broker acknowledges (the rest of a pass's attempts are webhooks)."""
+        if publish is None:
+            return None
+
+        def counted(topic: str, payload: bytes) -> bool:
+            acked = publish(topic, payload)
+            if acked:
+                self._published += 1
+            else:
+                self._unacked += 1
+            return acked
+
+        return counted
+
+    def record(self, checked: bool, opened: int, report: DeliveryReport, seconds: float) -> None:
+        published, unacked, self._published, self._unacked = self._published, self._unacked, 0, 0
+        if checked:
+            self.runs.labels("missing_data").inc()
+            self.runs.labels("adherence").inc()
+        self.runs.labels("delivery").inc()
+        self.alerts_opened.inc(opened)
+        self.alerts_published.inc(published)
+        self.mqtt_failures.inc(unacked)
+        failures = report.retrying + report.failed
+        self.webhook_attempts.inc(report.delivered + failures - published - unacked)
+        self.webhook_failures.inc(failures - unacked)
+        self.deliveries_given_up.inc(report.failed)
+        self.loop_seconds.observe(seconds)
+
+
 def run_once(conn: Any, http: httpx.Client, publish: Publish | None, backoff: Backoff,
-             check_missing: bool) -> tuple[int, DeliveryReport]:
+             check_missing: bool, metrics: SchedulerMetrics | None = None) -> tuple[int, DeliveryReport]:
+    started = time.perf_counter()
+    if metrics is not None:
+        publish = metrics.counting(publish)
     opened = 0
     if check_missing:
         opened = evaluate_missing_data(conn) + evaluate_adherence(conn)[0]
     report = deliver_due(conn, http=http, publish=publish, backoff=backoff)
+    if metrics is not None:
+        metrics.record(check_missing, opened, report, time.perf_counter() - started)
     return opened, report
 
 
@@ -171,12 +231,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between missing-data and adherence checks")
     parser.add_argument("--deliver-every", type=float, default=1.0, help="seconds between delivery passes")
     parser.add_argument("--once", action="store_true", help="one missing-data check and one delivery pass, then exit")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on this port (default: none)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address of the metrics endpoint (default 127.0.0.1; 0.0.0.0 for a cluster scrape)")
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     client = publish = None
+    metrics = SchedulerMetrics()
+    if args.metrics_port is not None:
+        try:
+            start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
+        except OSError as err:
+            print(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {err}")
+            return 2
+        log.info("metrics: http://%s:%d/metrics", args.metrics_host, args.metrics_port)
     try:
         conn = psycopg.connect(args.database_url or settings.database_url, autocommit=True)
     except psycopg.OperationalError as err:
@@ -185,7 +256,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.no_mqtt:
         try:
             client, publish = mqtt_publisher(args.mqtt_url or settings.mqtt_url, settings.mqtt_username,
-                                             settings.mqtt_password)
+                                             settings.mqtt_password, tls=settings.mqtt_tls())
+        except MqttSetupError as err:
+            print(f"error: MQTT: {err}")
+            return 2
         except OSError as err:
             print(f"error: cannot reach the MQTT broker: {err}")
             return 2
@@ -197,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
                 check = time.monotonic() >= next_missing
                 if check:
                     next_missing = time.monotonic() + args.missing_every
-                opened, report = run_once(conn, http, publish, backoff, check)
+                opened, report = run_once(conn, http, publish, backoff, check, metrics)
                 if opened or report.delivered or report.retrying or report.failed:
                     log.info("missing-data alerts opened %d; delivered %d, retrying %d, gave up %d",
                              opened, report.delivered, report.retrying, report.failed)

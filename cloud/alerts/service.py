@@ -20,7 +20,8 @@ from cloud.alerts import AlertNotFound, AlertStateError, queries
 from cloud.alerts import rules as rule_catalogue
 from cloud.alerts.delivery import record_changes
 from cloud.alerts.lifecycle import AlertBook, Change
-from cloud.alerts.rules import Rule
+from cloud.db import alert_rules
+from cloud.db.alert_rules import Rule
 from cloud.twin import service as twin
 
 STATUSES = ("open", "acknowledged", "resolved")
@@ -102,8 +103,8 @@ def get_rules(conn: Any, patient_id: str | None = None) -> list[Rule]:
     """The catalogue (``patient_id`` None) or the rules in force for one patient, overrides applied.
     ``Rule.as_dict()`` gives a JSON-ready form."""
     if patient_id is None:
-        return list(rule_catalogue.catalogue(conn).values())
-    return rule_catalogue.effective_rules(conn, patient_id)
+        return list(alert_rules.catalogue(conn).values())
+    return alert_rules.effective_rules(conn, patient_id)
 
 
 def set_rule_override(conn: Any, patient_id: str, rule_id: str, *, by: str, enabled: bool | None = None,

@@ -25,10 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from cloud.alerts import queries
-from cloud.alerts import rules as rule_catalogue
-from cloud.alerts.delivery import record_changes
+from cloud.alerts.delivery import Notification, record_changes
 from cloud.alerts.lifecycle import SYSTEM, AlertBook
-from cloud.hooks import Notification
+from cloud.db import alert_rules as rule_catalogue
 from cloud.twin import service as twin
 from gateway.contract import GatewayStatus
 

@@ -33,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cloud.api import queries
 from cloud.api.problems import ApiProblem, forbidden, not_found
 from cloud.api.tokens import Principal
-from cloud.db.assign import AssignmentChange
+from cloud.devices.assignment import AssignmentChange
 
 CLINICAL_ROLES = ("clinician", "care_team")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

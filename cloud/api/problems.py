@@ -1,31 +1,96 @@
 """RFC 9457 problem details (``application/problem+json``) for every error the API answers.
 
 Each boundary translates errors once: the domain's typed errors (alerts, twin, tokens) and
-FastAPI's validation errors become problems here; nothing else in the API formats an error.
+FastAPI's validation errors become problems here; nothing else in the API formats an error. The
+OpenAPI document says so too: :func:`problem_responses` documents a route's errors with the
+``Problem`` schema, which :func:`install_problem_handlers` adds to the document's components.
 """
 
 from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NotRequired
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
+from pydantic import ConfigDict, TypeAdapter, with_config
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from typing_extensions import TypedDict
 
 from cloud.alerts import AlertNotFound, AlertStateError, InvalidOverride, RuleNotFound
 from cloud.api.tokens import TokenError
+from cloud.errors import CloudError
 from cloud.twin.service import PatientNotFound
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
-class ApiProblem(Exception):
+class ValidationIssue(TypedDict):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+@with_config(ConfigDict(use_attribute_docstrings=True))
+class Problem(TypedDict):
+    """RFC 9457 problem details. Some problems add members of their own."""
+
+    type: str
+    """``/problems/{slug}`` naming the kind of problem, or ``about:blank``."""
+    title: str
+    status: int
+    detail: str
+    instance: str
+    """The request's path."""
+    request_id: NotRequired[str]
+    """As in the ``X-Request-ID`` header: quote it when reporting a problem."""
+    errors: NotRequired[list[ValidationIssue]]
+    """What was not valid (422 validation problems)."""
+
+
+_WHEN = {
+    400: "The request cannot be read (a bad cursor, search parameter or URL)",
+    401: "No bearer token, or one that is not valid",
+    403: "The caller's role may not do this",
+    404: "No such resource, or one the caller may not see (the same answer for both)",
+    409: "The resource is not in a state that allows this",
+    413: "The request body is larger than the limit",
+    422: "The request is not valid",
+    503: "The database is unavailable, or the access could not be audited; retry later",
+}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problem_responses(*statuses: int | str, when: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (``"default"``: any other error), each a problem;
+    ``when`` says when a status comes where the general description does not fit."""
+    described = {**_WHEN, **(when or {})}
+    return {status: {"description": described.get(status, "An error") if isinstance(status, int) else "Any other error",
+                     "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}} for status in statuses}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Put the ``Problem`` schema the routes' error responses refer to in the document's components."""
+    schema = TypeAdapter(Problem).json_schema(ref_template="#/components/schemas/{model}")
+    components = {**schema.pop("$defs", {}), "Problem": schema}
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build()  # built on the first call; later calls return FastAPI's kept copy
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        if "Problem" not in schemas:
+            schemas.update(components)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class ApiProblem(CloudError):
     def __init__(self, status: int, detail: str, *, slug: str | None = None, title: str | None = None,
                  headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
@@ -35,7 +100,7 @@ class ApiProblem(Exception):
         self.extra = extra or {}
 
 
-class BodyTooLarge(StarletteHTTPException):
+class BodyTooLarge(StarletteHTTPException, CloudError):
     """The request body grew past the limit while it was read (``cloud.api.body_limit``). A Starlette
     ``HTTPException``, because FastAPI passes those through its body parsing and turns others into 400."""
 
@@ -76,6 +141,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    _document_problems(app)
+
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
         return problem_response(request, exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers,

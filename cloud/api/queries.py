@@ -13,7 +13,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cloud.twin.state import EXCLUDED_FLAGS
+from gateway.metrics import EXCLUDED_FLAGS
 
 EXCLUDED = sorted(EXCLUDED_FLAGS)
 """Flags that make a value not the patient's (failed measurement, control solution): left out of maths."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cloud.logging_setup import logging_config
 from cloud.settings import get_settings
 
 
@@ -18,12 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # uvicorn applies this in every worker process: its access and error logs look like every cloud log.
+    log_config = logging_config("api")
     if args.workers > 1:
         # Each worker process builds its own app (and pool) from the environment.
         uvicorn.run("cloud.api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    log_level=args.log_level, proxy_headers=True)
+                    log_level=args.log_level, log_config=log_config, proxy_headers=True)
     else:
         from cloud.api.app import create_app
 
-        uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+        uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, log_config=log_config,
+                    proxy_headers=True)
     return 0

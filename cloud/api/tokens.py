@@ -21,13 +21,14 @@ from typing import Any
 
 import jwt
 
+from cloud.errors import CloudError
 from cloud.settings import CloudSettings, get_settings
 
 ROLES = ("patient", "clinician", "care_team", "admin", "gateway")
 _ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 
-class TokenError(Exception):
+class TokenError(CloudError):
     """The bearer token is missing, malformed, badly signed, expired or for another audience."""
 
 

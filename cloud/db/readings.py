@@ -1,11 +1,11 @@
 """Stored readings back in contract form: ``readings`` + ``observations`` (+ ``devices``) rows → ``Reading``.
 
-Ingest hands its in-transaction hooks (``cloud.hooks``) the contract ``Reading`` it just stored. Work
-that reaches readings later (an assignment claiming queued readings) rebuilds the same objects from
-the rows here, so the hooks see what ingest would have shown them: values in canonical units with
-their originals, flags, device time, clock judgement, sequence and raw frame. The device's model,
-serial and manufacturer come from its ``devices`` row (the newest the device reported), which is
-what the gateway sent unless the device changed them since.
+Ingest hands its in-transaction effects (``cloud.effects``) the contract ``Reading`` it just stored, as
+a :class:`StoredReading`. Work that reaches readings later (an assignment claiming queued readings)
+rebuilds the same objects from the rows here, so the effects see what ingest would have shown them:
+values in canonical units with their originals, flags, device time, clock judgement, sequence and raw
+frame. The device's model, serial and manufacturer come from its ``devices`` row (the newest the
+device reported), which is what the gateway sent unless the device changed them since.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from cloud.hooks import StoredReading
+from cloud.errors import CloudError
 from gateway.contract import Reading, Transport
 
 _READINGS = """
@@ -42,7 +42,18 @@ SELECT reading_id, metric, value, value_list, unit, original_value, original_uni
 _TRANSPORTS = {t.value for t in Transport}
 
 
-class StoredReadingError(ValueError):
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as stored: the contract ``Reading``, the patient it was filed under, its gateway."""
+
+    reading: Reading
+    patient_id: str | None
+    gateway_id: str
+    late: bool
+    """Measured long before it arrived (a meter's memory downloaded days later)."""
+
+
+class StoredReadingError(CloudError, ValueError):
     """A stored row that no longer makes a valid contract ``Reading`` (e.g. edited by hand)."""
 
     def __init__(self, reading_id: str, reason: str) -> None:
@@ -97,7 +108,7 @@ def reading_from_rows(row: dict[str, Any], observations: Sequence[dict[str, Any]
 
 
 def load_stored_readings(conn: psycopg.Connection, reading_ids: Sequence[str]) -> LoadedReadings:
-    """The readings with these ids as the in-transaction hooks see them, in measured order; rows that no
+    """The readings with these ids as the in-transaction effects see them, in measured order; rows that no
     longer make a valid reading are listed in ``unreadable`` rather than stopping the others."""
     loaded = LoadedReadings()
     if not reading_ids:

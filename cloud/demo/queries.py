@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 
 from cloud.api import queries as api_queries
-from cloud.db.assign import assign_device
 from cloud.demo.story import CARE_TEAM, CLINICIAN, PATIENTS, DemoDevice
+from cloud.devices.assignment import assign_device
 
 SCOPES = ("readings", "alerts", "twin")
 

@@ -25,26 +25,21 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import ssl
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from psycopg_pool import PoolTimeout
 
 from cloud.db.pool import open_pool
-from cloud.hooks import IN_TRANSACTION_HOOKS
-from cloud.hooks import _load as load_hook
+from cloud.errors import CloudError
+from cloud.ingest.metrics import WriterMetrics, worker_values
 from cloud.ingest.validation import (
     DeadLetter,
     StatusUpdate,
@@ -64,36 +59,53 @@ from gateway.contract import (
     Rejection,
     acks_topic,
 )
-from gateway.mqtt_flow import apply_receive_maximum
+from gateway.mqtt.backoff import ExponentialBackoff
+from gateway.mqtt.broker import BrokerAddress, BrokerUrlError
+from gateway.mqtt.client import (
+    MQTT_V5,
+    MQTT_V311,
+    ClientOptions,
+    Protocol,
+    apply_receive_maximum,
+    broker_speaks_v5,
+    connect_async,
+    create_client,
+    disconnect,
+    network_thread_alive,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_FILTER = f"{TOPIC_PREFIX}/gw/+/status"
-RECEIVE_MAXIMUM_LIMIT = 65535
 ACKS_IN_FLIGHT = 1000  # unacknowledged ack publishes, before the broker's Receive Maximum caps it
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+DATABASE_RETRY = ExponentialBackoff(0.1, 5.0)
+"""The same group again while the database is unavailable: 0.1 s, doubling to 5 s."""
 SCHEMA_FAULT_CLASSES = ("42", "3F")
 """SQLSTATE classes that say the schema or privileges are wrong (syntax error or access rule
 violation, invalid schema name), never the data: such a failure stops the worker, rejects nothing."""
 
 
-class IngestError(RuntimeError):
+class IngestError(CloudError, RuntimeError):
     """The ingest worker could not start (e.g. the broker refused the connection)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
+def broker_address(settings: CloudSettings) -> BrokerAddress:
+    try:
+        return BrokerAddress.parse(settings.mqtt_url)
+    except BrokerUrlError as err:
+        raise IngestError(f"RPM_MQTT_URL: {err}") from None
 
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise IngestError(f"unsupported MQTT URL scheme {parts.scheme!r} (mqtt:// or mqtts://)")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
+
+def client_options(settings: CloudSettings, client_id: str) -> ClientOptions:
+    """What every ingest connection shares: credentials and TLS from the settings."""
+    return ClientOptions(client_id=client_id, username=settings.mqtt_username, password=settings.mqtt_password,
+                         tls=settings.mqtt_tls())
+
+
+def probe_protocol(address: BrokerAddress, settings: CloudSettings) -> Protocol | None:
+    """MQTT 5 if the broker accepts it, 3.1.1 if it refuses it, None if it cannot be reached."""
+    speaks = broker_speaks_v5(address, replace(client_options(settings, "ingest"), keepalive_s=10))
+    return None if speaks is None else MQTT_V5 if speaks else MQTT_V311
 
 
 @dataclass(slots=True)
@@ -136,133 +148,12 @@ class _Group:
                 for d, b, s in zip(self.deliveries, self.batches, self.statuses, strict=True)]
 
 
-RECV_CHUNK = 256 * 1024
-
-
-class _AckingClient(mqtt.Client):
-    """paho's client, minus two per-packet costs it has under load (profiled with py-spy):
-
-    * paho reads each packet with up to three ``recv`` calls (command byte, length bytes, body):
-      here one ``recv`` of up to :data:`RECV_CHUNK` feeds many packets, and ``loop_read`` goes on
-      until the buffer is empty (bytes left in it would not wake the socket's ``select``);
-    * on every PUBACK for a message we published (each app-level ack is QoS 1), paho walks all its
-      outgoing messages (up to the in-flight limit and beyond) looking for a queued one to send:
-      under load that walk was most of the network thread's time. Here the messages that ``publish``
-      queued are remembered in order and sent from that list; paho's walk runs only when something
-      is queued that the list does not know (after a reconnect, which requeues on its own).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._received = b""
-        self._received_at = 0
-        self._queued_mids: deque[int] = deque()
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        at = self._received_at
-        if at >= len(self._received):
-            data = super()._sock_recv(max(bufsize, RECV_CHUNK))
-            if len(data) <= bufsize:
-                self._received, self._received_at = b"", 0
-                return data
-            self._received, at = data, 0
-        self._received_at = at + bufsize
-        return self._received[at:at + bufsize]
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._received_at < len(self._received):
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def network_thread_alive(self) -> bool:
-        """paho's loop thread (``loop_start``) is running: an exception in a callback would end it."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
-    def _sock_close(self) -> None:
-        # Bytes of the old connection must never be parsed as the next one's.
-        self._received, self._received_at = b"", 0
-        super()._sock_close()
-
-    def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
-                properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
-        info = super().publish(topic, payload, qos, retain, properties)
-        if qos > 0:
-            with self._out_message_mutex:
-                message = self._out_messages.get(info.mid)
-                if message is not None and message.state == mqtt.mqtt_ms_queued:
-                    self._queued_mids.append(info.mid)
-        return info
-
-    def _update_inflight(self) -> mqtt.MQTTErrorCode:
-        # Called by paho with its outgoing-message lock held, after a slot was freed.
-        out = self._out_messages
-        while self._queued_mids and self._inflight_messages < self._max_inflight_messages:
-            message = out.get(self._queued_mids.popleft())
-            if message is None or message.state != mqtt.mqtt_ms_queued:
-                continue
-            # As paho's own loop does for each queued message it finds.
-            self._inflight_messages += 1
-            message.state = mqtt.mqtt_ms_wait_for_puback if message.qos == 1 else mqtt.mqtt_ms_wait_for_pubrec
-            rc = self._send_publish(message.mid, message.topic.encode("utf-8"), message.payload, message.qos,
-                                    message.retain, message.dup, properties=message.properties)
-            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return rc
-        if self._inflight_messages >= len(out):
-            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # every outgoing message is in flight
-        # Anything queued that was not noted above (a reconnect requeues messages itself): paho's scan.
-        return super()._update_inflight()
-
-
-class _Refused(Exception):
+class _Refused(CloudError):
     """The database (or a hook) refused the group for a reason retrying will not cure."""
 
 
 class WorkerFailed(IngestError):
     """The writer met an error it cannot turn into a dead letter: the worker must be restarted."""
-
-
-def broker_speaks_v5(address: BrokerAddress, settings: CloudSettings, timeout_s: float = 5.0) -> bool | None:
-    """True if a v5 CONNECT is accepted, False if refused (a 3.1.1-only broker), None if unreachable."""
-    answer: dict[str, bool] = {}
-    done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ingest-probe-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    _configure_security(client, address, settings)
-
-    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        answer["v5"] = not reason_code.is_failure
-        done.set()
-
-    def on_disconnect(client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        answer.setdefault("v5", False)
-        done.set()
-
-    client.on_connect, client.on_disconnect = on_connect, on_disconnect
-    try:
-        client.connect(address.host, address.port, keepalive=10)
-    except OSError:
-        return None
-    client.loop_start()
-    try:
-        done.wait(timeout_s)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return answer.get("v5", False)
-
-
-def _configure_security(client: mqtt.Client, address: BrokerAddress, settings: CloudSettings) -> None:
-    if settings.mqtt_username:
-        client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-    if address.tls:
-        client.tls_set(
-            ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-            certfile=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
-            keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
 
 
 class IngestWorker:
@@ -280,7 +171,7 @@ class IngestWorker:
         if protocol not in ("auto", "5", "3.1.1"):
             raise IngestError(f"protocol must be auto, 5 or 3.1.1, not {protocol!r}")
         self.settings = settings
-        self.address = BrokerAddress.parse(settings.mqtt_url)
+        self.address = broker_address(settings)
         self.client_id = client_id or f"ingest-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.requested_protocol = protocol
         self.protocol: str | None = None
@@ -288,6 +179,8 @@ class IngestWorker:
         """MQTT v5 session expiry: the broker keeps queuing for this client id this long after it
         vanishes (a clean :meth:`stop` ends the session instead)."""
         self.stats = IngestStats()
+        self.metrics = WriterMetrics()
+        """Commit latencies and dead letters by reason (the service's ``/metrics``)."""
         self.subscribed = threading.Event()
         self.failure: str | None = None
         """Why the writer stopped, once it has (the worker is then of no use: restart it)."""
@@ -307,9 +200,6 @@ class IngestWorker:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self, timeout_s: float = 30.0) -> IngestWorker:
-        # Import the in-transaction hooks now, not inside the first transaction (numpy, httpx: ~0.3 s).
-        for target in IN_TRANSACTION_HOOKS:
-            load_hook(target)
         self.protocol = self._choose_protocol(timeout_s)
         self._pool = open_pool(self.settings.database_url, min_size=1, max_size=self._pool_size, name=self.client_id)
         self._client = self._make_client()
@@ -322,11 +212,16 @@ class IngestWorker:
         """Liveness: the writer thread and paho's network thread are running and nothing failed."""
         client = self._client
         return (self.failure is None and self._thread is not None and self._thread.is_alive()
-                and isinstance(client, _AckingClient) and client.network_thread_alive())
+                and client is not None and network_thread_alive(client))
 
     def ready(self) -> bool:
         """Readiness: healthy and subscribed (messages published now reach this worker's group)."""
         return self.subscribed.is_set() and self.healthy()
+
+    def metric_values(self) -> list[float]:
+        """The worker's metrics now, as :class:`~cloud.ingest.metrics.IngestCollector` reads them."""
+        return worker_values(self.stats, self.metrics, queue_depth=self._queue.qsize(),
+                             in_flight=self._queue.unfinished_tasks, healthy=self.healthy(), ready=self.ready())
 
     def wait_ready(self, timeout_s: float = 15.0) -> None:
         """Block until the subscription is in place (messages published after this reach the group)."""
@@ -343,19 +238,16 @@ class IngestWorker:
             time.sleep(0.02)
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(BACKOFF_MAX_S + 5)
+            self._thread.join(DATABASE_RETRY.max_s + 5)
         if client is not None:
-            properties = None
             left_behind = self.failure is not None or self._left_unacked or not self._queue.empty()
             if left_behind:
                 log.warning("%s: stopping with messages not stored: the session stays with the broker, which"
                             " delivers them again when this client id comes back", self.client_id)
-            if self.protocol == "5" and self.session_expiry_s and not left_behind:
-                # A clean stop ends the session; a crash, a failure or a stop while messages wait
-                # unacknowledged (the database away) leaves it for the broker to keep and redeliver.
-                properties = Properties(PacketTypes.DISCONNECT)
-                properties.SessionExpiryInterval = 0
-            client.disconnect(properties=properties)
+            # A clean stop ends the session; a crash, a failure or a stop while messages wait
+            # unacknowledged (the database away) leaves it for the broker to keep and redeliver.
+            disconnect(client, end_session=self.protocol == MQTT_V5 and bool(self.session_expiry_s)
+                       and not left_behind)
             client.loop_stop()
         if self._pool is not None:
             self._pool.close()
@@ -373,46 +265,43 @@ class IngestWorker:
             return self.requested_protocol
         deadline = time.monotonic() + timeout_s
         while True:
-            speaks = broker_speaks_v5(self.address, self.settings)
-            if speaks is not None:
-                if not speaks:
+            protocol = probe_protocol(self.address, self.settings)
+            if protocol is not None:
+                if protocol == MQTT_V311:
                     log.warning("broker %s:%s refused MQTT v5: falling back to 3.1.1 on %s (one worker)",
                                 self.address.host, self.address.port, READINGS_FILTER)
-                return "5" if speaks else "3.1.1"
+                return protocol
             if time.monotonic() > deadline:
                 raise IngestError(f"MQTT broker {self.address.host}:{self.address.port} unreachable")
             time.sleep(0.5)
 
     def _filters(self) -> list[str]:
-        if self.protocol == "5":
+        if self.protocol == MQTT_V5:
             return [INGEST_SUBSCRIPTION, f"$share/{INGEST_SHARE_GROUP}/{STATUS_FILTER}"]
         return [READINGS_FILTER, STATUS_FILTER]
 
     def _make_client(self) -> mqtt.Client:
-        v5 = self.protocol == "5"
-        client = _AckingClient(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
+        v5 = self.protocol == MQTT_V5
+        options = replace(
+            client_options(self.settings, self.client_id),
+            protocol=MQTT_V5 if v5 else MQTT_V311,
+            # 3.1.1 has no expiry: its session is always kept (clean_session=False).
+            persistent=bool(self.session_expiry_s) or not v5,
+            session_expiry_s=self.session_expiry_s,
+            # The broker sends no more unacknowledged messages than the queue holds (backpressure).
+            receive_maximum=self.settings.ingest_queue_max,
+            keepalive_s=30,
+            max_in_flight=ACKS_IN_FLIGHT,
             manual_ack=True,
+            fast_path=True,
         )
-        _configure_security(client, self.address, self.settings)
-        client.max_inflight_messages_set(ACKS_IN_FLIGHT)
+        client = create_client(self.address, options)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.ReceiveMaximum = min(RECEIVE_MAXIMUM_LIMIT, self.settings.ingest_queue_max)
-            if self.session_expiry_s:
-                properties.SessionExpiryInterval = self.session_expiry_s
-        client.connect_async(self.address.host, self.address.port, keepalive=30,
-                             clean_start=not self.session_expiry_s if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                             properties=properties)
+        connect_async(client, self.address, options)
         return client
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -600,20 +489,25 @@ class IngestWorker:
         return combined
 
     def _write_with_retry(self, group: _Group) -> WriteResult | None:
-        backoff = BACKOFF_MIN_S
+        failures = 0
         statuses = [s for s in group.statuses if s is not None]
         while True:
             try:
                 with self._pool.connection(timeout=5.0) as conn:
-                    return self._writer.write(conn, group.batches, datetime.now(UTC), statuses)
+                    started = time.perf_counter()
+                    result = self._writer.write(conn, group.batches, datetime.now(UTC), statuses)
+                    self.metrics.committed(time.perf_counter() - started, _dead_letter_reasons(group, result),
+                                           result.security_events)
+                    return result
             except (psycopg.OperationalError, PoolTimeout) as err:
                 # The database is down, restarting, or chose us as a deadlock victim: same group again.
                 self.stats.database_errors += 1
+                failures += 1
+                backoff = DATABASE_RETRY.delay(failures)
                 log.warning("%s: database unavailable (%s); retrying in %.1f s", self.client_id,
                             _first_line(err), backoff)
                 if self._stopping.wait(backoff):
                     return None
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
             except Exception as err:  # bad data the database refuses, or a hook failing on it
                 if isinstance(err, psycopg.Error) and (err.sqlstate or "")[:2] in SCHEMA_FAULT_CLASSES:
                     # An undefined column or table, a missing privilege: the deployment is broken (e.g.
@@ -644,6 +538,14 @@ class IngestWorker:
                 client.ack(delivery.mid, delivery.qos)
         if self.on_commit is not None:
             self.on_commit(result)
+
+
+def _dead_letter_reasons(group: _Group, result: WriteResult) -> list[str]:
+    """Reasons of the dead letters the group's own messages carried (the writer's refusals are its
+    security events); looked at only when a commit wrote dead letters."""
+    if not result.dead_letters:
+        return []
+    return [dead.reason for batch in group.batches for dead in batch.dead_letters]
 
 
 def _first_line(err: BaseException) -> str:

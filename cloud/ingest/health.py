@@ -1,10 +1,10 @@
-"""``rpm-cloud ingest --health-port N``: ``/healthz`` (liveness) and ``/readyz`` (readiness) over HTTP.
+"""``rpm-cloud ingest --health-port N``: ``/healthz`` (liveness), ``/readyz`` (readiness) and ``/metrics``.
 
 ``/readyz`` answers 200 only while every worker is subscribed and its writer alive, 503 otherwise
 (starting, reconnecting, failed); ``/healthz`` answers 200 while the service is running and no
 worker has failed. A failed worker also ends the service with a non-zero status, so a supervisor
-that only watches the process restarts it too. Plain ``http.server`` in a daemon thread: two
-callables and no dependencies.
+that only watches the process restarts it too. ``/metrics`` is the Prometheus text exposition of the
+registry given (:mod:`cloud.ingest.metrics`). Plain ``http.server`` in a daemon thread.
 """
 
 from __future__ import annotations
@@ -14,23 +14,30 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
 
 class HealthServer:
-    def __init__(self, host: str, port: int, *, live: Callable[[], bool], ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, *, live: Callable[[], bool], ready: Callable[[], bool],
+                 metrics: CollectorRegistry | None = None) -> None:
         checks = {"/healthz": live, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # http.server calls it by this name
-                check = checks.get(self.path.split("?", 1)[0])
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics" and metrics is not None:
+                    self._answer(200, generate_latest(metrics), CONTENT_TYPE_LATEST)
+                    return
+                check = checks.get(path)
                 if check is None:
                     self._answer(404, b"not found\n")
                     return
                 ok = bool(check())
                 self._answer(200 if ok else 503, b"ok\n" if ok else b"unavailable\n")
 
-            def _answer(self, status: int, body: bytes) -> None:
+            def _answer(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()

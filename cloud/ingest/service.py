@@ -26,7 +26,8 @@ the cloud never acked, so they are late, not lost).
 
 **Failure.** A worker whose writer fails exits with status 1 (one log line says why); with
 ``--workers N`` the parent then stops the others and exits 1 too, so systemd or Kubernetes restarts
-the service. ``--health-port`` serves ``/healthz`` and ``/readyz`` (:mod:`cloud.ingest.health`).
+the service. ``--health-port`` serves ``/healthz`` and ``/readyz`` (:mod:`cloud.ingest.health`), and
+``/metrics`` for Prometheus with every worker's counters (:mod:`cloud.ingest.metrics`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from cloud.ingest.consumer import BrokerAddress, IngestError, IngestWorker, broker_speaks_v5
+from cloud.ingest.consumer import IngestError, IngestWorker, broker_address, probe_protocol
 from cloud.ingest.health import HealthServer
+from cloud.ingest.metrics import VALUES, ingest_registry
+from cloud.logging_setup import configure_logging
 from cloud.settings import CloudSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MQTT v5 session expiry: how long the broker queues for a worker that is down "
                              "(default RPM_INGEST_SESSION_EXPIRY_S, 3600; 0: clean sessions)")
     parser.add_argument("--health-port", type=int, default=None, metavar="PORT",
-                        help="serve /healthz and /readyz on this port (default: none)")
+                        help="serve /healthz, /readyz and /metrics (Prometheus) on this port (default: none)")
     parser.add_argument("--health-host", default="127.0.0.1",
                         help="address of the health endpoint (default 127.0.0.1; 0.0.0.0 for cluster probes)")
     parser.add_argument("--database-url", default=None, help="default: RPM_DATABASE_URL")
@@ -80,10 +83,12 @@ def _settings(args: argparse.Namespace) -> CloudSettings:
 
 
 def run_worker(settings: CloudSettings, client_id: str, protocol: str, session_expiry_s: int | None,
-               should_stop: Callable[[], bool], report_ready: Callable[[bool], None] | None = None) -> int:
+               should_stop: Callable[[], bool], report_ready: Callable[[bool], None] | None = None,
+               report_metrics: Callable[[Sequence[float]], None] | None = None) -> int:
     """Run one worker until ``should_stop()``, logging its counters every 10 s; returns the exit status:
     0 after a requested stop, 1 when the worker failed (its supervisor should restart it).
-    ``report_ready`` is told the worker's readiness on every poll (the health endpoint's source)."""
+    ``report_ready`` is told the worker's readiness and ``report_metrics`` its metrics
+    (:meth:`~cloud.ingest.consumer.IngestWorker.metric_values`) on every poll: the health endpoint's sources."""
     worker = IngestWorker(settings, client_id=client_id, protocol=protocol, session_expiry_s=session_expiry_s)
     worker.start()
     _tune_garbage_collector()
@@ -98,6 +103,8 @@ def run_worker(settings: CloudSettings, client_id: str, protocol: str, session_e
             time.sleep(0.2)
             if report_ready is not None:
                 report_ready(worker.ready())
+            if report_metrics is not None:
+                report_metrics(worker.metric_values())
             if not worker.healthy():
                 log.error("%s: exiting with status 1 so it is restarted: %s", client_id,
                           worker.failure or "a worker thread stopped")
@@ -110,6 +117,8 @@ def run_worker(settings: CloudSettings, client_id: str, protocol: str, session_e
         if report_ready is not None:
             report_ready(False)
         worker.stop(drain_timeout_s=0 if status else 5.0)
+        if report_metrics is not None:
+            report_metrics(worker.metric_values())
         log.info("%s: stopped: %s", client_id, worker.stats)
     return status
 
@@ -162,8 +171,8 @@ class _StopRequest:
 
 
 def _child(settings: CloudSettings, client_id: str, protocol: str, session_expiry_s: int | None, shared_stop: Any,
-           ready: Any) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {client_id} %(name)s: %(message)s")
+           ready: Any, metrics: Any) -> None:
+    configure_logging(client_id, settings=settings)
     stop = _StopRequest(shared_stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     signal.signal(signal.SIGTERM, stop)
@@ -171,29 +180,31 @@ def _child(settings: CloudSettings, client_id: str, protocol: str, session_expir
     def report(is_ready: bool) -> None:
         ready.value = is_ready
 
-    raise SystemExit(run_worker(settings, client_id, protocol, session_expiry_s, stop.is_set, report))
+    def report_metrics(values: Sequence[float]) -> None:
+        metrics[:] = values
+
+    raise SystemExit(run_worker(settings, client_id, protocol, session_expiry_s, stop.is_set, report, report_metrics))
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
     try:
-        address = BrokerAddress.parse(settings.mqtt_url)
+        address = broker_address(settings)
     except IngestError as err:
         print(f"error: {err}")
         return 2
     protocol = args.protocol
     if protocol == "auto":
-        speaks = None
+        probed = None
         deadline = time.monotonic() + 60
-        while speaks is None and time.monotonic() < deadline:
-            speaks = broker_speaks_v5(address, settings)
-            if speaks is None:
+        while probed is None and time.monotonic() < deadline:
+            probed = probe_protocol(address, settings)
+            if probed is None:
                 time.sleep(1)
-        if speaks is None:
+        if probed is None:
             print(f"error: MQTT broker {address.host}:{address.port} unreachable")
             return 2
-        protocol = "5" if speaks else "3.1.1"
+        protocol = probed
     workers = max(1, args.workers)
     if protocol == "3.1.1" and workers > 1:
         log.warning("MQTT 3.1.1 has no shared subscriptions: running one worker instead of %d", workers)
@@ -217,6 +228,9 @@ def _run(args: argparse.Namespace, settings: CloudSettings, prefix: str, protoco
     signal.signal(signal.SIGTERM, stop)
     context = multiprocessing.get_context("spawn")
     ready_flags = [context.Value("b", 0, lock=False) for _ in range(workers)]
+    # Each worker's metrics, written by its poll loop (worker_values) and read when /metrics is scraped.
+    metric_values = [context.Array("d", VALUES, lock=False) for _ in range(workers)]
+    names = [f"{prefix}-{i}" for i in range(workers)]
     processes: list[Any] = []
     failed = False
 
@@ -229,11 +243,12 @@ def _run(args: argparse.Namespace, settings: CloudSettings, prefix: str, protoco
     health = None
     if args.health_port is not None:
         try:
-            health = HealthServer(args.health_host, args.health_port, live=live, ready=ready).start()
+            registry = ingest_registry(lambda: zip(names, metric_values, strict=True))
+            health = HealthServer(args.health_host, args.health_port, live=live, ready=ready, metrics=registry).start()
         except OSError as err:
             print(f"error: cannot serve health on {args.health_host}:{args.health_port}: {err}")
             return 2
-        log.info("health: http://%s:%d/healthz and /readyz", args.health_host, health.port)
+        log.info("health: http://%s:%d/healthz, /readyz and /metrics", args.health_host, health.port)
     try:
         if workers == 1:
             # In this process: liveness is this loop running, readiness what the worker reports.
@@ -242,11 +257,14 @@ def _run(args: argparse.Namespace, settings: CloudSettings, prefix: str, protoco
             def report(is_ready: bool) -> None:
                 ready_flags[0].value = is_ready
 
-            return run_worker(settings, f"{prefix}-0", protocol, args.session_expiry, stop.is_set, report)
+            def report_metrics(values: Sequence[float]) -> None:
+                metric_values[0][:] = values
+
+            return run_worker(settings, names[0], protocol, args.session_expiry, stop.is_set, report, report_metrics)
         shared_stop = context.Event()
         processes.extend(context.Process(
-            target=_child, name=f"{prefix}-{i}",
-            args=(settings, f"{prefix}-{i}", protocol, args.session_expiry, shared_stop, ready_flags[i]))
+            target=_child, name=names[i],
+            args=(settings, names[i], protocol, args.session_expiry, shared_stop, ready_flags[i], metric_values[i]))
             for i in range(workers))
         for process in processes:
             process.start()

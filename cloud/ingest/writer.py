@@ -8,8 +8,8 @@ through ``device_assignments`` (unknown devices stay ``patient_id NULL``: the un
 Only ids the insert skipped get a second look: stored with the same content hash
 (:func:`cloud.ingest.identity.content_sha`) they are a replay, acked as accepted; with another they
 are an *id conflict*, refused (the stored row stays, the offered copy is kept in a dead letter and
-the security event). The registered in-transaction hooks (alerts, twin) run on the newly stored
-readings only, dead letters and security events are written, devices and gateways marked seen.
+the security event). The in-transaction effects (``cloud.effects``: twin, then alerts) run on the
+newly stored readings only, dead letters and security events are written, devices and gateways marked seen.
 Nothing is published here: the caller publishes the returned acks and notifications after
 ``commit`` succeeds.
 """
@@ -19,14 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from cloud.alerts import technical as technical_alerts
-from cloud.hooks import Notification, StoredReading, run_in_transaction_hooks
+from cloud.alerts.delivery import Notification
+from cloud.db.readings import StoredReading
+from cloud.effects import apply_new_readings
 from cloud.ingest import queries
 from cloud.ingest.identity import content_sha
 from cloud.ingest.validation import DeadLetter, StatusUpdate, ValidatedBatch, printable
@@ -121,7 +123,7 @@ class BatchWriter:
                 stored = [StoredReading(unique[rid].reading, patient_id, unique[rid].gateway_id,
                                         self._is_late(unique[rid].reading, received_at))
                           for rid, patient_id in sorted(new_rows)]
-                result.notifications = run_in_transaction_hooks(conn, stored)
+                result.notifications = apply_new_readings(conn, stored, datetime.now(UTC))
                 dead = [d for batch in batches for d in batch.dead_letters] + refusals.dead_letters
                 if dead:
                     cur.executemany(queries.INSERT_DEAD_LETTERS, [_dead_letter_row(d) for d in dead])

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -81,6 +80,28 @@ History = dict[tuple[str, str], Series]
 """(patient_id, metric) -> the series (missing key: no values)."""
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """The history some work needs: these patients' values of these metrics measured in ``[since, until]``."""
+
+    patient_ids: frozenset[str]
+    metrics: frozenset[str]
+    since: datetime
+    until: datetime
+
+
+
+def covering(*windows: HistoryWindow | None) -> HistoryWindow | None:
+    """The smallest window holding all of these, so one read serves the twin and the alerts of a batch (a
+    series holding more than a rule looks at is harmless: every use takes a window of it)."""
+    given = [w for w in windows if w is not None]
+    if not given:
+        return None
+    return HistoryWindow(frozenset().union(*(w.patient_ids for w in given)),
+                         frozenset().union(*(w.metrics for w in given)),
+                         min(w.since for w in given), max(w.until for w in given))
+
+
 def load_history(conn: Any, patient_ids: Sequence[str], metrics: Iterable[str], since: datetime,
                  until: datetime) -> History:
     """Patient values of ``metrics`` measured in ``[since, until]``, excluding non-patient readings."""
@@ -92,6 +113,13 @@ def load_history(conn: Any, patient_ids: Sequence[str], metrics: Iterable[str], 
         for patient_id, metric, times, values, ids in queries.patient_series(
             conn, list(patient_ids), metric_list, since, until)
     }
+
+
+def read_window(conn: Any, window: HistoryWindow | None) -> History:
+    """The history ``window`` asks for (nothing asked: none)."""
+    if window is None:
+        return {}
+    return load_history(conn, sorted(window.patient_ids), window.metrics, window.since, window.until)
 
 
 def _median(values: np.ndarray) -> float:
@@ -116,35 +144,3 @@ def compute_baseline(series: Series, as_of: datetime, *, window_days: int = DEFA
     median = _median(values)
     mad = _median(np.abs(values - median))
     return Baseline(median, mad, len(values), span_days, window_days, as_of)
-
-
-@dataclass(frozen=True, slots=True)
-class SharedHistory:
-    """History one hook read for a batch, offered to the next hook of the same batch."""
-
-    stored: object
-    """The very sequence of stored readings the hooks are called with (compared by identity)."""
-    patient_ids: frozenset[str]
-    metrics: frozenset[str]
-    since: datetime
-    until: datetime
-    history: History
-
-
-_SHARED: WeakKeyDictionary[Any, SharedHistory] = WeakKeyDictionary()
-
-
-def share_history(conn: Any, shared: SharedHistory) -> None:
-    """Offer what the twin's hook read to the alerts' hook, which runs next on the same batch."""
-    _SHARED[conn] = shared
-
-
-def history_for(conn: Any, stored: object, patient_ids: Sequence[str], metrics: Iterable[str], since: datetime,
-                until: datetime) -> History:
-    """The history shared for this very batch when it covers what is asked, else read it now."""
-    wanted = frozenset(metrics)
-    shared = _SHARED.pop(conn, None)
-    if (shared is not None and shared.stored is stored and shared.patient_ids >= set(patient_ids)
-            and shared.metrics >= wanted and shared.since <= since and shared.until >= until):
-        return shared.history
-    return load_history(conn, patient_ids, wanted, since, until)

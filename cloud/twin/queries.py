@@ -9,7 +9,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from cloud.twin.state import EXCLUDED_FLAGS
+from gateway.metrics import EXCLUDED_FLAGS
 
 _EXCLUDED = sorted(EXCLUDED_FLAGS)
 

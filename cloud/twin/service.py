@@ -1,4 +1,4 @@
-"""The digital twin's Python API (used by ingest's hook, the alerts, and the clinician API).
+"""The digital twin's Python API (used by ingest's effects, the alerts, and the clinician API).
 
 Every change is an event appended to ``twin_events`` and folded into ``twins.state`` in the caller's
 transaction; the twin row is locked first (``FOR UPDATE``, in patient order), which also serialises
@@ -15,13 +15,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from cloud.db.alert_rules import effective_rules
+from cloud.errors import CloudError
 from cloud.twin import queries
 from cloud.twin.state import adherence, apply_events, empty_state, replay
 
 TwinEvent = tuple[str, Mapping[str, Any]]
 
 
-class TwinError(Exception):
+class TwinError(CloudError):
     """Base of the twin's errors."""
 
 
@@ -80,8 +82,6 @@ def get_twin(conn: Any, patient_id: str, now: datetime | None = None) -> dict[st
     ``thresholds_in_force`` is every enabled rule with this patient's overrides applied; ``state``
     holds only what events changed (``state.thresholds``: overrides the care team set).
     """
-    from cloud.alerts.rules import effective_rules  # the alerts own the rule catalogue
-
     now = now or datetime.now(UTC)
     if not queries.patient_exists(conn, patient_id):
         raise PatientNotFound(patient_id)

@@ -13,20 +13,14 @@ from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from cloud.errors import CloudError
+from gateway.metrics import EXCLUDED_FLAGS
+
 READING_DAYS_KEPT = 90
 """Distinct days with readings kept in the state: enough for any 30-day adherence window."""
-EXCLUDED_FLAGS = frozenset({
-    "measurement_unsuccessful", "control_solution",
-    # Pulse oximetry (specs/clinical-thresholds.md): stored and shown, never judged, never a trend point.
-    "invalid_measurement", "measurement_unavailable", "low_perfusion", "sensor_displaced", "sensor_disconnected",
-    "sensor_unconnected_to_user", "demonstration_data", "testing_data",
-    "intermediate",  # a thermometer's value on its way; the gateway never sends one, the cloud never judges one
-})
-"""A reading with one of these is not a patient value (no value, a control-solution sample, demonstration
-or test data, or a value its own device disowns)."""
 
 
-class UnknownTwinEvent(ValueError):
+class UnknownTwinEvent(CloudError, ValueError):
     """An event type this fold does not know (a newer writer, or corrupted history)."""
 
 

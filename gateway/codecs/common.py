@@ -9,7 +9,12 @@ from types import MappingProxyType
 from typing import Any
 
 
-class DecodeError(ValueError):
+class GatewayError(Exception):
+    """Base of every error the gateway defines (see :mod:`gateway.errors`). It lives here, at the bottom of
+    the gateway's layers, because codecs may import only codecs and the metric catalogue."""
+
+
+class DecodeError(GatewayError, ValueError):
     """A frame could not be decoded. ``str(err)`` is one line that says what is wrong and where."""
 
     def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:

@@ -33,9 +33,15 @@ from gateway.codecs.astm import (
     parse_record,
 )
 from gateway.codecs.common import DecodeError, NoReadingError
-from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now, undecodable
+from gateway.drivers.base import (
+    EARLIEST_PLAUSIBLE,
+    ClockCheck,
+    DeviceTimeoutError,
+    SessionResult,
+    gateway_now,
+    undecodable,
+)
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
-from gateway.normalise import EARLIEST_PLAUSIBLE
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""What every driver shares: the device it talks to, the clock check at connect, and the sink.
+"""What every driver shares: the device it talks to, the clock check at connect, the sink, and the
+one shape a driver has in the profile table (:mod:`gateway.profiles`).
 
 A driver hands each record it took from a device to the sink: a decoded
 :class:`~gateway.codecs.common.Measurement`, or an :class:`UnreadableRecord` for a frame its codec
@@ -8,18 +9,24 @@ device quarantine. Either way the record is durable and never read again, so a d
 (acknowledges the record, asks for the next one, persists its last sequence number) exactly the same
 way after both; one bad record never blocks the records after it. Only an outbox that cannot take a
 reading (full with ``refuse_new``, a broken disk) raises, and then the driver must not move on.
+
+A driver, as the profile table holds it, is a :class:`SessionDriver`: ``await driver(ctx)`` runs one
+session given its transport's context and returns a :class:`SessionResult`. BLE drivers are that
+already (a module's ``run_session(ctx: BleContext)``, called once the link is up); serial drivers are
+:class:`~gateway.drivers.serial_port.SerialDriver` classes, which :class:`SerialSession` adapts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, Protocol, TypeVar
 
-from gateway.codecs.common import Measurement
+from gateway.codecs.common import GatewayError, Measurement
 
 
-class DriverError(Exception):
+class DriverError(GatewayError):
     """A device session failed; the supervisor logs it, shows it in the status and retries later."""
 
 
@@ -41,6 +48,16 @@ class DeviceInfo:
     serial: str | None = None
     manufacturer: str | None = None
     firmware: str | None = None
+
+
+# Clock plausibility, shared by the drivers that judge a device clock and by normalisation.
+# A device clock within this of the gateway's is taken as right: small drift is not worth a correction
+# that would move times a patient remembers.
+CLOCK_TOLERANCE = timedelta(minutes=2)
+# Device times before this are an unset clock (devices reset to 2000-01-01 or their firmware date).
+EARLIEST_PLAUSIBLE = datetime(2010, 1, 1)
+# A corrected time further than this in the future is implausible.
+FUTURE_TOLERANCE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +126,80 @@ def undecodable(profile: str, raw: bytes, err: Exception, position: int | str | 
 
 def gateway_now() -> datetime:
     return datetime.now(UTC)
+
+
+ContextT = TypeVar("ContextT", contravariant=True)
+
+
+class SessionDriver(Protocol[ContextT]):
+    """The one driver shape: run a session with the device ``ctx`` reaches, return how it went."""
+
+    def __call__(self, ctx: ContextT, /) -> Awaitable[SessionResult]: ...
+
+
+@dataclass
+class SerialContext:
+    """What a serial driver's session is given: the port to open, the device and where records go."""
+
+    port_path: str
+    device: DeviceInfo
+    """The port's provisional identity; once the session ends it is the device's final one (a meter that
+    reports its serial number changes its uid mid-session)."""
+    sink: MeasurementSink
+    state: Any
+    """The device-state store (download positions) the driver resumes from."""
+    baudrate: int | None = None
+    local_tz: tzinfo | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    announce: Callable[[DeviceInfo], Awaitable[None]] | None = None
+    """Called as the session starts with a device whose uid is already final; not called for a device
+    that identifies itself (its status would otherwise appear under the port's uid too)."""
+
+
+class _SerialDriver(Protocol):
+    device: DeviceInfo
+    identifies_itself: bool
+
+    async def run(self) -> SessionResult: ...
+
+
+class SerialDriverClass(Protocol):
+    """A :class:`~gateway.drivers.serial_port.SerialDriver` subclass, as its constructor is called."""
+
+    def __call__(
+        self,
+        port_path: str,
+        device: DeviceInfo,
+        sink: MeasurementSink,
+        state: Any,
+        /,
+        *,
+        baudrate: int | None = None,
+        local_tz: tzinfo | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> _SerialDriver: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSession:
+    """The profile table's shape for a serial driver class: construct it for the context, run it, and
+    leave the device it ended with (identified or not) in ``ctx.device``."""
+
+    driver_class: SerialDriverClass
+
+    async def __call__(self, ctx: SerialContext) -> SessionResult:
+        driver = self.driver_class(
+            ctx.port_path,
+            ctx.device,
+            ctx.sink,
+            ctx.state,
+            baudrate=ctx.baudrate,
+            local_tz=ctx.local_tz,
+            options=ctx.options,
+        )
+        try:
+            if not driver.identifies_itself and ctx.announce is not None:
+                await ctx.announce(driver.device)
+            return await driver.run()
+        finally:
+            ctx.device = driver.device

@@ -25,7 +25,6 @@ from bleak.exc import BleakError
 from gateway.codecs import battery as battery_codec
 from gateway.codecs import current_time as current_time_codec
 from gateway.codecs.common import DecodeError, Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import (
     ClockCheck,
     DeviceDisconnectedError,
@@ -38,6 +37,7 @@ from gateway.drivers.base import (
     gateway_now,
     undecodable,
 )
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import clean_device_string
 
 log = logging.getLogger(__name__)

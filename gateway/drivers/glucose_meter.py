@@ -12,7 +12,7 @@ Two positions per meter, both in the durable ``DeviceStateStore``. The *download
 in the outbox, or the record is in the device quarantine because it could not become one); it is
 advanced only after the sink returned, and it is what the numbering checks compare against. The
 *acked position* (:data:`ACKED_SEQUENCE_KEY`) follows the cloud's acks
-(:class:`~gateway.device_state.AckedPositions`, wired by the runtime): the meter's memory stays the
+(:class:`~gateway.acked_positions.AckedPositions`, wired by the runtime): the meter's memory stays the
 backup until the cloud holds a record, so a session asks for records after the acked position, and a
 reading the outbox lost before its ack (a cap, a damaged file, a torn write) is read again. Records
 re-read that are still in the outbox are known to the intake and not sent again. Where no acks are
@@ -51,7 +51,7 @@ SERVICE_UUID = uuid16(0x1808)
 MEASUREMENT_UUID = uuid16(0x2A18)
 CONTEXT_UUID = uuid16(0x2A34)
 RACP_UUID = uuid16(0x2A52)
-# Strings, not imports from gateway.device_state (drivers stay below the gateway core); a test ties them.
+# Strings, not imports from gateway.drivers.device_state (drivers stay below the gateway core); a test ties them.
 LAST_SEQUENCE_KEY = "glucose_last_sequence"
 ACKED_SEQUENCE_KEY = "acked_sequence"
 

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 import serial
 
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import (
     DeviceDisconnectedError,
     DeviceInfo,
@@ -30,6 +29,7 @@ from gateway.drivers.base import (
     MeasurementSink,
     SessionResult,
 )
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import clean_device_string
 
 log = logging.getLogger(__name__)

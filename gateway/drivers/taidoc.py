@@ -17,7 +17,7 @@ Under the gateway's runtime (``state.follows_acks``) a session resumes from the 
 record the *cloud* acknowledged, not of the last one stored: each committed record gets a position (the
 gateway's count of this device's records, :data:`RECORD_ORDINAL_KEY`), its anchor is kept as that
 position's mark, and the acked position follows the cloud's acks
-(:class:`~gateway.device_state.AckedPositions`). A reading the outbox lost before its ack (a cap, a
+(:class:`~gateway.acked_positions.AckedPositions`). A reading the outbox lost before its ack (a cap, a
 damaged file) is then read from the meter again. Where it is not found there
 (memory full and wrapped, or cleared), the driver scans from the newest record down until it meets the
 anchor; where it never does, the memory was cleared (or replaced) and every record on it is new. A
@@ -61,10 +61,17 @@ from gateway.codecs.taidoc import (
     wake_request,
     write_clock_request,
 )
-from gateway.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY
-from gateway.drivers.base import ClockCheck, DeviceTimeoutError, SessionResult, gateway_now, undecodable
+from gateway.drivers.base import (
+    CLOCK_TOLERANCE,
+    EARLIEST_PLAUSIBLE,
+    ClockCheck,
+    DeviceTimeoutError,
+    SessionResult,
+    gateway_now,
+    undecodable,
+)
+from gateway.drivers.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY
 from gateway.drivers.serial_port import ProtocolError, SerialDriver, SerialLink
-from gateway.normalise import CLOCK_TOLERANCE, EARLIEST_PLAUSIBLE
 
 log = logging.getLogger(__name__)
 

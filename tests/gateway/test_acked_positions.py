@@ -31,9 +31,9 @@ from gateway.ble_discovery import run_device_session
 from gateway.codecs.taidoc import Command
 from gateway.config import GatewayConfig, parse_config
 from gateway.contract import compute_reading_id
-from gateway.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY, SEQUENCE_CURSOR_KEY
 from gateway.drivers import glucose_meter
 from gateway.drivers.base import DeviceInfo, SessionResult
+from gateway.drivers.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY, SEQUENCE_CURSOR_KEY
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY
 from gateway.drivers.taidoc import TaidocDriver
 from gateway.runtime import Gateway

@@ -17,7 +17,7 @@ from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, GlucoseMe
 from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import BleManager, ble_candidates
 from gateway.config import parse_config
-from gateway.device_state import DeviceStateStore
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.enrolment import EnrolmentStore
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 

@@ -182,3 +182,12 @@ def test_a_good_tls_config_passes_the_start_checks(tmp_path: Path, tls: Path) ->
                       '[[usb.devices]]\nport = "/dev/ttyX"\nprofile = "serial.astm"\n'
                       'driver = "gateway.drivers.astm_meter:AstmMeterDriver"\n[log]\nlevel = "debug"\n')
     check_startup(load_config(config))  # raises ConfigError naming the key otherwise
+
+
+def test_every_ble_profile_of_the_device_table_can_be_enrolled_by_name(tmp_path: Path) -> None:
+    from gateway.config import parse_config
+    from gateway.profiles import BLE_PROFILES
+
+    enrolled = [{"address": f"AA:BB:CC:DD:EE:{n:02X}", "profile": name} for n, name in enumerate(sorted(BLE_PROFILES))]
+    config = parse_config({"data_dir": str(tmp_path / "data"), "ble": {"enrolled": enrolled}})
+    assert {device.profile for device in config.ble.enrolled} >= {"ble.pulse_oximeter", "ble.thermometer"}

@@ -38,7 +38,7 @@ from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
 from gateway.config import GatewayConfig, parse_config
 from gateway.contract import DeviceStatus, Reading
-from gateway.device_state import DeviceStateStore
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY
 from gateway.runtime import Gateway
 from tests.gateway.ble_support import empty_air  # noqa: F401 (autouse fixture)

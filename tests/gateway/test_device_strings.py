@@ -21,9 +21,9 @@ from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstm
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
 from gateway.contract import Reading
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import DeviceInfo
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import MAX_DEVICE_STRING, clean_device_string
 from gateway.intake import RecordIntake
 from gateway.outbox import Outbox

@@ -17,7 +17,8 @@ from firmware_sims.ble.peripherals import BloodPressureCuff, GlucoseMeter, Heart
 from gateway.ble_config import BleConfig, EnrolledBleDevice
 from gateway.ble_discovery import pair_window
 from gateway.config import parse_config
-from gateway.enrolment import EnrolmentStore, run_pair
+from gateway.enrolment import EnrolmentStore
+from gateway.scan import run_pair
 from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

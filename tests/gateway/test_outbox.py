@@ -8,12 +8,16 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import Ack, Rejection
-from gateway.outbox import Outbox, OutboxFullError, QuarantinedRecord
+from gateway.drivers.base import DeviceInfo
+from gateway.normalise import to_reading
+from gateway.outbox import Outbox, OutboxFullError, QuarantinedRecord, kept_by_device
 from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.unit
@@ -247,3 +251,18 @@ def test_a_device_sending_only_garbage_cannot_grow_the_device_quarantine_past_it
         assert reopened.stats().device_quarantine_evicted == 2  # the count is durable
     finally:
         reopened.close()
+
+
+def test_an_oximeters_live_window_is_lost_when_refused_but_its_stored_spot_check_waits_on_the_device() -> None:
+    oximeter = DeviceInfo(uid="ble:0C:00:00:00:00:01", transport="ble", profile="ble.pulse_oximeter")
+    now = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    spot = Measurement(profile="ble.pulse_oximeter", kind="pulse_oximetry", values={"spo2": Quantity(95, "%")},
+                       device_time=datetime(2026, 3, 1, 7, 55))
+    window = Measurement(profile="ble.pulse_oximeter", kind="pulse_oximetry", values={"spo2": Quantity(94, "%")},
+                         flags=("averaged",), details={"window_start": (now - timedelta(minutes=1)).isoformat(),
+                                                       "window_end": now.isoformat()})
+    clockless = Measurement(profile="ble.pulse_oximeter", kind="pulse_oximetry", values={"spo2": Quantity(96, "%")},
+                            raw=b"\x00\x60", details={"record_key": "0060#0"})
+    assert kept_by_device(to_reading(oximeter, spot, None, now))
+    assert not kept_by_device(to_reading(oximeter, window, None, now))
+    assert kept_by_device(to_reading(oximeter, clockless, None, now))  # a stored record, timed by the gateway

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
-from gateway.device_state import POSITION_KEYS, DeviceStateStore
+from gateway.drivers.device_state import POSITION_KEYS, DeviceStateStore
 from gateway.outbox import Outbox
 from gateway.runtime import Gateway
 from tests.gateway.reading_factory import bp_reading

@@ -12,9 +12,10 @@ import pytest
 from firmware_sims.serial.ad_scale import PtyScale, Weighing
 from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.normalise import to_reading
+from gateway.profiles import USB_PROFILES
 from gateway.usb_config import UsbConfig
 from gateway.usb_devices import SUPPORTED_DEVICES, PortFacts, device_table, match_port, udev_rules
 from gateway.usb_discovery import UsbManager, usb_candidates
@@ -180,7 +181,7 @@ def test_config_entries_extend_the_table_and_come_first() -> None:
     ])
     entry = match_port(PortFacts("/dev/ttyUSB1", vid=0x0403, pid=0x6001), device_table(config))
     assert (entry.baudrate, entry.bytesize, entry.parity) == (9600, 8, "N")
-    assert entry.driver == "gateway.drivers.serial_scale:SerialScaleDriver"
+    assert entry.driver is USB_PROFILES["serial.ad_scale"].driver
 
 
 def test_scan_lists_usb_candidates(tmp_path) -> None:

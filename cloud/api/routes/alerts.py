@@ -21,9 +21,11 @@ from cloud.api.deps import (
     note_audit,
     note_audit_detail,
 )
-from cloud.api.problems import ApiProblem, forbidden, not_found
+from cloud.api.models import Alert, AlertEvent, AlertPage, AlertWithHistory
+from cloud.api.problems import ApiProblem, forbidden, not_found, problem_responses
 
-router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=problem_responses(401, 403, 422, 503, "default"))
+_CHANGE_PROBLEMS = problem_responses(404, 409, 413, when={409: "The alert is resolved (or the comment is empty)"})
 AlertId = Annotated[int, Path(ge=1, le=2**62)]
 
 
@@ -47,7 +49,8 @@ class Comment(BaseModel):
     text: str = Field(min_length=1, max_length=4000)
 
 
-@router.get("", summary="Alerts newest first, filtered; page with before_id")
+@router.get("", summary="Alerts newest first, filtered; page with before_id", response_model=AlertPage,
+            responses=problem_responses(404))
 def list_alerts(
     request: Request, principal: CurrentPrincipal, conn: DbConn,
     patient_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -96,27 +99,31 @@ def _change(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_i
 
 
 
-@router.get("/{alert_id}", summary="One alert and its history")
+@router.get("/{alert_id}", summary="One alert and its history", response_model=AlertWithHistory,
+            responses=problem_responses(404))
 def get_alert(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId) -> dict[str, Any]:
     _alert_access(request, principal, conn, alert_id)
     return {**service.get_alert(conn, alert_id), "history": service.alert_history(conn, alert_id)}
 
 
-@router.post("/{alert_id}/acknowledge", summary="Mark the alert seen; it stays open until it resolves")
+@router.post("/{alert_id}/acknowledge", summary="Mark the alert seen; it stays open until it resolves",
+             response_model=Alert, responses=_CHANGE_PROBLEMS)
 def acknowledge(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
                 body: Note | None = None) -> dict[str, Any]:
     _change(request, principal, conn, alert_id)
     return service.acknowledge(conn, alert_id, principal.subject, body.note if body else None)
 
 
-@router.post("/{alert_id}/resolve", summary="Close the alert by hand")
+@router.post("/{alert_id}/resolve", summary="Close the alert by hand", response_model=Alert,
+             responses=_CHANGE_PROBLEMS)
 def resolve(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
             body: Note | None = None) -> dict[str, Any]:
     _change(request, principal, conn, alert_id)
     return service.resolve(conn, alert_id, principal.subject, body.note if body else None)
 
 
-@router.post("/{alert_id}/comments", status_code=201, summary="Add a note to the alert's history")
+@router.post("/{alert_id}/comments", status_code=201, summary="Add a note to the alert's history",
+             response_model=AlertEvent, responses=_CHANGE_PROBLEMS)
 def comment(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
             body: Comment) -> dict[str, Any]:
     _change(request, principal, conn, alert_id)

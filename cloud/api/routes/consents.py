@@ -12,9 +12,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from cloud.api import queries
 from cloud.api.deps import DbConn, OwnRecord, note_audit_detail
-from cloud.api.problems import ApiProblem, not_found
+from cloud.api.models import Consent, Consents
+from cloud.api.problems import ApiProblem, not_found, problem_responses
 
-router = APIRouter(prefix="/v1/patients/{patient_id}/consents", tags=["consents"])
+router = APIRouter(prefix="/v1/patients/{patient_id}/consents", tags=["consents"],
+                   responses=problem_responses(401, 403, 404, 422, 503, "default",
+                                               when={404: "Not the caller's own record, or no such consent"}))
 
 
 class Scope(StrEnum):
@@ -40,12 +43,13 @@ class ConsentGrant(BaseModel):
         return value
 
 
-@router.get("", summary="My consents, newest first (active and past)")
+@router.get("", summary="My consents, newest first (active and past)", response_model=Consents)
 def list_consents(access: OwnRecord, conn: DbConn) -> dict[str, Any]:
     return {"patient_id": access.patient_id, "consents": queries.list_consents(conn, access.patient_id)}
 
 
-@router.post("", status_code=201, summary="Grant a care team access to my data")
+@router.post("", status_code=201, summary="Grant a care team access to my data", response_model=Consent,
+             responses=problem_responses(413, 422, when={422: "The request is not valid, or no such care team"}))
 def grant(request: Request, access: OwnRecord, conn: DbConn, body: ConsentGrant) -> dict[str, Any]:
     note_audit_detail(request, {"care_team_id": body.care_team_id, "scopes": sorted(s.value for s in body.scopes)})
     if not queries.care_team_exists(conn, body.care_team_id):
@@ -55,7 +59,8 @@ def grant(request: Request, access: OwnRecord, conn: DbConn, body: ConsentGrant)
                                  access.principal.subject)
 
 
-@router.delete("/{consent_id}", summary="Revoke a consent (takes effect on the next request)")
+@router.delete("/{consent_id}", summary="Revoke a consent (takes effect on the next request)",
+               response_model=Consent)
 def revoke(request: Request, access: OwnRecord, conn: DbConn,
            consent_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict[str, Any]:
     note_audit_detail(request, {"consent_id": consent_id})

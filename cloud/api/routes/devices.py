@@ -22,11 +22,19 @@ from cloud.api.deps import (
     ReadingsAccess,
     authorise_device_change,
 )
-from cloud.api.problems import ApiProblem, forbidden, not_found
-from cloud.db import assign as assignments
-from cloud.db import binding
+from cloud.api.models import (
+    AssignmentEnded,
+    AssignmentMade,
+    DeviceList,
+    GatewayBinding,
+    PatientDevices,
+    UnassignedQueue,
+)
+from cloud.api.problems import ApiProblem, forbidden, not_found, problem_responses
+from cloud.devices import assignment as assignments
+from cloud.devices import binding
 
-router = APIRouter(tags=["devices"])
+router = APIRouter(tags=["devices"], responses=problem_responses(401, 403, 422, 503, "default"))
 DeviceUid = Annotated[str, Path(min_length=1, max_length=300)]
 UserIndex = Annotated[int | None, Query(ge=0, le=255, description="user of a multi-user device; none: all")]
 
@@ -42,13 +50,15 @@ class Assignment(BaseModel):
     valid_from: datetime | None = Field(None, description="readings measured since then belong to the patient")
 
 
-@router.get("/v1/devices", summary="All devices with their current assignments (administrators)")
+@router.get("/v1/devices", summary="All devices with their current assignments (administrators)",
+            response_model=DeviceList)
 def list_devices(principal: AdminPrincipal, conn: DbConn, limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
                  offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> dict[str, Any]:
     return {"devices": queries.list_devices(conn, limit=limit, offset=offset)}
 
 
-@router.get("/v1/devices/unassigned", summary="Devices and user indexes whose readings wait for a patient")
+@router.get("/v1/devices/unassigned", summary="Devices and user indexes whose readings wait for a patient",
+            response_model=UnassignedQueue)
 def unassigned(principal: CurrentPrincipal, conn: DbConn,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> dict[str, Any]:
     if principal.role not in ("admin", *CLINICAL_ROLES):
@@ -56,14 +66,17 @@ def unassigned(principal: CurrentPrincipal, conn: DbConn,
     return {"unassigned": queries.unassigned_queue(conn, limit=limit)}
 
 
-@router.get("/v1/patients/{patient_id}/devices", summary="Devices assigned to this patient")
+@router.get("/v1/patients/{patient_id}/devices", summary="Devices assigned to this patient",
+            response_model=PatientDevices, responses=problem_responses(404))
 def patient_devices(access: ReadingsAccess, conn: DbConn) -> dict[str, Any]:
     return {"patient_id": access.patient_id, "devices": queries.patient_devices(conn, access.patient_id)}
 
 
 @router.post("/v1/devices/{device_uid}/assignments", status_code=201,
              summary="Assign the device (and user index) to a patient from valid_from (default now); "
-                     "readings queued since then follow")
+                     "readings queued since then follow",
+             response_model=AssignmentMade,
+             responses=problem_responses(404, 413, 422, when={422: "The request or the assignment is not valid"}))
 def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
            body: Assignment) -> dict[str, Any]:
     if body.valid_from is not None and body.valid_from.tzinfo is None:
@@ -84,7 +97,8 @@ def assign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_u
             "closed_assignments": result.closed}
 
 
-@router.delete("/v1/devices/{device_uid}/assignments", summary="End the device's (user index's) assignment now")
+@router.delete("/v1/devices/{device_uid}/assignments", summary="End the device's (user index's) assignment now",
+               response_model=AssignmentEnded, responses=problem_responses(404))
 def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device_uid: DeviceUid,
              user_index: UserIndex = None) -> dict[str, Any]:
     try:
@@ -98,7 +112,9 @@ def unassign(request: Request, principal: CurrentPrincipal, conn: DbConn, device
 
 @router.put("/v1/devices/{device_uid}/gateway",
             summary="Re-enrol the device on another gateway (administrators; audited). Readings of the device "
-                    "from any other gateway are refused from then on")
+                    "from any other gateway are refused from then on",
+            response_model=GatewayBinding,
+            responses=problem_responses(413, 422, when={422: "The request or the binding is not valid"}))
 def rebind(principal: AdminPrincipal, conn: DbConn, device_uid: DeviceUid,
            body: Binding) -> dict[str, Any]:
     try:

@@ -19,18 +19,31 @@ from fastapi.encoders import jsonable_encoder
 
 from cloud.api import queries
 from cloud.api.deps import CurrentPrincipal, DbConn, ReadingsAccess, authorise_patient
-from cloud.api.problems import ApiProblem
+from cloud.api.problems import ApiProblem, problem_responses
 from cloud.twin import fhir
 from gateway.metrics import LOINC_BP_PANEL, METRICS
 
-router = APIRouter(prefix="/fhir", tags=["fhir"])
+router = APIRouter(prefix="/fhir", tags=["fhir"], responses=problem_responses(400, 401, 403, 422, 503, "default"))
 FHIR_JSON = "application/fhir+json"
 _PATIENT_REF = re.compile(r"^(?:Patient/)?([^/]{1,200})$")
 _DATE = re.compile(r"^(eq|ne|ge|gt|le|lt|sa|eb|ap)?(\d{4}(?:-\d{2}(?:-\d{2}(?:T.+)?)?)?)$")
 
 
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+
+def _resource(resource_type: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer documented as a FHIR R4 resource: its type named, the rest left to the specification
+    (the route renders it; a model here would only validate it again)."""
+    schema = {"type": "object", "required": ["resourceType"], "additionalProperties": True,
+              "properties": {"resourceType": {"type": "string", "const": resource_type}},
+              "description": f"A FHIR R4 {resource_type} (https://hl7.org/fhir/R4/{resource_type.lower()}.html)"}
+    return {200: {"description": f"FHIR R4 {resource_type}", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
 def _fhir(body: dict[str, Any]) -> Response:
-    return Response(json.dumps(jsonable_encoder(body)), media_type=FHIR_JSON)
+    return FhirResponse(json.dumps(jsonable_encoder(body)))
 
 
 def _interval(text: str) -> tuple[datetime, datetime, bool]:
@@ -127,14 +140,16 @@ def _observations(conn: DbConn, patient_id: str, codes: set[str] | None, dates: 
     return resources[:count]
 
 
-@router.get("/Patient/{patient_id}", summary="FHIR R4 Patient")
+@router.get("/Patient/{patient_id}", summary="FHIR R4 Patient", response_class=FhirResponse,
+            responses={**_resource("Patient"), **problem_responses(404)})
 def read_patient(access: ReadingsAccess, conn: DbConn) -> Response:
     row = queries.patient_row(conn, access.patient_id)
     assert row is not None
     return _fhir(fhir.patient_resource(row))
 
 
-@router.get("/Observation", summary="FHIR R4 Observation search (searchset Bundle)")
+@router.get("/Observation", summary="FHIR R4 Observation search (searchset Bundle)", response_class=FhirResponse,
+            responses=_resource("Bundle"))
 def search_observations(
     request: Request, principal: CurrentPrincipal, conn: DbConn,
     patient: Annotated[str, Query(max_length=220, description="Patient/{id} or {id}")],
@@ -155,7 +170,8 @@ def search_observations(
     return _fhir(_bundle(request, _observations(conn, access.patient_id, codes, dates, count)))
 
 
-@router.get("/Patient/{patient_id}/$everything", summary="FHIR R4 Patient $everything (searchset Bundle)")
+@router.get("/Patient/{patient_id}/$everything", summary="FHIR R4 Patient $everything (searchset Bundle)",
+            response_class=FhirResponse, responses={**_resource("Bundle"), **problem_responses(404)})
 def everything(request: Request, access: ReadingsAccess, conn: DbConn,
                count: Annotated[int, Query(alias="_count", ge=1, le=20_000)] = 2000,
                since: Annotated[str | None, Query(alias="_since", max_length=60)] = None) -> Response:

@@ -9,12 +9,16 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cloud.api import queries
 from cloud.api.deps import DbConn, PanelPrincipal, ReadingsAccess
+from cloud.api.models import Panel, PatientDetail
+from cloud.api.problems import problem_responses
 from cloud.twin.state import adherence
 
-router = APIRouter(prefix="/v1/patients", tags=["patients"])
+router = APIRouter(prefix="/v1/patients", tags=["patients"], responses=problem_responses(401, 403, 422, 503, "default"))
 
 
-@router.get("", summary="The caller's panel: latest vitals, open alerts by severity, adherence; triage order")
+# The panel is rendered by PostgreSQL and answered as it comes (Panel documents it; nothing validates it twice).
+@router.get("", summary="The caller's panel: latest vitals, open alerts by severity, adherence; triage order",
+            response_model=Panel)
 def panel(request: Request, principal: PanelPrincipal, conn: DbConn,
           limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
           offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> Response:
@@ -29,7 +33,8 @@ def panel(request: Request, principal: PanelPrincipal, conn: DbConn,
     return Response(body, media_type="application/json")
 
 
-@router.get("/{patient_id}", summary="One patient: demographics, latest vitals, open alerts, adherence")
+@router.get("/{patient_id}", summary="One patient: demographics, latest vitals, open alerts, adherence",
+            response_model=PatientDetail, responses=problem_responses(404))
 def patient_detail(access: ReadingsAccess, conn: DbConn) -> dict[str, Any]:
     row = queries.patient_row(conn, access.patient_id)
     assert row is not None  # authorise_patient checked it exists

@@ -16,11 +16,21 @@ from fastapi.encoders import jsonable_encoder
 
 from cloud.api import queries
 from cloud.api.deps import DbConn, ReadingsAccess
-from cloud.api.problems import ApiProblem
+from cloud.api.models import ReadingsPage
+from cloud.api.problems import ApiProblem, problem_responses
 from gateway.metrics import METRICS, Kind
 
-router = APIRouter(prefix="/v1/patients/{patient_id}/readings", tags=["readings"])
+router = APIRouter(prefix="/v1/patients/{patient_id}/readings", tags=["readings"],
+                   responses=problem_responses(401, 403, 422, 503, "default"))
 EXPORT_MAX = 100_000
+# The route renders each format itself (ReadingsPage documents the JSON page; nothing validates it twice).
+_EXPORTS = {200: {"content": {
+    "text/csv": {"schema": {"type": "string", "description": "RFC 4180, one row per value: reading_id, measured_at, "
+                            "kind, metric, value, unit, original_value, original_unit, device_uid, device_model, "
+                            "user_index, device_time, clock_judgement, flags"}},
+    "application/x-ndjson": {"schema": {"type": "string",
+                                        "description": "one Reading (as in the JSON page) per line"}},
+}}}
 
 
 class ExportFormat(StrEnum):
@@ -88,7 +98,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-@router.get("", summary="Readings newest first (JSON page, or CSV / NDJSON export)")
+@router.get("", summary="Readings newest first (JSON page, or CSV / NDJSON export)", response_model=ReadingsPage,
+            responses={**_EXPORTS, **problem_responses(400, 404)})
 def list_readings(
     access: ReadingsAccess, conn: DbConn,
     kind: Annotated[list[Kind] | None, Query()] = None,

@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.alerts import service
 from cloud.api.deps import AlertsAccess, DbConn, note_audit_detail
+from cloud.api.models import Rule, RulesInForce
+from cloud.api.problems import problem_responses
 
-router = APIRouter(prefix="/v1/patients/{patient_id}/thresholds", tags=["thresholds"])
+router = APIRouter(prefix="/v1/patients/{patient_id}/thresholds", tags=["thresholds"],
+                   responses=problem_responses(401, 403, 404, 422, 503, "default",
+                                               when={404: "No such patient (or not visible), or no such rule"}))
 RuleId = Annotated[str, Path(min_length=1, max_length=100)]
 
 
@@ -27,13 +31,15 @@ class RuleOverride(BaseModel):
     note: str | None = Field(None, max_length=2000)
 
 
-@router.get("", summary="The rules in force for this patient (catalogue with overrides applied)")
+@router.get("", summary="The rules in force for this patient (catalogue with overrides applied)",
+            response_model=RulesInForce)
 def rules_in_force(access: AlertsAccess, conn: DbConn) -> dict[str, Any]:
     return {"patient_id": access.patient_id,
             "rules": [rule.as_dict() for rule in service.get_rules(conn, access.patient_id)]}
 
 
-@router.put("/{rule_id}", summary="Override a rule for this patient (only the fields given)")
+@router.put("/{rule_id}", summary="Override a rule for this patient (only the fields given)", response_model=Rule,
+            responses=problem_responses(413, 422, when={422: "The request or the override is not valid"}))
 def set_override(request: Request, access: AlertsAccess, conn: DbConn, rule_id: RuleId,
                  body: RuleOverride) -> dict[str, Any]:
     note_audit_detail(request, {"rule_id": rule_id, "override": body.model_dump(exclude_none=True)})
@@ -43,7 +49,7 @@ def set_override(request: Request, access: AlertsAccess, conn: DbConn, rule_id: 
     return rule.as_dict()
 
 
-@router.delete("/{rule_id}", summary="Back to the catalogue default for this patient")
+@router.delete("/{rule_id}", summary="Back to the catalogue default for this patient", response_model=Rule)
 def clear_override(request: Request, access: AlertsAccess, conn: DbConn, rule_id: RuleId) -> dict[str, Any]:
     note_audit_detail(request, {"rule_id": rule_id})
     access.require_clinical()

@@ -13,10 +13,12 @@ from fastapi import APIRouter, Query
 
 from cloud.api import queries
 from cloud.api.deps import DbConn, ReadingsAccess
-from cloud.api.problems import ApiProblem
+from cloud.api.models import Trend
+from cloud.api.problems import ApiProblem, problem_responses
 from gateway.metrics import METRICS
 
-router = APIRouter(prefix="/v1/patients/{patient_id}/trends", tags=["trends"])
+router = APIRouter(prefix="/v1/patients/{patient_id}/trends", tags=["trends"],
+                   responses=problem_responses(401, 403, 422, 503, "default"))
 MAX_BUCKETS = 20_000
 
 
@@ -69,7 +71,8 @@ def _daily(conn: DbConn, patient_id: str, metric: str, since: datetime, until: d
     return [*head, *rows, *tail]
 
 
-@router.get("/{metric}", summary="Bucketed statistics of one metric")
+@router.get("/{metric}", summary="Bucketed statistics of one metric", response_model=Trend,
+            responses=problem_responses(404, when={404: "No such patient (or not visible), or no numeric metric"}))
 def metric_trend(
     access: ReadingsAccess, conn: DbConn, metric: str,
     bucket: Annotated[Bucket, Query()] = Bucket.day,

@@ -1,5 +1,5 @@
-"""One benchmark writer process: stores its share of the scheduled batches and runs the hooks, as an
-ingest worker does, and reports each batch's latency (from when it was due to its commit)."""
+"""One benchmark writer process: stores its share of the scheduled batches and applies the effects, as
+an ingest worker does, and reports each batch's latency (from when it was due to its commit)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from cloud.hooks import run_in_transaction_hooks
+from cloud.effects import apply_new_readings
 from tests.cloud.alerts.scripted_patient import bp, insert_for_patients, now
 
 
@@ -27,6 +27,6 @@ def run_writer(database_url: str, cuffs: dict[str, str], start: float, batches: 
             chosen = rng.sample(patients, batch_size)
             pairs = [(bp(cuffs[p], now(), 190 if rng.random() < 0.02 else rng.gauss(125, 8), 80), p) for p in chosen]
             with conn.transaction():
-                run_in_transaction_hooks(conn, insert_for_patients(conn, pairs))
+                apply_new_readings(conn, insert_for_patients(conn, pairs), now())
             latencies.append(time.time() - due)
     results.put(latencies)

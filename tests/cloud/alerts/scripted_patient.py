@@ -1,5 +1,5 @@
 """Test helpers: patients, devices and readings stored the way ingest stores them (readings and
-observations rows), then the registered in-transaction hooks run in the same transaction.
+observations rows), then the in-transaction effects (``cloud.effects``) run in the same transaction.
 
 Until ``cloud.ingest`` exposes its writer, this is the stand-in for its insert; the pipeline test
 (test_alert_pipeline.py) goes through the real ingest when it is importable.
@@ -13,14 +13,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cloud.hooks import Notification, StoredReading, run_in_transaction_hooks
+from cloud.alerts.delivery import Notification
+from cloud.db.readings import StoredReading
+from cloud.effects import apply_new_readings
 from gateway.contract import Alert, Reading, compute_reading_id
 from gateway.metrics import METRICS
 
 # Random start: benchmark writer processes each have their own counter and must not collide.
 _sequence = itertools.count(random.getrandbits(40))
 PROFILE_OF = {"blood_pressure": "ble.blood_pressure", "glucose": "ble.glucose",
-              "body_weight": "ble.weight_scale", "heart_rate": "ble.heart_rate"}
+              "body_weight": "ble.weight_scale", "heart_rate": "ble.heart_rate",
+              "pulse_oximetry": "ble.pulse_oximeter", "body_temperature": "ble.thermometer"}
 
 
 def now() -> datetime:
@@ -94,10 +97,10 @@ def insert_for_patients(conn: Any, pairs: Sequence[tuple[Reading, str | None]], 
 
 
 def ingest(conn: Any, readings: Sequence[Reading], patient_id: str | None, *, late: bool = False) -> list[Notification]:
-    """Store and run the hooks in one transaction, as ingest does; return the notifications."""
+    """Store and apply the effects in one transaction, as ingest does; return the notifications."""
     with conn.transaction():
         stored = insert_readings(conn, readings, patient_id, late=late)
-        return run_in_transaction_hooks(conn, stored)
+        return apply_new_readings(conn, stored, now())
 
 
 def alerts_in(notifications: Sequence[Notification]) -> list[Alert]:

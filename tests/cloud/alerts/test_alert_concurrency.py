@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from cloud.alerts import service
-from cloud.alerts.hook import evaluate_readings
-from cloud.hooks import run_in_transaction_hooks
+from cloud.alerts.new_readings import evaluate_readings
+from cloud.effects import apply_new_readings
 from tests.cloud.alerts.scripted_patient import add_patient, alerts_in, bp, insert_readings, now
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_two_workers_evaluating_at_once_open_one_alert(database_url, unique_id, 
 
     def work(conn, i, barrier):
         barrier.wait()  # both transactions start evaluating together
-        # The alerts hook alone (not the twin's row lock) so the two really race on the unique index.
+        # The alerts alone (not the twin's row lock) so the two really race on the unique index.
         return alerts_in(evaluate_readings(conn, stored[i], now()))
 
     results = race(database_url, work)
@@ -74,7 +74,7 @@ def test_two_workers_through_all_hooks_open_one_alert_and_keep_the_twin_consiste
 
     def work(conn, i, barrier):
         barrier.wait()
-        return alerts_in(run_in_transaction_hooks(conn, stored[i]))
+        return alerts_in(apply_new_readings(conn, stored[i], now()))
 
     race(database_url, work)
     from cloud.twin import service as twin

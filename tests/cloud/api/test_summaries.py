@@ -18,7 +18,7 @@ from cloud.api.summaries import (
     temperature_summary,
     weight_summary,
 )
-from tests.cloud.alerts.scripted_patient import bp, ingest, make_reading, weight
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, weight
 from tests.cloud.api.conftest import World
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
@@ -221,3 +221,36 @@ def test_bp_weight_and_adherence_summaries_over_stored_readings(client: TestClie
     # 2, 1, 20 days before (BP) and 30, 7, 1, 0 (weight): 30 days back is outside the 30-day period.
     assert adherence["current"]["days_with_readings"] == 5
     assert adherence["current"]["meets_16_day_rule"] is False
+
+
+@pytest.mark.integration
+def test_oximetry_and_temperature_summaries_over_stored_readings(client: TestClient, world: World,
+                                                                 conn: psycopg.Connection) -> None:
+    patient = world.patients["own"]
+    with conn.transaction():
+        devices = add_patient(conn, f"{patient}-spare", kinds=("pulse_oximetry", "body_temperature"))
+        conn.execute("UPDATE device_assignments SET patient_id = %s WHERE device_uid = ANY(%s)",
+                     (patient, list(devices.values())))
+    night = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) + timedelta(days=120)  # UTC zone
+    spo2 = [94, 91, 89, 87, 90, 93]  # one a minute
+    ingest(conn, [make_reading(devices["pulse_oximetry"], "pulse_oximetry", night + timedelta(minutes=i),
+                               {"spo2": v, "spo2_pulse_rate": 70}) for i, v in enumerate(spo2)], patient)
+    # An invalid reading is no time below anything.
+    ingest(conn, [make_reading(devices["pulse_oximetry"], "pulse_oximetry", night + timedelta(minutes=7),
+                               {"spo2": 70, "spo2_pulse_rate": 70}, flags=["invalid_measurement"])], patient)
+    ingest(conn, [make_reading(devices["body_temperature"], "body_temperature", night + timedelta(hours=h),
+                               {"body_temperature": t}) for h, t in ((2, 37.1), (14, 38.4), (30, 37.0))], patient)
+    until = (night + timedelta(days=2)).isoformat()
+    headers = world.headers["patient"]
+    oxi = client.get(f"/v1/patients/{patient}/summaries/oximetry", params={"until": until, "days": 3},
+                     headers=headers)
+    assert oxi.status_code == 200, oxi.text
+    summary = oxi.json()
+    assert summary["readings"] == 6 and summary["min_percent"] == 87.0 and summary["unit"] == "%"
+    assert summary["time_below"]["below_90"] == {"minutes": 2.0, "percent": 33.3}
+    assert summary["time_below"]["below_88"] == {"minutes": 1.0, "percent": 16.7}
+    assert [n["min_percent"] for n in summary["nights"]] == [87.0]
+    temp = client.get(f"/v1/patients/{patient}/summaries/temperature", params={"until": until, "days": 3},
+                      headers=headers).json()
+    assert [(d["max_cel"], d["fever"]) for d in temp["daily"]] == [(38.4, True), (37.0, False)]
+    assert temp["days_with_fever"] == 1 and temp["unit"] == "Cel"

@@ -94,27 +94,32 @@ def test_unknown_patient_is_a_typed_error(conn, unique_id):
         twin.get_twin(conn, f"{unique_id}-nobody")
 
 
-def test_the_alerts_hook_reuses_the_history_the_twin_hook_read_for_the_same_batch(conn, unique_id, monkeypatch):
-    from cloud.alerts.hook import on_readings_stored as alerts_hook
+def test_the_effects_read_one_history_for_the_twin_and_the_alerts_of_a_batch(conn, unique_id, monkeypatch):
+    from cloud.alerts.new_readings import evaluate_readings
+    from cloud.effects import apply_new_readings
     from cloud.twin import baselines
-    from cloud.twin.hook import on_readings_stored as twin_hook
     from tests.cloud.alerts.scripted_patient import insert_readings
 
     cuff = add_patient(conn, unique_id)["blood_pressure"]
-    reads: list[frozenset[str]] = []
+    reads: list[tuple[frozenset[str], object]] = []
     real = baselines.load_history
 
     def counting(c, patient_ids, metrics, since, until):  # type: ignore[no-untyped-def]
-        reads.append(frozenset(metrics))
+        reads.append((frozenset(metrics), since))
         return real(c, patient_ids, metrics, since, until)
 
     monkeypatch.setattr(baselines, "load_history", counting)
+    t = now()
     with conn.transaction():
-        stored = insert_readings(conn, [bp(cuff, now(), 120, 80)], unique_id)
-        twin_hook(conn, stored)
-        alerts_hook(conn, stored)
-    assert reads == [frozenset({"systolic", "diastolic", "pulse_rate"})], "read once, by the twin's hook"
+        apply_new_readings(conn, insert_readings(conn, [bp(cuff, t, 120, 80)], unique_id), now())
+    assert reads == [(frozenset({"systolic", "diastolic", "pulse_rate"}), t - timedelta(days=30))], "read once"
+
+    # A rule that looks further back than the twin's baselines: still one read, covering both.
+    alerts.set_rule_override(conn, unique_id, "systolic_baseline_deviation", params={"window_days": 45}, by="dr.a")
     with conn.transaction():
-        other = insert_readings(conn, [bp(cuff, now(), 121, 80)], unique_id)
-        alerts_hook(conn, other)  # nothing shared for this batch: it reads for itself
-    assert len(reads) == 2 and reads[1] == frozenset({"systolic", "diastolic"})
+        apply_new_readings(conn, insert_readings(conn, [bp(cuff, t, 121, 80)], unique_id), now())
+    assert reads[1] == (frozenset({"systolic", "diastolic", "pulse_rate"}), t - timedelta(days=45))
+
+    with conn.transaction():
+        evaluate_readings(conn, insert_readings(conn, [bp(cuff, t, 122, 80)], unique_id), now())
+    assert len(reads) == 3 and reads[2][0] == frozenset({"systolic", "diastolic"}), "the alerts alone read their own"

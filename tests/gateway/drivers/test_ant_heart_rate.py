@@ -10,7 +10,6 @@ import pytest
 
 from firmware_sims.serial.ant_stick import AntFaults, HeartRateStrap, PtyAntStick
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.ant_heart_rate import STATE_KEY, AntConfigError, AntHeartRateDriver
 from gateway.drivers.base import (
     ClockCheck,
@@ -20,6 +19,7 @@ from gateway.drivers.base import (
     DeviceTimeoutError,
     UnreadableRecord,
 )
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.normalise import to_reading
 
 pytestmark = pytest.mark.unit

@@ -9,9 +9,9 @@ import pytest
 
 from firmware_sims.serial.astm_meter import AstmFaults, GlucoseMeter, GlucoseResult, PtyAstmMeter
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceRecord, UnreadableRecord
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError, usb_uid
 from gateway.normalise import to_reading
 

@@ -16,8 +16,8 @@ from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
 from gateway.codecs.glucose import MEALS as MEAL_NAMES
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY, SequenceRestartedError
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 

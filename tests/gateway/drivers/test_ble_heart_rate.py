@@ -15,7 +15,7 @@ from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import HeartRateStrap
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
-from gateway.device_state import DeviceStateStore
+from gateway.drivers.device_state import DeviceStateStore
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import ATT_READ_NOT_PERMITTED, Faults, GattError
 from firmware_sims.ble.peripherals import BloodPressureCuff, HeartRateStrap
-from gateway.ble_config import BackendLoadError, load_bleak_backends
+from gateway.ble_config import BackendLoadError
 from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
 from gateway.drivers.ble_session import (
     BATTERY_LEVEL,
@@ -21,6 +21,7 @@ from gateway.drivers.ble_session import (
     SessionTimeouts,
     backoff_delay,
 )
+from gateway.runtime import load_bleak_backends
 from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ from firmware_sims.ble.gatt import Service
 from firmware_sims.ble.thermometer import SITES, TEMPERATURE_TYPE, TemperatureRecord, Thermometer
 from gateway.ble_config import BleConfig
 from gateway.ble_discovery import run_device_session
-from gateway.device_state import DeviceStateStore
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.intake import RecordIntake
 from gateway.outbox import Outbox
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)

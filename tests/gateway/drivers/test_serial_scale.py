@@ -9,8 +9,8 @@ import pytest
 
 from firmware_sims.serial.ad_scale import PtyScale, ScaleFaults, Weighing
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceRecord, UnreadableRecord
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.serial_scale import SerialScaleDriver
 from gateway.normalise import to_reading

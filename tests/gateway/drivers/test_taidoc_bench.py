@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import DeviceInfo
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.taidoc import TaidocDriver
 
 pytestmark = pytest.mark.bench

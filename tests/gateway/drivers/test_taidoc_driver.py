@@ -17,7 +17,6 @@ from firmware_sims.serial.taidoc import (
     TaidocMeter,
 )
 from gateway.codecs.common import Measurement
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import (
     ClockCheck,
     DeviceDisconnectedError,
@@ -27,6 +26,7 @@ from gateway.drivers.base import (
     SessionResult,
     UnreadableRecord,
 )
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.taidoc import TaidocDriver, UnsupportedModelError
 from gateway.normalise import to_reading
@@ -297,12 +297,9 @@ def test_a_record_the_outbox_refused_is_read_again_next_session(state) -> None:
 
 
 def test_the_usb_table_sends_a_cp2110_bridge_to_this_driver_at_19200_8n1() -> None:
-    import importlib
-
     from gateway.usb_devices import SUPPORTED_DEVICES, PortFacts, match_port
 
     entry = match_port(PortFacts("/dev/ttyUSB3", vid=0x10C4, pid=0xEA80), SUPPORTED_DEVICES)
     assert entry is not None and entry.profile == "serial.taidoc"
     assert (entry.baudrate, entry.bytesize, entry.parity, entry.stopbits) == (19200, 8, "N", 1)
-    module, name = entry.driver.split(":")
-    assert getattr(importlib.import_module(module), name) is TaidocDriver
+    assert entry.driver.driver_class is TaidocDriver

@@ -19,8 +19,8 @@ from firmware_sims.serial.taidoc import BpRecord, PtyTaidoc, TaidocMeter
 from gateway.codecs.common import Measurement
 from gateway.config import MqttConfig
 from gateway.contract import Reading
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.base import ClockCheck, DeviceInfo
+from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.taidoc import TaidocDriver
 from gateway.normalise import to_reading
 from gateway.outbox import Outbox

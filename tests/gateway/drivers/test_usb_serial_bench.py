@@ -13,9 +13,9 @@ from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstm
 from gateway.codecs.ad_scale import decode_line_reading
 from gateway.codecs.ant import MSG_BROADCAST, decode_message_reading, encode_message
 from gateway.codecs.astm import decode_frame_reading, encode_frame
-from gateway.device_state import DeviceStateStore
 from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import DeviceInfo
+from gateway.drivers.device_state import DeviceStateStore
 
 pytestmark = pytest.mark.bench
 

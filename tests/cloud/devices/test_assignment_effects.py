@@ -1,6 +1,6 @@
 """Readings claimed by an assignment reach the twin and the alerts, in the assignment's transaction
-(cloud.db.assign + cloud.db.readings), on a real PostgreSQL with readings stored by the real ingest
-batch writer."""
+(cloud.devices.assignment + cloud.db.readings + cloud.effects), on a real PostgreSQL with readings
+stored by the real ingest batch writer."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from psycopg.rows import dict_row
 from cloud.alerts.delivery import deliver_due
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
-from cloud.db.assign import AssignmentError, assign_device
 from cloud.db.readings import load_stored_readings
+from cloud.devices.assignment import AssignmentError, assign_device
 from cloud.ingest.validation import ValidatedBatch
 from cloud.ingest.writer import BatchWriter
 from cloud.settings import CloudSettings
@@ -199,7 +199,7 @@ def test_arrived_late_readings_stay_late_and_unreadable_rows_are_assigned_but_sk
     arrived_late = cuff_reading(uid, now - timedelta(hours=2), 130, 85, sequence=3)
     store(conn, [arrived_late], now - timedelta(hours=2) + timedelta(seconds=LATE_AFTER_S + 60), unique_id)
     conn.execute("INSERT INTO patients (id) VALUES (%s)", (patient,))
-    # A stored row the hooks cannot take (an unknown metric unit) is assigned, reported, and skipped.
+    # A stored row the effects cannot take (an unknown metric unit) is assigned, reported, and skipped.
     conn.execute("UPDATE observations SET unit = 'bar' WHERE reading_id = %s AND metric = 'pulse_rate'",
                  (arrived_late.id,))
     result = assign_device(conn, uid, patient, valid_from=now - timedelta(days=1), late_after=timedelta(days=1))

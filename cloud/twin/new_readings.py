@@ -1,22 +1,20 @@
-"""Ingest hook: fold newly stored readings into each patient's twin, in ingest's transaction.
+"""Newly stored readings folded into each patient's twin, in the transaction that stored them.
 
-Registered in ``cloud.hooks.IN_TRANSACTION_HOOKS`` before the alerts' hook: it locks the patients'
-twin rows first (in patient order), so the alerts evaluated next see one writer per patient. It
-reads the patients' last 30 days once (baselines) and offers that history to the alerts' hook for
-the same batch (``baselines.share_history``), so a batch reads its history once.
+Called by ``cloud.effects.apply_new_readings``, which has locked the patients' twin rows and read the
+batch's history once (:func:`history_window` says what the twin needs of it): one ``reading_added``
+event per reading, in measured order, and a ``baselines_computed`` event for the metrics it touched.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from cloud.hooks import Notification, StoredReading
+from cloud.db.readings import StoredReading
 from cloud.twin import baselines, queries, service
-from cloud.twin.state import EXCLUDED_FLAGS
-from gateway.metrics import METRICS
+from gateway.metrics import EXCLUDED_FLAGS, METRICS
 
 
 def reading_event(item: StoredReading, profile: str | None, battery: int | None) -> dict[str, Any]:
@@ -36,30 +34,42 @@ def reading_event(item: StoredReading, profile: str | None, battery: int | None)
     }
 
 
-def on_readings_stored(conn: Any, stored: Sequence[StoredReading]) -> Sequence[Notification]:
+def history_window(stored: Sequence[StoredReading]) -> baselines.HistoryWindow | None:
+    """What the baselines of these readings need: their patients' scalar metrics from a baseline window
+    before the oldest up to the newest (None: no scalar value, no baseline)."""
+    mine = [s for s in stored if s.patient_id]
+    metrics = frozenset(
+        name
+        for s in mine
+        for name, v in s.reading.values.items()
+        if not METRICS[name].is_list and not isinstance(v.value, list)
+    )
+    if not metrics:
+        return None
+    since = min(s.reading.measured_at for s in mine) - timedelta(days=baselines.DEFAULT_WINDOW_DAYS)
+    until = max(s.reading.measured_at for s in mine)
+    return baselines.HistoryWindow(frozenset(s.patient_id for s in mine if s.patient_id), metrics, since, until)
+
+
+def record_readings(
+    conn: Any, stored: Sequence[StoredReading], history: baselines.History, locked: Mapping[str, tuple[int, dict]]
+) -> None:
+    """Append the readings' events to their patients' twins.
+
+    ``history`` covers at least :func:`history_window` of ``stored``; ``locked`` is what
+    ``service.lock`` returned for their patients earlier in this transaction.
+    """
     mine = [s for s in stored if s.patient_id]
     if not mine:
-        return ()
-    patient_ids = sorted({s.patient_id for s in mine if s.patient_id})
-    locked = service.lock(conn, patient_ids)
+        return
     devices = queries.device_details(conn, sorted({s.reading.device.uid for s in mine}))
     events: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for item in sorted(mine, key=lambda s: (s.patient_id or "", s.reading.measured_at)):
         profile, battery = devices.get(item.reading.device.uid, (None, None))
         events[item.patient_id or ""].append(("reading_added", reading_event(item, profile, battery)))
-
-    metrics = frozenset(name for s in mine for name, v in s.reading.values.items()
-                        if not METRICS[name].is_list and not isinstance(v.value, list))
-    if metrics:
-        since = min(s.reading.measured_at for s in mine) - timedelta(days=baselines.DEFAULT_WINDOW_DAYS)
-        until = max(s.reading.measured_at for s in mine)
-        history = baselines.load_history(conn, patient_ids, metrics, since, until)
-        baselines.share_history(conn, baselines.SharedHistory(stored, frozenset(patient_ids), metrics, since, until,
-                                                              history))
-        for patient_id, data in baselines_event(history, mine).items():
-            events[patient_id].append(("baselines_computed", data))
+    for patient_id, data in baselines_event(history, mine).items():
+        events[patient_id].append(("baselines_computed", data))
     service.append_events(conn, events, locked=locked)
-    return ()
 
 
 def baselines_event(history: baselines.History, stored: Sequence[StoredReading]) -> dict[str, dict[str, Any]]:

@@ -9,11 +9,11 @@ Unassigning closes the assignment at a time; readings stored after it queue agai
 ``user_index`` None means every user of the device; a user-specific assignment wins over it.
 
 In the same transaction the patient's twin records a ``device_assigned`` event and the claimed
-readings, rebuilt in contract form (``cloud.db.readings``), go through the in-transaction hooks
-(``cloud.hooks``: twin, alerts) in measured order, exactly as if ingest had just stored them for
-this patient. A claimed reading measured longer ago than ``late_after_s`` is passed as late (it
+readings, rebuilt in contract form (``cloud.db.readings``), go through the in-transaction effects
+(``cloud.effects``: twin, then alerts) in measured order, exactly as if ingest had just stored them
+for this patient. A claimed reading measured longer ago than ``late_after_s`` is passed as late (it
 reaches the patient's record now): the twin keeps a newer latest value and its alert is marked late,
-never paged as if it were now. The alert messages the hooks return go to the delivery outbox
+never paged as if it were now. The alert messages the effects return go to the delivery outbox
 (``alert_deliveries``, channel mqtt) in the same transaction, for the scheduler's sender to publish.
 Re-running an assignment that is already in force changes nothing.
 
@@ -31,18 +31,21 @@ import argparse
 import getpass
 import json
 import logging
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cloud.alerts import queries as alert_queries
-from cloud.db.readings import load_stored_readings
-from cloud.hooks import Notification, StoredReading, run_in_transaction_hooks
+from cloud.alerts.delivery import Notification
+from cloud.db.readings import StoredReading, load_stored_readings
+from cloud.effects import apply_new_readings
+from cloud.errors import CloudError
 from cloud.settings import get_settings
 from cloud.twin import service as twin
 from gateway.contract import Alert
@@ -50,7 +53,7 @@ from gateway.contract import Alert
 log = logging.getLogger(__name__)
 
 
-class AssignmentError(Exception):
+class AssignmentError(CloudError):
     """An assignment that cannot be made (unknown patient, nothing to unassign, bad time)."""
 
 
@@ -96,11 +99,11 @@ class AssignmentResult:
     created: bool = True
     """False when the same assignment was already in force (a re-run): nothing changed."""
     alerts_queued: int = 0
-    """Alert messages the hooks produced for the claimed readings, queued for MQTT delivery."""
+    """Alert messages the effects produced for the claimed readings, queued for MQTT delivery."""
     unpublished: tuple[Notification, ...] = ()
-    """Hook notifications that are not alert messages (none today): the caller publishes them."""
+    """Notifications of the effects that are not alert messages (none today): the caller publishes them."""
     unreadable: tuple[str, ...] = ()
-    """Claimed reading ids whose rows no longer make a valid reading: assigned, but the hooks did not see them."""
+    """Claimed reading ids whose rows no longer make a valid reading: assigned, but the effects did not see them."""
     change: AssignmentChange | None = None
     """What was authorised: the device, the new patient and the displaced ones."""
 
@@ -201,20 +204,20 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
         if ids:
             observations = conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)",
                                         (patient_id, ids)).rowcount
-            queued, unpublished, unreadable = _run_hooks_on_claimed(conn, ids, late_after)
+            queued, unpublished, unreadable = _apply_effects_to_claimed(conn, ids, late_after)
     return AssignmentResult(assignment_id, len(ids), observations, closed, created, queued, unpublished, unreadable,
                             change)
 
 
-def _run_hooks_on_claimed(conn: psycopg.Connection, reading_ids: list[str], late_after: timedelta
-                          ) -> tuple[int, tuple[Notification, ...], tuple[str, ...]]:
-    """The hooks on the claimed readings, as ingest runs them on new ones; their alert messages queued."""
+def _apply_effects_to_claimed(conn: psycopg.Connection, reading_ids: list[str], late_after: timedelta
+                              ) -> tuple[int, tuple[Notification, ...], tuple[str, ...]]:
+    """The effects on the claimed readings, as ingest applies them to new ones; their alert messages queued."""
     loaded = load_stored_readings(conn, reading_ids)
     for err in loaded.unreadable:
         log.warning("assignment: %s; assigned, but not seen by the twin or the alerts", err)
     now = datetime.now(UTC)
     stored = [_late_now(item, now, late_after) for item in loaded.readings]
-    notifications = run_in_transaction_hooks(conn, stored)
+    notifications = apply_new_readings(conn, stored, now)
     outbox: list[tuple[Any, ...]] = []
     unpublished: list[Notification] = []
     for note in notifications:
@@ -297,7 +300,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="display name of a created patient")
     parser.add_argument("--unassign", action="store_true", help="close the device's assignment (at --from or now)")
     parser.add_argument("--list", action="store_true", help="list devices with unassigned readings")
+    parser.add_argument("--batch", metavar="FILE", default=None,
+                        help="assignments as JSON lines ('-': standard input), each with device_uid, patient_id"
+                             " and optionally user_index, valid_from, create_patient, name; all or none are made")
     parser.add_argument("--database-url", default=None, help="default: RPM_DATABASE_URL")
+
+
+class BatchLine(BaseModel):
+    """One line of ``rpm-cloud assign --batch``: the same fields as the command's arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_uid: str
+    patient_id: str
+    user_index: int | None = None
+    valid_from: datetime | None = None
+    create_patient: bool = False
+    name: str | None = None
+
+
+def read_batch(lines: Iterable[str]) -> list[BatchLine]:
+    """The batch's assignments, every line checked before anything is changed (blank lines skipped)."""
+    batch: list[BatchLine] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            batch.append(BatchLine.model_validate_json(line))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "line"
+            raise AssignmentError(f"line {number}: {where}: {first['msg']}") from None
+    return batch
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -306,10 +340,52 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def _assign_as_operator(conn: psycopg.Connection, line: BatchLine) -> list[str]:
+    """One operator assignment, made and audited; returns what to tell the operator."""
+    result = assign_device(conn, line.device_uid, line.patient_id, user_index=line.user_index,
+                           valid_from=_aware(line.valid_from), create_patient=line.create_patient,
+                           display_name=line.name, created_by="rpm-cloud assign")
+    if result.change is not None:
+        audit_operator_change(conn, "rpm-cloud assign", result.change)
+    if not result.created:
+        return [f"{line.device_uid} (user {line.user_index}) is already assigned to {line.patient_id} from then;"
+                f" backfilled {result.readings_backfilled} reading(s)"]
+    return [f"assigned {line.device_uid} (user {line.user_index}) to {line.patient_id}; backfilled "
+            f"{result.readings_backfilled} reading(s), {result.observations_backfilled} observation(s); "
+            f"{result.alerts_queued} alert message(s) queued"] + [
+        f"warning: reading {reading_id} was assigned but its stored row is not a valid reading;"
+        " the twin and the alerts did not see it" for reading_id in result.unreadable]
+
+
+def _read_batch_file(name: str) -> list[BatchLine]:
+    if name == "-":
+        return read_batch(sys.stdin)
+    try:
+        with open(name, encoding="utf-8") as stream:
+            return read_batch(stream)
+    except OSError as err:
+        raise AssignmentError(f"cannot read {name}: {err.strerror}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     url = args.database_url or get_settings().database_url
     try:
+        if args.batch is not None and (args.device_uid or args.unassign or args.list):
+            print("error: --batch takes its assignments from FILE only")
+            return 2
+        batch = _read_batch_file(args.batch) if args.batch is not None else None
         with psycopg.connect(url) as conn:
+            if batch is not None:
+                # One transaction (each assignment a savepoint in it): one that fails leaves all unmade.
+                said: list[str] = []
+                with conn.transaction():
+                    for number, line in enumerate(batch, 1):
+                        try:
+                            said += _assign_as_operator(conn, line)
+                        except AssignmentError as err:
+                            raise AssignmentError(f"assignment {number} ({line.device_uid}): {err}") from None
+                print("\n".join([*said, f"{len(batch)} assignment(s) made"]))
+                return 0
             if args.list:
                 for row in list_unassigned(conn):
                     print(f"{row['device_uid']}\tuser={row['user_index']}\t{row['profile']}\t{row['readings']} "
@@ -317,7 +393,7 @@ def main(args: argparse.Namespace) -> int:
                           f"{row['last_measured_at']:%Y-%m-%d %H:%M}\tvia {row['gateway_id']}")
                 return 0
             if not args.device_uid or (not args.unassign and not args.patient_id):
-                print("error: give DEVICE_UID PATIENT_ID, or DEVICE_UID --unassign, or --list")
+                print("error: give DEVICE_UID PATIENT_ID, or DEVICE_UID --unassign, or --list, or --batch FILE")
                 return 2
             if args.unassign:
                 changes: list[AssignmentChange] = []
@@ -326,21 +402,9 @@ def main(args: argparse.Namespace) -> int:
                 audit_operator_change(conn, "rpm-cloud assign --unassign", changes[0])
                 print(f"closed {closed} assignment(s) of {args.device_uid}")
                 return 0
-            result = assign_device(conn, args.device_uid, args.patient_id, user_index=args.user_index,
-                                   valid_from=_aware(args.valid_from), create_patient=args.create_patient,
-                                   display_name=args.name, created_by="rpm-cloud assign")
-            if result.change is not None:
-                audit_operator_change(conn, "rpm-cloud assign", result.change)
-            if not result.created:
-                print(f"{args.device_uid} (user {args.user_index}) is already assigned to {args.patient_id} from then;"
-                      f" backfilled {result.readings_backfilled} reading(s)")
-                return 0
-            print(f"assigned {args.device_uid} (user {args.user_index}) to {args.patient_id}; backfilled "
-                  f"{result.readings_backfilled} reading(s), {result.observations_backfilled} observation(s); "
-                  f"{result.alerts_queued} alert message(s) queued")
-            for reading_id in result.unreadable:
-                print(f"warning: reading {reading_id} was assigned but its stored row is not a valid reading;"
-                      " the twin and the alerts did not see it")
+            print("\n".join(_assign_as_operator(conn, BatchLine(
+                device_uid=args.device_uid, patient_id=args.patient_id, user_index=args.user_index,
+                valid_from=args.valid_from, create_patient=args.create_patient, name=args.name))))
             return 0
     except AssignmentError as err:
         print(f"error: {err}")

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cloud.errors import CloudError
 from cloud.settings import get_settings
 
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")  # gateway.contract.Identifier
 REASON_MAX = 500
 
 
-class BindingError(Exception):
+class BindingError(CloudError):
     """A rebind that cannot be made (bad gateway id, no reason)."""
 
 

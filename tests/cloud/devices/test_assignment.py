@@ -5,12 +5,20 @@ which patient a reading belongs to, unassigning queues again."""
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
-from cloud.db.assign import AssignmentError, add_arguments, assign_device, list_unassigned, main, unassign_device
+from cloud.devices.assignment import (
+    AssignmentError,
+    add_arguments,
+    assign_device,
+    list_unassigned,
+    main,
+    unassign_device,
+)
 from cloud.ingest.validation import ValidatedBatch
 from cloud.ingest.writer import BatchWriter
 from gateway.contract import Reading, compute_reading_id
@@ -109,3 +117,35 @@ def test_cli_refuses_an_unknown_patient_and_creates_one_when_asked(fresh_databas
                            ).fetchone()
     assert row == ("pat-cli", datetime(2026, 5, 1, tzinfo=UTC))
     assert main(parser.parse_args(["--list", "--database-url", fresh_database_url])) == 0
+
+
+def test_cli_batch_makes_every_assignment_or_none(fresh_database_url: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    good = [{"device_uid": f"ble:batch:{i}", "patient_id": f"pat-batch-{i}", "valid_from": "2026-05-01T00:00:00",
+             "create_patient": True, "name": f"Batch {i}"} for i in range(2)]
+    refused = tmp_path / "refused.jsonl"
+    refused.write_text("\n".join(json.dumps(line) for line in
+                                 [*good, {"device_uid": "ble:batch:x", "patient_id": "pat-nobody"}]) + "\n")
+    assert main(parser.parse_args(["--batch", str(refused), "--database-url", fresh_database_url])) == 2
+    assert "assignment 3 (ble:batch:x): no patient 'pat-nobody'" in capsys.readouterr().out
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"device_uid": "ble:batch:y"}\n')
+    assert main(parser.parse_args(["--batch", str(malformed), "--database-url", fresh_database_url])) == 2
+    assert "line 1: patient_id" in capsys.readouterr().out
+
+    def assigned() -> list[tuple[str, str, datetime]]:
+        with psycopg.connect(fresh_database_url) as conn:
+            return conn.execute("SELECT device_uid, patient_id, valid_from FROM device_assignments"
+                                " WHERE device_uid LIKE 'ble:batch:%%' ORDER BY 1").fetchall()
+
+    assert assigned() == [], "a failing line leaves the whole batch unmade"
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(line) for line in good) + "\n\n")
+    assert main(parser.parse_args(["--batch", str(batch), "--database-url", fresh_database_url])) == 0
+    assert "2 assignment(s) made" in capsys.readouterr().out
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    assert assigned() == [("ble:batch:0", "pat-batch-0", start), ("ble:batch:1", "pat-batch-1", start)]
+    with psycopg.connect(fresh_database_url) as conn:
+        audited = conn.execute("SELECT count(*) FROM audit_log WHERE action = 'rpm-cloud assign'").fetchone()
+    assert audited == (2,)
