@@ -8,7 +8,7 @@ fresh deterministic id and times by string substitution, so the generator is not
 ``received_at`` carries the publish instant: the cloud stores it beside its own ``stored_at``
 (commit time), which is where the publish→commit latency comes from. Ingest must be running.
 
-Each simulated gateway delivers like ``gateway/uplink.py``, so the report measures loss under broker,
+Each simulated gateway delivers like ``gateway/store/uplink.py``, so the report measures loss under broker,
 ingest and database faults rather than the generator's own:
 
 - a persistent MQTT v5 session (``clean_start`` on the first connect only, a session expiry), so the

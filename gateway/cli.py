@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "decode":
-        from gateway.decode import run as run_decode
+        from gateway.readings.decode import run as run_decode
 
         return run_decode(args.profile, " ".join(args.hex), args.model)
     try:
@@ -67,11 +67,11 @@ def _command(args: argparse.Namespace) -> int:
         print(f"error: config: {_one_line(err)}", file=sys.stderr)
         return 2
     if args.command == "scan":
-        from gateway.scan import run_scan
+        from gateway.discovery.scan import run_scan
 
         return run_scan(config, args.seconds)
     if args.command == "pair":
-        from gateway.scan import run_pair
+        from gateway.discovery.scan import run_pair
 
         return run_pair(config, args.seconds)
     from gateway.runtime import run_gateway

@@ -23,12 +23,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.ble_config import BleConfig
 from gateway.contract import Identifier
+from gateway.discovery.ble_config import BleConfig
+from gateway.discovery.usb_config import UsbConfig
 from gateway.errors import GatewayError
 from gateway.mqtt.backoff import ExponentialBackoff
 from gateway.mqtt.broker import TlsOptions
-from gateway.usb_config import UsbConfig
 
 
 class ConfigError(GatewayError):
@@ -196,7 +196,7 @@ def _describe(err: ValidationError) -> str:
 
 def _check_devices(config: GatewayConfig) -> list[str]:
     """Device tables the file names: every profile has a driver, every USB entry can match a port."""
-    from gateway.usb_devices import DRIVERS, SUPPORTED_DEVICES
+    from gateway.discovery.usb_devices import DRIVERS, SUPPORTED_DEVICES
 
     problems = []
     usb_profiles = sorted({*DRIVERS, *(d.profile for d in SUPPORTED_DEVICES)})

@@ -10,10 +10,10 @@ Everything above them imports it from here. The families, each defined where it 
   no reading, unknown model or profile);
 - device sessions: ``gateway.drivers.base.DriverError`` (timeout, disconnected, connect, serial open,
   protocol, RACP, ANT+ configuration);
-- configuration: ``gateway.config.ConfigError``, ``gateway.ble_config.BackendLoadError``,
-  ``gateway.usb_devices.UnknownDeviceProfileError``, ``gateway.runtime.DriverLoadError``;
-- store and forward: ``gateway.outbox.OutboxError``, ``gateway.storage.StorageError``,
-  ``gateway.uplink.UplinkError``, ``gateway.runtime.GatewayFailed``;
+- configuration: ``gateway.config.ConfigError``, ``gateway.discovery.ble_config.BackendLoadError``,
+  ``gateway.discovery.usb_devices.UnknownDeviceProfileError``, ``gateway.runtime.DriverLoadError``;
+- store and forward: ``gateway.store.outbox.OutboxError``, ``gateway.store.disk.StorageError``,
+  ``gateway.store.uplink.UplinkError``, ``gateway.runtime.GatewayFailed``;
 - the MQTT adapter (shared with the cloud): ``gateway.mqtt.broker.MqttSetupError``.
 
 The metric catalogue's ``UnknownUnitError`` stays a plain ``ValueError``: the catalogue imports the

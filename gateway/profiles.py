@@ -3,7 +3,7 @@
 A :class:`DeviceProfile` names the transport, how discovery recognises the device (the BLE service
 it advertises, or the USB products: ids, product-string pattern, line settings), the codec entries
 ``rpm-gateway decode`` offers for its frames, and the driver that runs a session with it. BLE
-discovery, the USB device table (:mod:`gateway.usb_devices`), ``rpm-gateway scan`` and
+discovery, the USB device table (:mod:`gateway.discovery.usb_devices`), ``rpm-gateway scan`` and
 ``rpm-gateway decode`` all read this table, by plain imports; what differs between devices is an
 option here, never a comparison with a profile name somewhere else.
 """

@@ -39,22 +39,28 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.acked_positions import AckedPositions
-from gateway.ble_config import NAMED_BACKENDS, BackendLoadError, BleakBackends, named_backends, normalise_address
 from gateway.config import ConfigError, GatewayConfig, MqttConfig
 from gateway.contract import GatewayStatus, Reading
+from gateway.discovery.ble_config import (
+    NAMED_BACKENDS,
+    BackendLoadError,
+    BleakBackends,
+    named_backends,
+    normalise_address,
+)
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, SerialSession, gateway_now
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.errors import GatewayError
-from gateway.intake import RecordIntake, RecordOutcome
-from gateway.log_repeats import install as install_repeat_filter
-from gateway.logging_setup import configure_logging
 from gateway.mqtt.backoff import ExponentialBackoff
-from gateway.outbox import Outbox, OutboxError
-from gateway.outbox_salvage import SalvageReport
-from gateway.status import StatusBoard
-from gateway.storage import StorageError, check_data_dir, describe
-from gateway.uplink import Uplink, UplinkError, parse_broker_url
+from gateway.ops.log_repeats import install as install_repeat_filter
+from gateway.ops.logging_setup import configure_logging
+from gateway.ops.status import StatusBoard
+from gateway.readings.intake import RecordIntake, RecordOutcome
+from gateway.store.acked_positions import AckedPositions
+from gateway.store.disk import StorageError, check_data_dir, describe
+from gateway.store.outbox import Outbox, OutboxError
+from gateway.store.salvage import SalvageReport
+from gateway.store.uplink import Uplink, UplinkError, parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +170,7 @@ class Gateway:
                    position: int | None = None) -> RecordOutcome:
         """The :class:`~gateway.drivers.base.MeasurementSink` drivers call; returns once durable.
 
-        A record that cannot become a reading is quarantined (:mod:`gateway.intake`) and this returns
+        A record that cannot become a reading is quarantined (:mod:`gateway.readings.intake`) and this returns
         normally, so the driver moves past it; the status counts it under the device. ``position``: the
         record's place in the device's order where the reading carries no sequence number (a TaiDoc
         meter's record count), so the device resumes from what the cloud acknowledged."""
@@ -313,7 +319,7 @@ class Gateway:
         log.warning("%s", self.storage_notice)
 
     def _start_metrics(self, port: int) -> None:
-        from gateway.prometheus import GatewayCollector, MetricsEndpoint
+        from gateway.ops.prometheus import GatewayCollector, MetricsEndpoint
 
         assert self.outbox is not None and self.board is not None
         board = self.board
@@ -357,8 +363,8 @@ class Gateway:
 
     def _make_ble_manager(self) -> Any:
         assert self.board is not None
-        from gateway.ble_discovery import BleManager
-        from gateway.enrolment import EnrolmentStore
+        from gateway.discovery.ble import BleManager
+        from gateway.discovery.enrolment import EnrolmentStore
 
         backends = load_bleak_backends(self.config.ble.backend)
         enrolment = EnrolmentStore.for_config(self.config)
@@ -368,7 +374,7 @@ class Gateway:
 
     def _make_usb_manager(self) -> Any:
         assert self.board is not None
-        from gateway.usb_discovery import UsbManager
+        from gateway.discovery.usb import UsbManager
 
         return UsbManager(self.config.usb, self.sink, self.device_state, load_driver=load_serial_driver,
                           on_status=self.board.device_update, local_tz=self._tz)

@@ -4,7 +4,7 @@ Connect with a timeout and retries (exponential backoff with jitter), put a time
 operation, read Device Information and Battery Level, compare the device clock with the gateway's
 through the Current Time Service and set it. The bleak backend is injectable (bleak's own
 ``backend=``), so the same code runs on BlueZ and on the simulator. Drivers build on this; they
-never scan (discovery is one component, ``gateway.ble_discovery``).
+never scan (discovery is one component, ``gateway.discovery.ble``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ BATTERY_LEVEL = uuid16(0x2A19)
 CURRENT_TIME = uuid16(0x2A2B)
 
 # Device clocks before this are unset (meters reset to 2000-01-01 or their firmware date); the same
-# threshold gateway.normalise uses for record times.
+# threshold gateway.readings.normalise uses for record times.
 EARLIEST_PLAUSIBLE = datetime(2010, 1, 1)
 # CTS adjust reason bit 0: manual time update (the gateway sets it, no reference source claimed).
 ADJUST_REASON_MANUAL = 0x01

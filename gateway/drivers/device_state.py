@@ -12,7 +12,7 @@ cloud acknowledged, never past a record stored locally and not yet acknowledged 
 the device's memory is the second copy until the cloud's ack). A reading the outbox loses before its
 ack (a cap, a damaged file, a torn write) is then read from the device again. The acked position
 survives a damaged outbox, so a salvage falls back to it rather than to the start. The acked position
-follows the cloud's acks through :class:`gateway.acked_positions.AckedPositions` (gateway core: it
+follows the cloud's acks through :class:`gateway.store.acked_positions.AckedPositions` (gateway core: it
 listens to the outbox); this store, which drivers use, knows nothing of the outbox.
 """
 

@@ -4,7 +4,7 @@ BLE Device Information strings are ``utf8s`` (GATT Specification Supplement) and
 whatever the firmware writes; in practice they come NUL-padded, NUL-terminated with garbage after
 it, with invalid UTF-8, control characters, or far too long. Such a string must never cost a reading
 (PostgreSQL refuses a NUL in text; a control character corrupts a CSV or a log line), so every driver
-that reads one passes it through :func:`clean_device_string`, and :func:`gateway.normalise.to_reading`
+that reads one passes it through :func:`clean_device_string`, and :func:`gateway.readings.normalise.to_reading`
 does once more for strings that came from elsewhere (USB descriptors). The cloud checks again.
 """
 

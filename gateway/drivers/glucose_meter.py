@@ -12,7 +12,7 @@ Two positions per meter, both in the durable ``DeviceStateStore``. The *download
 in the outbox, or the record is in the device quarantine because it could not become one); it is
 advanced only after the sink returned, and it is what the numbering checks compare against. The
 *acked position* (:data:`ACKED_SEQUENCE_KEY`) follows the cloud's acks
-(:class:`~gateway.acked_positions.AckedPositions`, wired by the runtime): the meter's memory stays the
+(:class:`~gateway.store.acked_positions.AckedPositions`, wired by the runtime): the meter's memory stays the
 backup until the cloud holds a record, so a session asks for records after the acked position, and a
 reading the outbox lost before its ack (a cap, a damaged file, a torn write) is read again. Records
 re-read that are still in the outbox are known to the intake and not sent again. Where no acks are

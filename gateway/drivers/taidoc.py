@@ -17,7 +17,7 @@ Under the gateway's runtime (``state.follows_acks``) a session resumes from the 
 record the *cloud* acknowledged, not of the last one stored: each committed record gets a position (the
 gateway's count of this device's records, :data:`RECORD_ORDINAL_KEY`), its anchor is kept as that
 position's mark, and the acked position follows the cloud's acks
-(:class:`~gateway.acked_positions.AckedPositions`). A reading the outbox lost before its ack (a cap, a
+(:class:`~gateway.store.acked_positions.AckedPositions`). A reading the outbox lost before its ack (a cap, a
 damaged file) is then read from the meter again. Where it is not found there
 (memory full and wrapped, or cleared), the driver scans from the newest record down until it meets the
 anchor; where it never does, the memory was cleared (or replaced) and every record on it is new. A

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import MqttConfig
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.store.outbox import Outbox
+from gateway.store.uplink import Uplink
 from tests.gateway.mqtt_acker import TestAcker
 from tests.gateway.process_harness import Ingest
 from tests.gateway.reading_factory import bp_reading

@@ -11,7 +11,7 @@ from firmware_sims.ble.air import AIR, SCENARIO_ENV
 from gateway.codecs.common import Measurement
 from gateway.contract import Reading
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, UnreadableRecord
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reading_factory import bp_measurement, cuff
 
 from gateway.config import load_config
-from gateway.logging_setup import configure_logging
+from gateway.ops.logging_setup import configure_logging
 from gateway.runtime import Gateway
 
 

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reading_factory import bp_reading
 
-from gateway.outbox import Outbox
+from gateway.store.outbox import Outbox
 
 
 def main() -> None:

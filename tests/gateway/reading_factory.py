@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import Reading
 from gateway.drivers.base import DeviceInfo
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 BASE_TIME = datetime(2026, 3, 1, 8, 0, 0)
 

@@ -26,11 +26,11 @@ from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
 from firmware_sims.serial.taidoc import BpRecord as TaidocBp
 from firmware_sims.serial.taidoc import PtyTaidoc, TaidocMeter
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.codecs.taidoc import Command
 from gateway.config import GatewayConfig, parse_config
 from gateway.contract import compute_reading_id
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers import glucose_meter
 from gateway.drivers.base import DeviceInfo, SessionResult
 from gateway.drivers.device_state import ACKED_SEQUENCE_KEY, RECORD_ORDINAL_KEY, SEQUENCE_CURSOR_KEY

@@ -14,11 +14,11 @@ import pytest
 from firmware_sims.ble.air import AIR
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, GlucoseMeter, GlucoseRecord, WeightScale
-from gateway.ble_config import BleConfig, EnrolledBleDevice
-from gateway.ble_discovery import BleManager, ble_candidates
 from gateway.config import parse_config
+from gateway.discovery.ble import BleManager, ble_candidates
+from gateway.discovery.ble_config import BleConfig, EnrolledBleDevice
+from gateway.discovery.enrolment import EnrolmentStore
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.enrolment import EnrolmentStore
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

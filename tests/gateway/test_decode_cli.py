@@ -1,6 +1,6 @@
 """``rpm-gateway decode --profile PROFILE HEX`` as specs/metrics.md fixes it: one JSON object on stdout
 and exit 0, or exit 2 and one line on stderr, never a traceback. Run as a real subprocess for the
-process-level contract; the many frame cases go through ``gateway.decode.run`` in-process."""
+process-level contract; the many frame cases go through ``gateway.readings.decode.run`` in-process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.decode import PROFILES, run
+from gateway.readings.decode import PROFILES, run
 
 pytestmark = pytest.mark.unit
 

@@ -34,10 +34,10 @@ from firmware_sims.ble.peripherals import (
 from firmware_sims.serial import taidoc as taidoc_sim
 from firmware_sims.serial.astm_meter import GlucoseMeter as AstmMeter
 from firmware_sims.serial.astm_meter import GlucoseResult, PtyAstmMeter
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.config import GatewayConfig, parse_config
 from gateway.contract import DeviceStatus, Reading
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY
 from gateway.runtime import Gateway

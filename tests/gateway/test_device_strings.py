@@ -18,15 +18,15 @@ from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import MODEL_NUMBER, SERIAL_NUMBER, Service
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord
 from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.contract import Reading
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import DeviceInfo
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import MAX_DEVICE_STRING, clean_device_string
-from gateway.intake import RecordIntake
-from gateway.outbox import Outbox
+from gateway.readings.intake import RecordIntake
+from gateway.store.outbox import Outbox
 from tests.gateway.ble_support import empty_air  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.unit

@@ -14,11 +14,11 @@ import pytest
 from firmware_sims.ble.air import AIR, SCENARIO_ENV
 from firmware_sims.ble.cli import example_scenario
 from firmware_sims.ble.peripherals import BloodPressureCuff, GlucoseMeter, HeartRateStrap, WeightScale
-from gateway.ble_config import BleConfig, EnrolledBleDevice
-from gateway.ble_discovery import pair_window
 from gateway.config import parse_config
-from gateway.enrolment import EnrolmentStore
-from gateway.scan import run_pair
+from gateway.discovery.ble import pair_window
+from gateway.discovery.ble_config import BleConfig, EnrolledBleDevice
+from gateway.discovery.enrolment import EnrolmentStore
+from gateway.discovery.scan import run_pair
 from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

@@ -40,7 +40,7 @@ def defined_exceptions(package: str) -> dict[str, type[BaseException]]:
 
 def test_every_gateway_error_derives_from_the_root() -> None:
     errors = defined_exceptions("gateway")
-    assert "gateway.codecs.common.DecodeError" in errors and "gateway.outbox.OutboxError" in errors
+    assert "gateway.codecs.common.DecodeError" in errors and "gateway.store.outbox.OutboxError" in errors
     strays = sorted(name for name, cls in errors.items() if not issubclass(cls, GatewayError) and name not in OUTSIDE)
     assert not strays, strays
 
@@ -51,6 +51,6 @@ def test_an_unhandled_gateway_error_is_one_line(
     def scan(config: object, seconds: float) -> int:
         raise DeviceTimeoutError("cuff did not answer\nwithin 10 s")
 
-    monkeypatch.setattr("gateway.scan.run_scan", scan)
+    monkeypatch.setattr("gateway.discovery.scan.run_scan", scan)
     assert rpm_gateway(["scan", "--seconds", "0"]) == 1
     assert capsys.readouterr().err == "error: cuff did not answer within 10 s\n"

@@ -3,7 +3,7 @@ the outbox or the record in the device quarantine, never an exception that would
 
 Frames are built around each profile's layout (flags over every combination, extreme values, dates
 from year 0 to 9999, NaN and infinity in text formats) so most of them decode; they then go through
-:class:`gateway.intake.RecordIntake` into a real SQLite outbox, with device clocks and gateway time
+:class:`gateway.readings.intake.RecordIntake` into a real SQLite outbox, with device clocks and gateway time
 zones chosen to make the time arithmetic overflow where it can (a year-1 date east of UTC).
 """
 
@@ -28,11 +28,11 @@ from firmware_sims.serial import taidoc as taidoc_sim
 from firmware_sims.serial.ad_scale import format_line
 from firmware_sims.serial.ant_stick import message as ant_message
 from gateway.codecs.common import DecodeError, Measurement
-from gateway.decode import MODEL_PROFILES, PROFILES, decoder_for
 from gateway.drivers.base import ClockCheck, DeviceInfo, UnreadableRecord
-from gateway.intake import RecordIntake, RecordOutcome
-from gateway.normalise import to_reading
-from gateway.outbox import Outbox
+from gateway.readings.decode import MODEL_PROFILES, PROFILES, decoder_for
+from gateway.readings.intake import RecordIntake, RecordOutcome
+from gateway.readings.normalise import to_reading
+from gateway.store.outbox import Outbox
 
 pytestmark = pytest.mark.unit
 

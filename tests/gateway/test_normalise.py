@@ -11,7 +11,7 @@ from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import ClockJudgement
 from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.metrics import KG_PER_LB, MMHG_PER_KPA
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 
@@ -102,7 +102,7 @@ def test_a_correction_that_leaves_the_calendar_or_the_plausible_range_uses_the_g
     from datetime import UTC, datetime
 
     from gateway.drivers.base import ClockCheck
-    from gateway.normalise import judge_time
+    from gateway.readings.normalise import judge_time
 
     received = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     # The device clock reads year 9999 at connect: an old record "corrected" by that offset overflows.

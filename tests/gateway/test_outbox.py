@@ -16,8 +16,8 @@ import pytest
 from gateway.codecs.common import Measurement, Quantity
 from gateway.contract import Ack, Rejection
 from gateway.drivers.base import DeviceInfo
-from gateway.normalise import to_reading
-from gateway.outbox import Outbox, OutboxFullError, QuarantinedRecord, kept_by_device
+from gateway.readings.normalise import to_reading
+from gateway.store.outbox import Outbox, OutboxFullError, QuarantinedRecord, kept_by_device
 from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.unit
@@ -95,7 +95,7 @@ def test_rejected_reading_is_quarantined_with_reason_and_never_sent_again(outbox
 
 def test_drop_oldest_keeps_the_newest_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(tmp_path / "o.sqlite", max_readings=3, when_full="drop_oldest")
-    with caplog.at_level(logging.WARNING, logger="gateway.outbox"):
+    with caplog.at_level(logging.WARNING, logger="gateway.store.outbox"):
         for i in range(5):
             box.put(bp_reading(i))
     assert box.ids() == [bp_reading(i).id for i in (2, 3, 4)]
@@ -110,7 +110,7 @@ def test_refuse_new_keeps_the_backlog_and_raises(tmp_path: Path, caplog: pytest.
     box = Outbox(tmp_path / "o.sqlite", max_readings=2, when_full="refuse_new")
     box.put(bp_reading(0))
     box.put(bp_reading(1))
-    with caplog.at_level(logging.WARNING, logger="gateway.outbox"), pytest.raises(OutboxFullError):
+    with caplog.at_level(logging.WARNING, logger="gateway.store.outbox"), pytest.raises(OutboxFullError):
         box.put(bp_reading(2))
     assert box.ids() == [bp_reading(0).id, bp_reading(1).id]
     assert box.put(bp_reading(1)) is False  # a duplicate is not refused: it needs no room

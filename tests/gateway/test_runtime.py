@@ -157,7 +157,7 @@ def test_device_managers_get_the_sink_and_report_status(tmp_path, mqtt_broker, a
             self.on_status("usb:0403:6001:S1", profile="serial.taidoc", battery=80)
             await asyncio.Event().wait()
 
-    monkeypatch.setitem(sys.modules, "gateway.usb_discovery", types.SimpleNamespace(UsbManager=StandInUsbManager))
+    monkeypatch.setitem(sys.modules, "gateway.discovery.usb", types.SimpleNamespace(UsbManager=StandInUsbManager))
     config = gateway_config(tmp_path, mqtt_broker.url, unique_id, usb={"enabled": True})
 
     async def scenario() -> None:
@@ -252,7 +252,7 @@ def test_json_logs_carry_level_logger_message_and_extra_fields() -> None:
     import logging
 
     from gateway.config import LogConfig
-    from gateway.logging_setup import configure_logging
+    from gateway.ops.logging_setup import configure_logging
 
     stream = io.StringIO()
     old_level = logging.getLogger().level

@@ -17,8 +17,8 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.drivers.device_state import POSITION_KEYS, DeviceStateStore
-from gateway.outbox import Outbox
 from gateway.runtime import Gateway
+from gateway.store.outbox import Outbox
 from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.unit

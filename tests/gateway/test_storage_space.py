@@ -17,9 +17,9 @@ import pytest
 from gateway.contract import Ack, Reading
 from gateway.drivers.base import DeviceInfo
 from gateway.drivers.heart_rate_window import aggregate
-from gateway.normalise import to_reading
-from gateway.outbox import Outbox, OutboxFullError, kept_by_device
-from gateway.storage import classify, free_bytes
+from gateway.readings.normalise import to_reading
+from gateway.store.disk import classify, free_bytes
+from gateway.store.outbox import Outbox, OutboxFullError, kept_by_device
 from tests.gateway.reading_factory import bp_reading
 
 pytestmark = pytest.mark.integration

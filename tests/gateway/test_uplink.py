@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import MqttConfig
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink, parse_broker_url
+from gateway.store.outbox import Outbox
+from gateway.store.uplink import Uplink, parse_broker_url
 from tests.gateway.mqtt_acker import TestAcker
 from tests.gateway.private_broker import PrivateMosquitto
 from tests.gateway.reading_factory import bp_reading
@@ -246,7 +246,7 @@ def test_refused_credentials_are_a_clear_error_and_retried_with_backoff(
             assert await right.wait_connected(10)
 
     try:
-        with caplog.at_level(logging.INFO, logger="gateway.uplink"):
+        with caplog.at_level(logging.INFO, logger="gateway.store.uplink"):
             asyncio.run(scenario())
     finally:
         broker.stop()

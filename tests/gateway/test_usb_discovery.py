@@ -12,13 +12,13 @@ import pytest
 from firmware_sims.serial.ad_scale import PtyScale, Weighing
 from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
 from gateway.codecs.common import Measurement
+from gateway.discovery.usb import UsbManager, usb_candidates
+from gateway.discovery.usb_config import UsbConfig
+from gateway.discovery.usb_devices import SUPPORTED_DEVICES, PortFacts, device_table, match_port, udev_rules
 from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.normalise import to_reading
 from gateway.profiles import USB_PROFILES
-from gateway.usb_config import UsbConfig
-from gateway.usb_devices import SUPPORTED_DEVICES, PortFacts, device_table, match_port, udev_rules
-from gateway.usb_discovery import UsbManager, usb_candidates
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 
@@ -201,7 +201,7 @@ def test_scan_lists_usb_candidates(tmp_path) -> None:
 
 
 def test_udev_rules_are_generated_from_the_table() -> None:
-    assert UDEV_FILE.read_text() == udev_rules(), "regenerate: python -m gateway.usb_devices --udev"
+    assert UDEV_FILE.read_text() == udev_rules(), "regenerate: python -m gateway.discovery.usb_devices --udev"
     for device in SUPPORTED_DEVICES:
         if device.vid is not None:
             assert f'ATTRS{{idVendor}}=="{device.vid:04x}"' in UDEV_FILE.read_text()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.codecs.ad_scale import decode_line_reading, parse_line
 from gateway.codecs.common import DecodeError, InvalidFieldError, NoReadingError
-from gateway.decode import decode_to_json, run
+from gateway.readings.decode import decode_to_json, run
 
 pytestmark = pytest.mark.unit
 

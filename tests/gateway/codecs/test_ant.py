@@ -24,7 +24,7 @@ from gateway.codecs.ant import (
     parse_message,
 )
 from gateway.codecs.common import ChecksumError, DecodeError, NoReadingError, TruncatedError
-from gateway.decode import decode_to_json, run
+from gateway.readings.decode import decode_to_json, run
 
 pytestmark = pytest.mark.unit
 

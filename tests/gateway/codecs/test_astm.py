@@ -24,7 +24,7 @@ from gateway.codecs.astm import (
     parse_record,
 )
 from gateway.codecs.common import ChecksumError, DecodeError, InvalidFieldError, NoReadingError
-from gateway.decode import decode_to_json, run
+from gateway.readings.decode import decode_to_json, run
 
 pytestmark = pytest.mark.unit
 

@@ -24,8 +24,8 @@ from gateway.codecs.pulse_oximeter import (
     decode_spot_check,
     status_flags,
 )
-from gateway.decode import decode_to_json
 from gateway.metrics import FLAGS, PULSE_OXIMETRY_FLAGS
+from gateway.readings.decode import decode_to_json
 
 pytestmark = pytest.mark.unit
 

@@ -25,7 +25,7 @@ from gateway.codecs import (
 )
 from gateway.codecs.common import DecodeError
 from gateway.codecs.ieee11073 import decode_date_time, decode_float, decode_sfloat
-from gateway.decode import decode_to_json
+from gateway.readings.decode import decode_to_json
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from gateway.codecs import taidoc
 from gateway.codecs.common import ChecksumError, DecodeError, InvalidFieldError, NoReadingError, TruncatedError
-from gateway.decode import decode_to_json, run
+from gateway.readings.decode import decode_to_json, run
 
 pytestmark = pytest.mark.unit
 

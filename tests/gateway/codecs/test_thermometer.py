@@ -22,8 +22,8 @@ from gateway.codecs.thermometer import (
     decode_temperature_type,
     with_temperature_type,
 )
-from gateway.decode import decode_to_json
-from gateway.normalise import canonical_values
+from gateway.readings.decode import decode_to_json
+from gateway.readings.normalise import canonical_values
 
 pytestmark = pytest.mark.unit
 

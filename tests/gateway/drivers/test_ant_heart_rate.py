@@ -20,7 +20,7 @@ from gateway.drivers.base import (
     UnreadableRecord,
 )
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo, DeviceRecord, UnreadableRecord
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError, usb_uid
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 

@@ -14,13 +14,13 @@ import pytest
 from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import BleManager, run_device_session
 from gateway.codecs.common import Measurement
+from gateway.discovery.ble import BleManager, run_device_session
+from gateway.discovery.ble_config import BleConfig
+from gateway.discovery.enrolment import EnrolmentStore
 from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.enrolment import EnrolmentStore
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.bench

@@ -13,9 +13,9 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, WeightRecord, WeightScale
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.contract import ClockJudgement
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.metrics import KG_PER_LB, MMHG_PER_KPA
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)

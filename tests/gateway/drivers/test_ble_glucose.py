@@ -13,9 +13,9 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import GlucoseMeter, GlucoseRecord
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.codecs.glucose import MEALS as MEAL_NAMES
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.glucose_meter import LAST_SEQUENCE_KEY, SequenceRestartedError

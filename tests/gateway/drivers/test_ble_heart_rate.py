@@ -13,8 +13,8 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Faults
 from firmware_sims.ble.peripherals import HeartRateStrap
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.device_state import DeviceStateStore
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 

@@ -20,13 +20,13 @@ from firmware_sims.ble.oximeter import (
     device_sensor_status,
     measurement_status,
 )
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
 from gateway.contract import Reading
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.base import DeviceDisconnectedError
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.intake import RecordIntake, RecordOutcome
-from gateway.outbox import Outbox
+from gateway.readings.intake import RecordIntake, RecordOutcome
+from gateway.store.outbox import Outbox
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

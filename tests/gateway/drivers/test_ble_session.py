@@ -12,7 +12,7 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import ATT_READ_NOT_PERMITTED, Faults, GattError
 from firmware_sims.ble.peripherals import BloodPressureCuff, HeartRateStrap
-from gateway.ble_config import BackendLoadError
+from gateway.discovery.ble_config import BackendLoadError
 from gateway.drivers.base import DeviceDisconnectedError, DeviceTimeoutError
 from gateway.drivers.ble_session import (
     BATTERY_LEVEL,

@@ -14,11 +14,11 @@ from firmware_sims.ble.air import AIR
 from firmware_sims.ble.backend import SimBleakClient
 from firmware_sims.ble.gatt import Service
 from firmware_sims.ble.thermometer import SITES, TEMPERATURE_TYPE, TemperatureRecord, Thermometer
-from gateway.ble_config import BleConfig
-from gateway.ble_discovery import run_device_session
+from gateway.discovery.ble import run_device_session
+from gateway.discovery.ble_config import BleConfig
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.intake import RecordIntake
-from gateway.outbox import Outbox
+from gateway.readings.intake import RecordIntake
+from gateway.store.outbox import Outbox
 from tests.gateway.ble_support import RecordingSink, empty_air  # noqa: F401 (empty_air is an autouse fixture)
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ import pytest
 from gateway.codecs.common import Measurement, Quantity
 from gateway.drivers.base import DeviceInfo
 from gateway.drivers.heart_rate_window import HeartRateWindow
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 

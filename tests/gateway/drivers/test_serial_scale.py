@@ -13,7 +13,7 @@ from gateway.drivers.base import ClockCheck, DeviceDisconnectedError, DeviceInfo
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.serial_scale import SerialScaleDriver
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 

@@ -29,7 +29,7 @@ from gateway.drivers.base import (
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.serial_port import ProtocolError
 from gateway.drivers.taidoc import TaidocDriver, UnsupportedModelError
-from gateway.normalise import to_reading
+from gateway.readings.normalise import to_reading
 
 pytestmark = pytest.mark.unit
 
@@ -297,7 +297,7 @@ def test_a_record_the_outbox_refused_is_read_again_next_session(state) -> None:
 
 
 def test_the_usb_table_sends_a_cp2110_bridge_to_this_driver_at_19200_8n1() -> None:
-    from gateway.usb_devices import SUPPORTED_DEVICES, PortFacts, match_port
+    from gateway.discovery.usb_devices import SUPPORTED_DEVICES, PortFacts, match_port
 
     entry = match_port(PortFacts("/dev/ttyUSB3", vid=0x10C4, pid=0xEA80), SUPPORTED_DEVICES)
     assert entry is not None and entry.profile == "serial.taidoc"

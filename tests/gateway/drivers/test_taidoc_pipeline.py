@@ -22,9 +22,9 @@ from gateway.contract import Reading
 from gateway.drivers.base import ClockCheck, DeviceInfo
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.taidoc import TaidocDriver
-from gateway.normalise import to_reading
-from gateway.outbox import Outbox
-from gateway.uplink import Uplink
+from gateway.readings.normalise import to_reading
+from gateway.store.outbox import Outbox
+from gateway.store.uplink import Uplink
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 Ports are listed with pyserial's ``list_ports`` every ``[usb] poll_interval_s``; where ``pyudev`` is
 importable, udev's tty events wake the watcher at once instead of at the next poll. Each port is
-matched against the device table (:mod:`gateway.usb_devices`: config entries first, including fixed
+matched against the device table (:mod:`gateway.discovery.usb_devices`: config entries first, including fixed
 ``port`` paths, then the profile table's products). A matched port gets one session (the table's driver); a
 session that ends because the cable was pulled is an unplug, not an error, and the next plug-in
 starts a new session. A session that ends normally (a meter finished its upload) is not restarted
@@ -25,6 +25,8 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from gateway.codecs.common import Measurement
+from gateway.discovery.usb_config import UsbConfig
+from gateway.discovery.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
 from gateway.drivers.base import (
     ClockCheck,
     DeviceDisconnectedError,
@@ -36,10 +38,8 @@ from gateway.drivers.base import (
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import clean_device_string
 from gateway.drivers.serial_port import usb_uid
-from gateway.outbox import OutboxError
 from gateway.profiles import USB_PROFILES
-from gateway.usb_config import UsbConfig
-from gateway.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
+from gateway.store.outbox import OutboxError
 
 try:  # udev events where available (Linux with pyudev installed); polling works without
     import pyudev  # type: ignore[import-not-found]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.ble_config import EnrolledBleDevice, normalise_address
 from gateway.config import GatewayConfig
+from gateway.discovery.ble_config import EnrolledBleDevice, normalise_address
 
 STORE_FILE = "enrolment.sqlite"
 

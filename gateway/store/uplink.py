@@ -51,8 +51,8 @@ from gateway.mqtt.client import (
     connect,
     create_client,
 )
-from gateway.outbox import Outbox, OutboxBatch
-from gateway.storage import describe
+from gateway.store.disk import describe
+from gateway.store.outbox import Outbox, OutboxBatch
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from pydantic import ValidationError
 from gateway.codecs.common import Measurement
 from gateway.contract import Reading
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, UnreadableRecord, gateway_now
-from gateway.normalise import to_reading
-from gateway.outbox import Outbox, QuarantinedRecord
+from gateway.readings.normalise import to_reading
+from gateway.store.outbox import Outbox, QuarantinedRecord
 
 log = logging.getLogger(__name__)
 

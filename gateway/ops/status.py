@@ -22,8 +22,8 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.contract import DeviceStatus, GatewayStatus, now_utc
-from gateway.outbox import Outbox, OutboxError, OutboxStats
-from gateway.storage import describe
+from gateway.store.disk import describe
+from gateway.store.outbox import Outbox, OutboxError, OutboxStats
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ each drop. A full *disk* always refuses. Counters count readings, never attempts
 state (``ok``/``low``/``full``/``unwritable``) says in plain words what is wrong.
 
 A full disk must not stop the acks that free it: SQLite needs room even to delete (WAL frames, a
-checkpoint that grows the file), so a reserve file (``reserve_bytes``, :class:`gateway.storage.Reserve`)
+checkpoint that grows the file), so a reserve file (``reserve_bytes``, :class:`gateway.store.disk.Reserve`)
 is given back when an ack, a checkpoint or an in-flight mark hits ``SQLITE_FULL``, and made again
 when the disk has room. The WAL is checkpointed often (``wal_autocheckpoint``) and capped
 (``journal_size_limit``), so it stays small. A damaged file is found at open (``quick_check``),
-moved aside and salvaged (:mod:`gateway.outbox_salvage`); :attr:`Outbox.recovery` says what happened.
+moved aside and salvaged (:mod:`gateway.store.salvage`); :attr:`Outbox.recovery` says what happened.
 
 Batches are chosen for a backlog that never starves live readings: most of a batch is the oldest
 sendable readings, a share is the newest, so a reading taken now travels in the next batch even while
@@ -48,7 +48,9 @@ from typing import Literal
 
 from gateway.contract import Ack, ClockJudgement, Reading
 from gateway.errors import GatewayError
-from gateway.outbox_salvage import (
+from gateway.profiles import PROFILES
+from gateway.store.disk import Reserve, StorageError, check_file, classify, describe, free_bytes
+from gateway.store.salvage import (
     Damage,
     SalvageReport,
     integrity_problem,
@@ -57,8 +59,6 @@ from gateway.outbox_salvage import (
     salvage_sources,
     table_names,
 )
-from gateway.profiles import PROFILES
-from gateway.storage import Reserve, StorageError, check_file, classify, describe, free_bytes
 
 log = logging.getLogger(__name__)
 

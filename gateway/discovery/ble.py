@@ -24,8 +24,9 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
-from gateway.ble_config import BleakBackends, BleConfig, named_backends, normalise_address
 from gateway.codecs.common import DecodeError
+from gateway.discovery.ble_config import BleakBackends, BleConfig, named_backends, normalise_address
+from gateway.discovery.enrolment import EnrolledDevice, EnrolmentStore
 from gateway.drivers.base import (
     ClockCheck,
     DeviceInfo,
@@ -36,9 +37,8 @@ from gateway.drivers.base import (
 )
 from gateway.drivers.ble_session import BleContext, BleSession, SessionTimeouts, backoff_delay
 from gateway.drivers.device_state import DeviceStateStore
-from gateway.enrolment import EnrolledDevice, EnrolmentStore
-from gateway.outbox import OutboxError
 from gateway.profiles import BLE_PROFILES
+from gateway.store.outbox import OutboxError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import logging
 import sys
 from typing import Any
 
-from gateway.ble_config import BackendLoadError
 from gateway.config import GatewayConfig
-from gateway.enrolment import EnrolmentStore
+from gateway.discovery.ble_config import BackendLoadError
+from gateway.discovery.enrolment import EnrolmentStore
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def _ble(config: GatewayConfig, seconds: float) -> tuple[list[dict[str, Any]], s
     if not config.ble.enabled:
         return [], "disabled in the config"
     try:
-        from gateway.ble_discovery import ble_candidates
+        from gateway.discovery.ble import ble_candidates
         from gateway.runtime import load_bleak_backends
 
         return asyncio.run(ble_candidates(config, seconds, load_bleak_backends(config.ble.backend))), None
@@ -31,7 +31,7 @@ def _usb(config: GatewayConfig) -> tuple[list[dict[str, Any]], str | None]:
     if not config.usb.enabled:
         return [], "disabled in the config"
     try:
-        from gateway.usb_discovery import usb_candidates
+        from gateway.discovery.usb import usb_candidates
 
         return usb_candidates(config.usb), None
     except Exception as err:
@@ -65,7 +65,7 @@ def run_scan(config: GatewayConfig, seconds: float) -> int:
 
 def run_pair(config: GatewayConfig, seconds: float) -> int:
     """``rpm-gateway pair --seconds N``: enrol every health device that advertises during the window."""
-    from gateway.ble_discovery import pair_window
+    from gateway.discovery.ble import pair_window
     from gateway.runtime import load_bleak_backends
 
     store = EnrolmentStore.for_config(config)

@@ -13,8 +13,8 @@ from typing import Any
 
 from gateway.codecs.common import DecodeError, Measurement
 from gateway.metrics import UnknownUnitError
-from gateway.normalise import canonical_values
 from gateway.profiles import CODECS, CodecEntry
+from gateway.readings.normalise import canonical_values
 
 # Every frame type the profile table (gateway.profiles) names, by its ``--profile`` name.
 PROFILES: Mapping[str, CodecEntry] = CODECS

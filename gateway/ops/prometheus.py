@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.outbox import Outbox
-from gateway.uplink import UplinkState
+from gateway.store.outbox import Outbox
+from gateway.store.uplink import UplinkState
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from gateway.drivers.device_state import ACKED_SEQUENCE_KEY, CURSOR_KEYS, RECORD_ORDINAL_KEY, DeviceStateStore
-from gateway.outbox import AckedReading, Outbox
+from gateway.store.outbox import AckedReading, Outbox
 
 
 class AckedPositions:

@@ -1,0 +1,1 @@
+"""What the gateway tells its operators: status, log repetition, logging setup, Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""From a device record to a contract Reading: normalisation, the intake (quarantine), decode."""
