@@ -12,8 +12,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from cloud.errors import CloudError
 from cloud.logging_setup import configure_logging
+from cloud.settings import CloudSettings
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("cloud.db.migrate", "apply the database migrations (safe to run twice, and concurrently)"),
@@ -38,10 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             module.add_arguments(command)
             command.set_defaults(handler=module.main)
     args = parser.parse_args(argv)
-    # Once, before the command runs: every cloud process logs the same way (RPM_LOG_FORMAT, RPM_LOG_LEVEL).
-    configure_logging(args.command)
     try:
+        # Once, before the command runs: every cloud process logs the same way (RPM_LOG_FORMAT, RPM_LOG_LEVEL).
+        configure_logging(args.command)
         return int(args.handler(args) or 0)
+    except ValidationError as err:
+        if err.title != CloudSettings.__name__:
+            raise
+        # A bad RPM_* variable: one line naming it, exit 2 like a bad gateway config.
+        problems = "; ".join(f"RPM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in err.errors())
+        print(f"error: settings: {problems}", file=sys.stderr)
+        return 2
     except CloudError as err:
         # What a command leaves unhandled: one line, and the exit code an uncaught error always had (the
         # traceback at RPM_LOG_LEVEL=DEBUG).

@@ -28,7 +28,6 @@ same patients.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import sys
@@ -44,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cloud.alerts import queries as alert_queries
 from cloud.alerts.delivery import Notification
 from cloud.db.readings import StoredReading, load_stored_readings
+from cloud.devices.operator import exit_code_of, os_user
 from cloud.effects import apply_new_readings
 from cloud.errors import CloudError
 from cloud.settings import get_settings
@@ -265,20 +265,13 @@ def unassign_device(conn: psycopg.Connection, device_uid: str, *, user_index: in
     return closed
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in a bare container: still audited, as unknown
-        return "unknown"
-
-
 def audit_operator_change(conn: psycopg.Connection, action: str, change: AssignmentChange) -> None:
     """The audit row of a change made on the server (``rpm-cloud assign``), in the caller's transaction:
     the operator is the OS user, the patients are every one the change touched, as the API records them."""
     conn.execute(
         "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id, detail)"
         " VALUES (%s, 'operator', '{}', %s, %s, 'allowed', NULL, %s, %s)",
-        (f"os:{_os_user()}", action, change.patients, f"cli-{uuid.uuid4().hex}",
+        (f"os:{os_user()}", action, change.patients, f"cli-{uuid.uuid4().hex}",
          json.dumps(change.audit_detail())))
 
 
@@ -368,47 +361,44 @@ def _read_batch_file(name: str) -> list[BatchLine]:
 
 
 def main(args: argparse.Namespace) -> int:
+    return exit_code_of(lambda: _run(args), AssignmentError)
+
+
+def _run(args: argparse.Namespace) -> int:
     url = args.database_url or get_settings().database_url
-    try:
-        if args.batch is not None and (args.device_uid or args.unassign or args.list):
-            print("error: --batch takes its assignments from FILE only")
-            return 2
-        batch = _read_batch_file(args.batch) if args.batch is not None else None
-        with psycopg.connect(url) as conn:
-            if batch is not None:
-                # One transaction (each assignment a savepoint in it): one that fails leaves all unmade.
-                said: list[str] = []
-                with conn.transaction():
-                    for number, line in enumerate(batch, 1):
-                        try:
-                            said += _assign_as_operator(conn, line)
-                        except AssignmentError as err:
-                            raise AssignmentError(f"assignment {number} ({line.device_uid}): {err}") from None
-                print("\n".join([*said, f"{len(batch)} assignment(s) made"]))
-                return 0
-            if args.list:
-                for row in list_unassigned(conn):
-                    print(f"{row['device_uid']}\tuser={row['user_index']}\t{row['profile']}\t{row['readings']} "
-                          f"reading(s)\t{row['first_measured_at']:%Y-%m-%d %H:%M} .. "
-                          f"{row['last_measured_at']:%Y-%m-%d %H:%M}\tvia {row['gateway_id']}")
-                return 0
-            if not args.device_uid or (not args.unassign and not args.patient_id):
-                print("error: give DEVICE_UID PATIENT_ID, or DEVICE_UID --unassign, or --list, or --batch FILE")
-                return 2
-            if args.unassign:
-                changes: list[AssignmentChange] = []
-                closed = unassign_device(conn, args.device_uid, user_index=args.user_index,
-                                         at=_aware(args.valid_from), authorise=changes.append)
-                audit_operator_change(conn, "rpm-cloud assign --unassign", changes[0])
-                print(f"closed {closed} assignment(s) of {args.device_uid}")
-                return 0
-            print("\n".join(_assign_as_operator(conn, BatchLine(
-                device_uid=args.device_uid, patient_id=args.patient_id, user_index=args.user_index,
-                valid_from=args.valid_from, create_patient=args.create_patient, name=args.name))))
+    if args.batch is not None and (args.device_uid or args.unassign or args.list):
+        print("error: --batch takes its assignments from FILE only")
+        return 2
+    batch = _read_batch_file(args.batch) if args.batch is not None else None
+    with psycopg.connect(url) as conn:
+        if batch is not None:
+            # One transaction (each assignment a savepoint in it): one that fails leaves all unmade.
+            said: list[str] = []
+            with conn.transaction():
+                for number, line in enumerate(batch, 1):
+                    try:
+                        said += _assign_as_operator(conn, line)
+                    except AssignmentError as err:
+                        raise AssignmentError(f"assignment {number} ({line.device_uid}): {err}") from None
+            print("\n".join([*said, f"{len(batch)} assignment(s) made"]))
             return 0
-    except AssignmentError as err:
-        print(f"error: {err}")
-        return 2
-    except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
-        return 2
+        if args.list:
+            for row in list_unassigned(conn):
+                print(f"{row['device_uid']}\tuser={row['user_index']}\t{row['profile']}\t{row['readings']} "
+                      f"reading(s)\t{row['first_measured_at']:%Y-%m-%d %H:%M} .. "
+                      f"{row['last_measured_at']:%Y-%m-%d %H:%M}\tvia {row['gateway_id']}")
+            return 0
+        if not args.device_uid or (not args.unassign and not args.patient_id):
+            print("error: give DEVICE_UID PATIENT_ID, or DEVICE_UID --unassign, or --list, or --batch FILE")
+            return 2
+        if args.unassign:
+            changes: list[AssignmentChange] = []
+            closed = unassign_device(conn, args.device_uid, user_index=args.user_index,
+                                     at=_aware(args.valid_from), authorise=changes.append)
+            audit_operator_change(conn, "rpm-cloud assign --unassign", changes[0])
+            print(f"closed {closed} assignment(s) of {args.device_uid}")
+            return 0
+        print("\n".join(_assign_as_operator(conn, BatchLine(
+            device_uid=args.device_uid, patient_id=args.patient_id, user_index=args.user_index,
+            valid_from=args.valid_from, create_patient=args.create_patient, name=args.name))))
+        return 0

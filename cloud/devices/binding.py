@@ -12,7 +12,6 @@ their audit trail shows who moved their device where and why.
 from __future__ import annotations
 
 import argparse
-import getpass
 import re
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cloud.devices.operator import exit_code_of, os_user
 from cloud.errors import CloudError
 from cloud.settings import get_settings
 
@@ -83,13 +83,6 @@ def rebind_device(conn: psycopg.Connection, device_uid: str, gateway_id: str, ac
     return RebindResult(device_uid, previous, gateway_id, previous != gateway_id, known, audit[0])
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in a bare container: still audited, as unknown
-        return "unknown"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("device_uid", help="e.g. ble:a4:c1:38:00:00:01")
     parser.add_argument("gateway_id", help="the gateway the device speaks through from now on")
@@ -100,17 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     url = args.database_url or get_settings().database_url
-    actor = args.actor or f"os:{_os_user()}"
-    try:
+    actor = args.actor or f"os:{os_user()}"
+    results: list[RebindResult] = []
+
+    def rebind() -> int:
         with psycopg.connect(url) as conn:
-            result = rebind_device(conn, args.device_uid, args.gateway_id, actor, args.reason, role="operator",
-                                   action="rpm-cloud rebind")
-    except BindingError as err:
-        print(f"error: {err}")
+            results.append(rebind_device(conn, args.device_uid, args.gateway_id, actor, args.reason,
+                                         role="operator", action="rpm-cloud rebind"))
+        return 0
+
+    if exit_code_of(rebind, BindingError):
         return 2
-    except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
-        return 2
+    (result,) = results
     if not result.changed:
         print(f"{result.device_uid} was already bound to {result.gateway_id} (audited: #{result.audit_id})")
     else:

@@ -54,4 +54,5 @@ def test_an_unknown_level_is_refused_naming_it(empty_database_url: str) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0 and "unknown log level 'chatty'" in done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "error: settings: RPM_LOG_LEVEL: unknown log level 'chatty' (DEBUG, INFO, WARNING, ERROR or CRITICAL)"]

@@ -48,3 +48,24 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, logs: lis
         time.sleep(0.1)
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+
+
+def write_gateway_config(path: Path, gateway_id: str, data_dir: Path, broker_url: str, ble: list[str]) -> Path:
+    """A ``rpm-gateway run`` config for these tests: simulated BLE with these devices enrolled, no USB,
+    fast batches and status."""
+    enrolled = ", ".join(f'{{ address = "{address}" }}' for address in ble)
+    path.write_text(f"""
+gateway_id = "{gateway_id}"
+data_dir = "{data_dir}"
+status_interval_s = 1
+[mqtt]
+url = "{broker_url}"
+batch_ms = 50
+ack_timeout_s = 5
+[ble]
+backend = "sim"
+enrolled = [{enrolled}]
+[usb]
+enabled = false
+""")
+    return path

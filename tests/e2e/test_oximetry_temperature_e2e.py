@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.e2e.processes import command, running, wait_for
+from tests.e2e.processes import command, running, wait_for, write_gateway_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -54,22 +54,9 @@ def test_an_overnight_desaturation_and_a_fever_each_open_one_alert_and_a_second_
     start = (datetime.now() - timedelta(hours=12)).replace(second=0, microsecond=0)
     scenario_path = tmp_path / "scenario.json"
     scenario_path.write_text(json.dumps(scenario(start)))
-    first_config, second_config = tmp_path / "gateway.toml", tmp_path / "gateway-again.toml"
-    for path, data_dir in ((first_config, "gateway-data"), (second_config, "gateway-data-again")):
-        path.write_text(f"""
-gateway_id = "{gateway_id}"
-data_dir = "{tmp_path / data_dir}"
-status_interval_s = 1
-[mqtt]
-url = "{mqtt_broker.url}"
-batch_ms = 50
-ack_timeout_s = 5
-[ble]
-backend = "sim"
-enrolled = [{{ address = "{OXIMETER}" }}, {{ address = "{THERMOMETER}" }}]
-[usb]
-enabled = false
-""")
+    first_config, second_config = (
+        write_gateway_config(tmp_path / name, gateway_id, tmp_path / data_dir, mqtt_broker.url, [OXIMETER, THERMOMETER])
+        for name, data_dir in (("gateway.toml", "gateway-data"), ("gateway-again.toml", "gateway-data-again")))
     env = {"RPM_DATABASE_URL": fresh_database_url, "RPM_MQTT_URL": mqtt_broker.url,
            "RPM_SIM_BLE_SCENARIO": str(scenario_path)}
     for address, create in ((OXIMETER, ["--create-patient"]), (THERMOMETER, [])):

@@ -22,7 +22,7 @@ import pytest
 
 from cloud.embedded import free_port
 from gateway.contract import GatewayStatus, status_topic
-from tests.e2e.processes import command, running, wait_for
+from tests.e2e.processes import command, running, wait_for, write_gateway_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -65,21 +65,8 @@ def test_a_cuff_reading_travels_from_the_device_to_the_api(
         "records": [{"systolic": 152, "diastolic": 97, "mean_arterial": 115, "pulse": 71, "user_id": 1,
                      "timestamp": measured.isoformat()}],
     }]}))
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-gateway_id = "{gateway_id}"
-data_dir = "{tmp_path / 'gateway-data'}"
-status_interval_s = 1
-[mqtt]
-url = "{mqtt_broker.url}"
-batch_ms = 50
-ack_timeout_s = 5
-[ble]
-backend = "sim"
-enrolled = [{{ address = "{CUFF}" }}]
-[usb]
-enabled = false
-""")
+    config = write_gateway_config(tmp_path / "gateway.toml", gateway_id, tmp_path / "gateway-data", mqtt_broker.url,
+                                  [CUFF])
     api_port = free_port()
     env = {
         "RPM_DATABASE_URL": fresh_database_url,
