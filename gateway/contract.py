@@ -229,6 +229,11 @@ class Reading(ContractModel):
     flags: list[str] = Field(default_factory=list)
     raw: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2})*$", max_length=8192)] = ""
     """Hex of the original frame, for audit."""
+    body_site: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] | None = None
+    """Where on the body the device measured, as the device says it (a thermometer's Temperature Type,
+    HTS 3.1.1.3: ``armpit``, ``ear``, ``mouth``, ``rectum``, ``tympanum``…, ``reserved_N`` for a code this
+    gateway does not know). Optional and additive: a cloud that does not know it ignores nothing it
+    needs."""
 
     @field_validator("device_time")
     @classmethod

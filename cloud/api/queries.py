@@ -276,7 +276,7 @@ def readings_with_values(conn: Any, patient_id: str, *, metrics: Sequence[str] |
     return _dicts(
         conn,
         f"""
-        SELECT r.id, r.patient_id, r.device_uid, r.kind, r.measured_at, r.flags,
+        SELECT r.id, r.patient_id, r.device_uid, r.kind, r.measured_at, r.flags, r.body_site,
                coalesce((SELECT json_object_agg(o.metric, json_build_object('value', o.value, 'unit', o.unit))
                            FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{{}}') AS values
           FROM readings r

@@ -6,7 +6,8 @@ CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage_readings (
     id text, device_uid text, user_index smallint, gateway_id text, batch_id text, kind text,
     measured_at timestamptz, received_at timestamptz, device_time timestamp, clock_judgement text,
-    clock_offset_s double precision, sequence bigint, flags text[], late boolean, raw text, content_sha text
+    clock_offset_s double precision, sequence bigint, flags text[], late boolean, raw text, content_sha text,
+    body_site text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
     reading_id text, kind text, metric text, measured_at timestamptz, value double precision,
@@ -17,10 +18,11 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage_observations (
 
 COPY_READINGS = (
     "COPY ingest_stage_readings (id, device_uid, user_index, gateway_id, batch_id, kind, measured_at, received_at,"
-    " device_time, clock_judgement, clock_offset_s, sequence, flags, late, raw, content_sha) FROM STDIN (FORMAT BINARY)"
+    " device_time, clock_judgement, clock_offset_s, sequence, flags, late, raw, content_sha, body_site)"
+    " FROM STDIN (FORMAT BINARY)"
 )
 READING_TYPES = ["text", "text", "int2", "text", "text", "text", "timestamptz", "timestamptz", "timestamp", "text",
-                 "float8", "int8", "text[]", "bool", "text", "text"]
+                 "float8", "int8", "text[]", "bool", "text", "text", "text"]
 
 COPY_OBSERVATIONS = (
     "COPY ingest_stage_observations (reading_id, kind, metric, measured_at, value, value_list, unit, original_value,"
@@ -36,10 +38,10 @@ INSERT_NEW = """
 WITH new AS (
     INSERT INTO readings (id, patient_id, device_uid, user_index, gateway_id, batch_id, kind, measured_at,
                           received_at, stored_at, device_time, clock_judgement, clock_offset_s, sequence, flags,
-                          late, raw, content_sha)
+                          late, raw, content_sha, body_site)
     SELECT s.id, a.patient_id, s.device_uid, s.user_index, s.gateway_id, s.batch_id, s.kind, s.measured_at,
            s.received_at, clock_timestamp(), s.device_time, s.clock_judgement, s.clock_offset_s, s.sequence,
-           s.flags, s.late, s.raw, s.content_sha
+           s.flags, s.late, s.raw, s.content_sha, s.body_site
     FROM ingest_stage_readings s
     LEFT JOIN LATERAL (
         SELECT da.patient_id

@@ -233,7 +233,7 @@ class BatchWriter:
                     reading.id, reading.device.uid, reading.user_index, item.gateway_id,
                     item.batch_id, str(reading.kind), reading.measured_at, reading.received_at,
                     reading.device_time, str(reading.clock.judgement), reading.clock.offset_s, reading.sequence,
-                    reading.flags, self._is_late(reading, received_at), reading.raw, item.sha,
+                    reading.flags, self._is_late(reading, received_at), reading.raw, item.sha, reading.body_site,
                 ))
         with cur.copy(queries.COPY_OBSERVATIONS) as copy:
             copy.set_types(queries.OBSERVATION_TYPES)

@@ -97,7 +97,8 @@ def patient_exists(conn: Any, patient_id: str) -> bool:
 def reading_with_values(conn: Any, reading_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         head = cur.execute(
-            "SELECT id, patient_id, device_uid, kind, measured_at, flags FROM readings WHERE id = %s", (reading_id,)
+            "SELECT id, patient_id, device_uid, kind, measured_at, flags, body_site FROM readings WHERE id = %s",
+            (reading_id,),
         ).fetchone()
         if head is None:
             return None

@@ -141,4 +141,5 @@ def to_reading(
         values=values,
         flags=flags,
         raw=measurement.raw.hex(),
+        body_site=measurement.details.get("temperature_type") if measurement.kind == "body_temperature" else None,
     )

@@ -94,6 +94,9 @@ def test_an_overnight_desaturation_and_a_fever_each_open_one_alert_and_a_second_
         alerts = conn.execute(
             "SELECT rule_id, count(*) FROM alerts WHERE patient_id = %s GROUP BY rule_id ORDER BY rule_id", (PATIENT,)
         ).fetchall()
+        sites = conn.execute(
+            "SELECT DISTINCT body_site FROM readings WHERE patient_id = %s AND kind = 'body_temperature'", (PATIENT,)
+        ).fetchall()
         temps = conn.execute(
             "SELECT o.value, o.unit FROM observations o JOIN readings r ON r.id = o.reading_id"
             " WHERE r.patient_id = %s AND o.metric = 'body_temperature' ORDER BY o.value", (PATIENT,)
@@ -104,4 +107,5 @@ def test_an_overnight_desaturation_and_a_fever_each_open_one_alert_and_a_second_
     assert alerts == [("fever", 1), ("spo2_low", 1)], alerts
     assert [(round(float(v), 1), u) for v, u in temps] == [(36.9, "Cel"), (38.4, "Cel")]
     assert invalid == (1,)  # stored, but it opened no spo2_critical
+    assert sites == [("body",)]  # HTS Temperature Type 2, from the frame: the FHIR Observation's bodySite
 

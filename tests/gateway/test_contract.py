@@ -77,6 +77,7 @@ def test_measured_at_is_normalised_to_utc_and_must_be_aware() -> None:
         ({"flags": ["made_up"]}, "unknown flag"),
         ({"id": "not-hex"}, "id"),
         ({"device_time": datetime(2026, 1, 1, tzinfo=UTC)}, "naive"),
+        ({"body_site": "Mouth; DROP TABLE"}, "body_site"),
     ],
 )
 def test_malformed_readings_are_rejected_with_a_clear_message(overrides: dict, message: str) -> None:

@@ -9,8 +9,11 @@ const TOKEN_KEY = "rpm.token";
 const SEVERITY_ORDER = ["critical", "warning", "info"];
 const SEVERITY_LABEL = { critical: "Critical", warning: "Warning", info: "Info" };
 // UCUM codes as the API stores them, written the way a clinician reads them.
-const UNIT_LABEL = { "mm[Hg]": "mmHg", "/min": "/min", "[lb_av]": "lb", "mmol/L": "mmol/L", "mg/dL": "mg/dL" };
+const UNIT_LABEL = { "mm[Hg]": "mmHg", "/min": "/min", "[lb_av]": "lb", "mmol/L": "mmol/L", "mg/dL": "mg/dL",
+  "%": "%", "Cel": "°C" };
 const GLUCOSE_TARGET_MGDL = [70, 180]; // International Consensus on Time in Range 2019
+const SPO2_TARGET = [94, 98]; // BTS guideline for oxygen use in adults 2017 (COPD: 88-92, set per patient)
+const TEMPERATURE_NORMAL_CEL = [36.1, 38.0]; // NEWS2: 36.1-38.0 scores 0; the fever rule starts at 38.0
 const MGDL_PER_MMOLL = 18.0156;
 const READINGS_PAGE = 1000;
 const REQUEST_TIMEOUT_MS = 20_000;
@@ -334,10 +337,12 @@ function chartSpec(label, loaded, names, range, { band = null, minSpan = 0 } = {
 async function renderCharts(detail) {
   const range = period();
   if (!detail.scopes.includes("readings")) return;
-  const [bp, glucose, weight] = await Promise.all([
+  const [bp, glucose, weight, spo2, temperature] = await Promise.all([
     loadSeries(detail.id, "blood_pressure", ["systolic", "diastolic"], range),
     loadSeries(detail.id, "glucose", ["glucose"], range),
     loadSeries(detail.id, "body_weight", ["body_weight"], range),
+    loadSeries(detail.id, "pulse_oximetry", ["spo2"], range),
+    loadSeries(detail.id, "body_temperature", ["body_temperature"], range),
   ]);
   if (currentPatient !== detail) return; // the user moved on while these loaded
   drawChart($("chart-bp"), chartSpec("Blood pressure", bp, { systolic: "Systolic", diastolic: "Diastolic" }, range,
@@ -349,6 +354,19 @@ async function renderCharts(detail) {
     { band: { low, high, label: `Target range ${low}–${high} ${glucoseUnit}` } }));
   const weightSpan = weight.unit === "[lb_av]" ? 8 : 4;
   drawChart($("chart-weight"), chartSpec("Weight", weight, { body_weight: "Weight" }, range, { minSpan: weightSpan }));
+  // Oximeters and thermometers are in few programmes: their charts show only where the period has readings.
+  const optional = [
+    ["chart-spo2", "Oxygen saturation", spo2, { spo2: "SpO2" },
+      { band: { low: SPO2_TARGET[0], high: SPO2_TARGET[1], label: `Usual target ${SPO2_TARGET.join("–")} %` }, minSpan: 10 }],
+    ["chart-temperature", "Body temperature", temperature, { body_temperature: "Temperature" },
+      { band: { low: TEMPERATURE_NORMAL_CEL[0], high: TEMPERATURE_NORMAL_CEL[1],
+        label: `Normal ${TEMPERATURE_NORMAL_CEL.join("–")} °C` }, minSpan: 2 }],
+  ];
+  for (const [id, label, loaded, names, options] of optional) {
+    const figure = $(id);
+    figure.hidden = Object.values(loaded.points).every((points) => points.length === 0);
+    if (!figure.hidden) drawChart(figure, chartSpec(label, loaded, names, range, options));
+  }
 }
 
 // --- routing -----------------------------------------------------------------------------------------

@@ -84,10 +84,10 @@ def insert_for_patients(conn: Any, pairs: Sequence[tuple[Reading, str | None]], 
     # COPY, as ingest does: one statement per table (statement triggers fire once, not per row).
     with conn.cursor() as cur:
         with cur.copy("COPY readings (id, patient_id, device_uid, gateway_id, batch_id, kind, measured_at,"
-                      " received_at, clock_judgement, sequence, flags, late) FROM STDIN") as copy:
+                      " received_at, clock_judgement, sequence, flags, late, body_site) FROM STDIN") as copy:
             for r, p in pairs:
                 copy.write_row((r.id, p, r.device.uid, gateway_id, "b1", str(r.kind), r.measured_at, r.received_at,
-                                "device", r.sequence, list(r.flags), late))
+                                "device", r.sequence, list(r.flags), late, r.body_site))
         with cur.copy("COPY observations (reading_id, patient_id, kind, metric, measured_at, value, unit, flags)"
                       " FROM STDIN") as copy:
             for r, p in pairs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
@@ -12,6 +13,7 @@ from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 
+from tests.cloud.alerts.scripted_patient import add_patient, ingest, make_reading
 from tests.cloud.api.conftest import World
 
 pytestmark = pytest.mark.integration
@@ -93,3 +95,21 @@ def test_everything_leaves_out_flags_without_the_alerts_scope(client: TestClient
     patient_id = world.patients["readings_only"]
     body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
     assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "Observation"}
+
+
+def test_a_thermometers_site_is_the_observations_body_site(client: TestClient, world: World,
+                                                           conn: psycopg.Connection) -> None:
+    patient = world.patients["own"]
+    with conn.transaction():
+        devices = add_patient(conn, f"{patient}-thermo", kinds=("body_temperature",))
+        conn.execute("UPDATE device_assignments SET patient_id = %s WHERE device_uid = %s",
+                     (patient, devices["body_temperature"]))
+    at = datetime.now(UTC) - timedelta(hours=1)
+    ear = make_reading(devices["body_temperature"], "body_temperature", at, {"body_temperature": 37.4})
+    ingest(conn, [ear.model_copy(update={"body_site": "ear"})], patient)
+    response = client.get("/fhir/Observation", params={"patient": f"Patient/{patient}", "code": "8310-5"},
+                          headers=world.headers["patient"])
+    assert response.status_code == 200, response.text
+    (entry,) = response.json()["entry"]
+    observation = Observation.model_validate(entry["resource"])
+    assert observation.bodySite.coding[0].code == "117590005" and observation.bodySite.text == "ear"

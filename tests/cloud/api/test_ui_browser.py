@@ -193,6 +193,9 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     assert (band.get_attribute("data-low"), band.get_attribute("data-high")) == ("70", "180")
     expect(tab.locator("#chart-glucose figcaption")).to_have_text("Glucose (mg/dL)")  # type: ignore[attr-defined]
     expect(tab.locator("#chart-weight svg.chart-svg .point")).to_have_count(counts["body_weight"])  # type: ignore[attr-defined]
+    # No oximeter, no thermometer: no empty charts for them.
+    expect(tab.locator("#chart-spo2")).to_be_hidden()  # type: ignore[attr-defined]
+    expect(tab.locator("#chart-temperature")).to_be_hidden()  # type: ignore[attr-defined]
     # The point for 190 mmHg sits above every other systolic point (SVG y grows downwards).
     ys = [float(v) for v in bp_chart.locator(".series[data-series=Systolic] .point").evaluate_all(
         "nodes => nodes.map(n => n.getAttribute('cy'))")]
@@ -305,4 +308,28 @@ def test_a_patient_sharing_readings_only_shows_charts_but_no_alerts(page: object
         "This patient has not shared alerts with your care team.")
     expect(tab.locator("#alert-list li")).to_have_count(0)  # type: ignore[attr-defined]
     expect(tab.locator("#chart-bp svg .point")).to_have_count(2)  # type: ignore[attr-defined]
+    assert tab.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.integration
+def test_oximetry_and_temperature_charts_show_for_the_patient_who_measures_them(page: object, live_api: LiveApi,
+                                                                               artifacts_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    tab, sparse = page, live_api.ward.patients["sparse"]
+    tab.goto(f"{live_api.url}/ui#token={live_api.token}")  # type: ignore[attr-defined]
+    tab.locator(f'tr[data-patient-id="{sparse}"] a').click()  # type: ignore[attr-defined]
+    expect(tab.locator("body")).to_have_attribute("data-view", "patient")  # type: ignore[attr-defined]
+    spo2 = tab.locator("#chart-spo2")  # type: ignore[attr-defined]
+    expect(spo2).to_be_visible()
+    expect(spo2.locator("figcaption")).to_have_text("Oxygen saturation (%)")
+    expect(spo2.locator("svg.chart-svg .point")).to_have_count(live_api.ward.readings[sparse]["spo2"])
+    band = spo2.locator("rect.target-band")
+    assert (band.get_attribute("data-low"), band.get_attribute("data-high")) == ("94", "98")
+    temperature = tab.locator("#chart-temperature")  # type: ignore[attr-defined]
+    expect(temperature).to_be_visible()
+    expect(temperature.locator("figcaption")).to_have_text("Body temperature (°C)")
+    temperatures = live_api.ward.readings[sparse]["body_temperature"]
+    expect(temperature.locator("svg.chart-svg .point")).to_have_count(temperatures)
+    tab.screenshot(path=str(artifacts_dir / "ui_patient_oximetry.png"), full_page=True)  # type: ignore[attr-defined]
     assert tab.problems == []  # type: ignore[attr-defined]

@@ -88,7 +88,9 @@ def seed_ward(conn: psycopg.Connection, prefix: str) -> Ward:
     end = now()
     kinds = ("blood_pressure", "body_weight", "glucose")
     for name, patient_id in patients.items():
-        devices = add_patient(conn, patient_id, kinds=kinds)
+        # Only "sparse" wears an oximeter and has a thermometer: their charts show for that patient alone.
+        devices = add_patient(conn, patient_id, kinds=(*kinds, "pulse_oximetry", "body_temperature")
+                              if name == "sparse" else kinds)
         _grant(conn, patient_id, other if name == "stranger" else team)
         days = {"sparse": 2, "steady": 20}.get(name, 6)
         readings = [bp(devices["blood_pressure"], end - timedelta(days=d, hours=1), 124 + d % 4, 78 + d % 3)
@@ -99,6 +101,14 @@ def seed_ward(conn: psycopg.Connection, prefix: str) -> Ward:
                      for d in range(days, 0, -1)]
         ingest(conn, readings, patient_id)
         counts = {"blood_pressure": days, "body_weight": days, "glucose": days}
+        if name == "sparse":  # normal values (SpO2 95-96 %, 36.6-36.9 Cel): no alert, the triage order stays
+            vitals = [make_reading(devices["pulse_oximetry"], "pulse_oximetry", end - timedelta(days=d, hours=h),
+                                   {"spo2": 95 + h % 2, "spo2_pulse_rate": 70}) for d in (2, 1) for h in (4, 5)]
+            vitals += [make_reading(devices["body_temperature"], "body_temperature", end - timedelta(days=d, hours=h),
+                                    {"body_temperature": 36.6 + h / 10}) for d in (2, 1) for h in (1, 3)]
+            ingest(conn, vitals, patient_id)
+            readings += vitals
+            counts |= {"spo2": 4, "body_temperature": 4}
         if name == "crisis":
             readings.append(bp(devices["blood_pressure"], end - timedelta(minutes=5), 190, 125))
             ingest(conn, readings[-1:], patient_id)
