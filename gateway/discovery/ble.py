@@ -26,6 +26,7 @@ from bleak.exc import BleakError
 
 from gateway.codecs.common import DecodeError
 from gateway.discovery.ble_config import BleakBackends, BleConfig, named_backends, normalise_address
+from gateway.discovery.callbacks import report_status
 from gateway.discovery.enrolment import EnrolledDevice, EnrolmentStore
 from gateway.drivers.base import (
     ClockCheck,
@@ -190,14 +191,7 @@ class BleManager:
         self._running[address] = self._group.create_task(self._supervise(device, address, profile))
 
     async def _status(self, uid: str, **fields: Any) -> None:
-        if self.on_status is None:
-            return
-        try:
-            outcome = self.on_status(uid, **fields)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # a status consumer's bug must not end a device session
-            log.exception("status callback failed for %s", uid)
+        await report_status(self.on_status, uid, **fields)
 
     async def _supervise(self, device: BLEDevice, address: str, profile: str) -> None:
         uid = f"ble:{address}"

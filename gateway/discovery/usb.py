@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from gateway.codecs.common import Measurement
+from gateway.discovery.callbacks import report_status
 from gateway.discovery.usb_config import UsbConfig
 from gateway.discovery.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
 from gateway.drivers.base import (
@@ -340,11 +340,4 @@ class UsbManager:
             await asyncio.sleep(0.05)
 
     async def _status(self, uid: str, **fields: Any) -> None:
-        if self.on_status is None:
-            return
-        try:
-            outcome = self.on_status(uid, **fields)
-            if inspect.isawaitable(outcome):
-                await outcome
-        except Exception:  # a status consumer's bug must not end a device session
-            log.exception("on_status failed for %s", uid)
+        await report_status(self.on_status, uid, **fields)
