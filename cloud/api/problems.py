@@ -1,9 +1,16 @@
-"""RFC 9457 problem details (``application/problem+json``) for every error the API answers.
+"""RFC 9457 problem details (``application/problem+json``) for every error the API answers, and a
+FHIR ``OperationOutcome`` (``application/fhir+json``) for every error under ``/fhir``.
 
 Each boundary translates errors once: the domain's typed errors (alerts, twin, tokens) and
 FastAPI's validation errors become problems here; nothing else in the API formats an error. The
 OpenAPI document says so too: :func:`problem_responses` documents a route's errors with the
-``Problem`` schema, which :func:`install_problem_handlers` adds to the document's components.
+``Problem`` schema (:func:`outcome_responses`, FHIR routes, with ``OperationOutcome``), which
+:func:`install_problem_handlers` adds to the document's components.
+
+Under ``/fhir`` the same problem is rendered as an ``OperationOutcome`` (FHIR R4 §3.1.0.4.2, RESTful
+API "Handling Errors"), since FHIR clients parse nothing else: one issue with a severity, the issue
+type for the HTTP status (:data:`ISSUE_TYPES`), the detail as ``diagnostics`` and the problem's slug
+as a coding of ``details``; a validation problem gives one issue per invalid field.
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ from cloud.twin.service import PatientNotFound
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+FHIR_JSON = "application/fhir+json"
+FHIR_PATH = "/fhir"
+PROBLEM_SYSTEM = "urn:rpm:problem"
+"""The code system of an OperationOutcome issue's ``details`` coding: the problem's slug."""
+# FHIR R4 IssueType (http://hl7.org/fhir/issue-type) for each HTTP status we answer; others by class.
+ISSUE_TYPES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+               406: "not-supported", 409: "conflict", 413: "too-long", 415: "not-supported", 422: "invalid",
+               429: "throttled", 500: "exception", 503: "transient"}
 
 
 class ValidationIssue(TypedDict):
@@ -53,6 +68,40 @@ class Problem(TypedDict):
     """What was not valid (422 validation problems)."""
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
+class OutcomeCoding(TypedDict):
+    system: str
+    code: str
+
+
+@with_config(ConfigDict(use_attribute_docstrings=True))
+class OutcomeDetails(TypedDict):
+    coding: NotRequired[list[OutcomeCoding]]
+    """``urn:rpm:problem`` with the problem's slug, where it has one."""
+    text: str
+    """The HTTP status's title."""
+
+
+@with_config(ConfigDict(use_attribute_docstrings=True))
+class OutcomeIssue(TypedDict):
+    severity: str
+    """``error``, or ``fatal`` for a server error (5xx)."""
+    code: str
+    """FHIR IssueType for the HTTP status (``not-found``, ``login``, ``forbidden``, ``invalid`` ...)."""
+    details: OutcomeDetails
+    diagnostics: str
+    expression: NotRequired[list[str]]
+    """The invalid field (validation errors)."""
+
+
+@with_config(ConfigDict(use_attribute_docstrings=True))
+class OperationOutcome(TypedDict):
+    """A FHIR R4 OperationOutcome (https://hl7.org/fhir/R4/operationoutcome.html): every error under /fhir."""
+
+    resourceType: str
+    issue: list[OutcomeIssue]
+
+
 _WHEN = {
     400: "The request cannot be read (a bad cursor, search parameter or URL)",
     401: "No bearer token, or one that is not valid",
@@ -64,20 +113,34 @@ _WHEN = {
     503: "The database is unavailable, or the access could not be audited; retry later",
 }
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_OUTCOME_REF = {"$ref": "#/components/schemas/OperationOutcome"}
+
+
+def _error_responses(content: dict[str, Any], statuses: tuple[int | str, ...],
+                     when: dict[int, str] | None) -> dict[int | str, dict[str, Any]]:
+    described = {**_WHEN, **(when or {})}
+    return {status: {"description": described.get(status, "An error") if isinstance(status, int) else "Any other error",
+                     "content": content} for status in statuses}
 
 
 def problem_responses(*statuses: int | str, when: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (``"default"``: any other error), each a problem;
     ``when`` says when a status comes where the general description does not fit."""
-    described = {**_WHEN, **(when or {})}
-    return {status: {"description": described.get(status, "An error") if isinstance(status, int) else "Any other error",
-                     "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}} for status in statuses}
+    return _error_responses({PROBLEM_JSON: {"schema": _PROBLEM_REF}}, statuses, when)
+
+
+def outcome_responses(*statuses: int | str, when: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """As :func:`problem_responses`, for routes under ``/fhir``: each error an ``OperationOutcome``."""
+    return _error_responses({FHIR_JSON: {"schema": _OUTCOME_REF}}, statuses, when)
 
 
 def _document_problems(app: FastAPI) -> None:
-    """Put the ``Problem`` schema the routes' error responses refer to in the document's components."""
-    schema = TypeAdapter(Problem).json_schema(ref_template="#/components/schemas/{model}")
-    components = {**schema.pop("$defs", {}), "Problem": schema}
+    """Put the ``Problem`` and ``OperationOutcome`` schemas the routes' error responses refer to in the
+    document's components."""
+    components: dict[str, Any] = {}
+    for name, shape in (("Problem", Problem), ("OperationOutcome", OperationOutcome)):
+        schema = TypeAdapter(shape).json_schema(ref_template="#/components/schemas/{model}")
+        components.update({**schema.pop("$defs", {}), name: schema})
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -119,8 +182,34 @@ def forbidden(detail: str) -> ApiProblem:
     return ApiProblem(403, detail, slug="forbidden")
 
 
+def is_fhir_path(path: str) -> bool:
+    return path == FHIR_PATH or path.startswith(FHIR_PATH + "/")
+
+
+def _field(loc: list[str]) -> str:
+    """``["query", "_count"]`` -> ``_count``: the parameter or body member, without where it came from."""
+    return ".".join(loc[1:]) or ".".join(loc)
+
+
+def operation_outcome(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
+                      errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An ``OperationOutcome`` saying what a problem says (see the module's docstring)."""
+    details: dict[str, Any] = {"text": title or HTTPStatus(status).phrase}
+    if slug:
+        details = {"coding": [{"system": PROBLEM_SYSTEM, "code": slug}], **details}
+    base = {"severity": "fatal" if status >= 500 else "error",
+            "code": ISSUE_TYPES.get(status, "exception" if status >= 500 else "processing"), "details": details}
+    issues = [{**base, "diagnostics": f"{'.'.join(e['loc'])}: {e['msg']}", "expression": [_field(e["loc"])]}
+              for e in errors or ()]
+    return {"resourceType": "OperationOutcome", "issue": issues or [{**base, "diagnostics": detail}]}
+
+
 def problem_response(request: Request, status: int, detail: str, *, slug: str | None = None, title: str | None = None,
                      headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+    if is_fhir_path(request.url.path):
+        # The request id is in the X-Request-ID header; an OperationOutcome has no member for it.
+        outcome = operation_outcome(status, detail, slug=slug, title=title, errors=(extra or {}).get("errors"))
+        return JSONResponse(outcome, status_code=status, headers=headers, media_type=FHIR_JSON)
     body: dict[str, Any] = {
         "type": f"/problems/{slug}" if slug else "about:blank",
         "title": title or HTTPStatus(status).phrase,

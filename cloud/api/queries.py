@@ -504,3 +504,52 @@ def day_stats(conn: Any, patient_id: str, metric: str, tz: str, first: date, las
         "   AND day >= %(first)s AND day <= %(last)s ORDER BY day",
         {"patient": patient_id, "metric": metric, "tz": tz, "first": first, "last": last},
     )
+
+
+# --- FHIR Device (cloud.twin.fhir.device_resource) ----------------------------------------------------
+
+# The same digest as cloud.twin.fhir.resource_digest: a Device id is found without a column of its own
+# (a scan of devices, which holds one row per device, not per reading).
+_DIGEST = "left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 32)"
+_FHIR_DEVICE = """
+SELECT d.uid, d.transport, d.profile, d.model, d.serial, d.manufacturer, d.battery, d.bound_gateway_id, d.last_seen,
+       array(SELECT DISTINCT a.patient_id FROM device_assignments a WHERE a.device_uid = d.uid ORDER BY 1)
+           AS patients,
+       array(SELECT DISTINCT a.patient_id FROM device_assignments a WHERE a.device_uid = d.uid
+                AND (a.valid_to IS NULL OR a.valid_to > now()) ORDER BY 1) AS current_patients
+  FROM devices d
+"""
+
+
+def fhir_device(conn: Any, digest: str) -> dict[str, Any] | None:
+    """The device whose uid has this digest, with every patient it was ever assigned to (``patients``) and
+    those it is assigned to now (``current_patients``)."""
+    return _dict(conn, f"{_FHIR_DEVICE} WHERE {_DIGEST.format('d.uid')} = %s", (digest,))
+
+
+def fhir_patient_devices(conn: Any, patient_id: str) -> list[dict[str, Any]]:
+    """Every device ever assigned to the patient, in :func:`fhir_device`'s shape."""
+    return _dicts(conn, f"{_FHIR_DEVICE} WHERE EXISTS (SELECT 1 FROM device_assignments a WHERE a.device_uid = d.uid"
+                        f" AND a.patient_id = %s) ORDER BY d.uid", (patient_id,))
+
+
+def fhir_gateway(conn: Any, digest: str, *, own_patient: str | None,
+                 care_teams: Sequence[str]) -> dict[str, Any] | None:
+    """The gateway whose id has this digest, with one patient (or none) of a device bound to it that is the
+    caller's own or consented to their care teams for readings: a candidate the API still authorises."""
+    return _dict(
+        conn,
+        f"""
+        SELECT d.bound_gateway_id AS gateway_id,
+               (SELECT a.patient_id FROM devices b JOIN device_assignments a ON a.device_uid = b.uid
+                 WHERE b.bound_gateway_id = d.bound_gateway_id
+                   AND (a.patient_id = %(own)s OR EXISTS (
+                        SELECT 1 FROM consents c WHERE c.patient_id = a.patient_id AND c.care_team_id = ANY(%(teams)s)
+                           AND 'readings' = ANY(c.scopes) AND {_ACTIVE}))
+                 LIMIT 1) AS patient_id
+          FROM devices d
+         WHERE d.bound_gateway_id IS NOT NULL AND {_DIGEST.format('d.bound_gateway_id')} = %(digest)s
+         LIMIT 1
+        """,
+        {"own": own_patient, "teams": list(care_teams), "digest": digest},
+    )

@@ -3,7 +3,8 @@
 Readings become ``Observation`` s following the FHIR R4 vital-signs profiles: LOINC codes and UCUM
 units from the metric catalogue (specs/metrics.md), the blood-pressure panel 85354-9 with systolic
 8480-6 and diastolic 8462-4 as components, the pulse of a cuff as its own heart-rate Observation,
-``effectiveDateTime`` the corrected measurement time, ``device`` the measuring device, device status
+``effectiveDateTime`` the corrected measurement time, ``device`` the measuring device's ``Device`` (its
+id a digest of our uid, the uid kept as identifier; the gateway is that Device's ``parent``), device status
 flags as notes (and as ``interpretation``-free text, since FHIR has no code for them). The IEEE 11073
 MDC code is added beside LOINC as the HL7 Personal Health Device IG asks. Alerts become ``Flag`` s,
 patients ``Patient`` s. Validated against ``fhir.resources`` (R4B models, identical for these
@@ -26,6 +27,12 @@ UCUM = "http://unitsofmeasure.org"
 MDC = "urn:iso:std:iso:11073:10101"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DEVICE_SYSTEM = "urn:rpm:device-uid"
+GATEWAY_SYSTEM = "urn:rpm:gateway-id"
+PROFILE_SYSTEM = "urn:rpm:device-profile"
+SERIAL_SYSTEM = "urn:rpm:device-serial"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
+DIGEST_LENGTH = 32
+"""Hex digits of SHA-256 in a Device id; ``cloud.api.queries`` finds devices by the same digest in SQL."""
 PATIENT_SYSTEM = "urn:rpm:patient-id"
 RULE_SYSTEM = "urn:rpm:alert-rule"
 VITAL_SIGNS_PROFILE = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
@@ -53,7 +60,7 @@ BODY_SITES = {
     "mouth": ("123851003", "Mouth region structure"), "rectum": ("34402009", "Rectum structure"),
     "toe": ("29707007", "Toe structure"), "tympanum": ("42859004", "Tympanic membrane structure"),
 }
-_VITAL_PROFILES = {"body_weight": "http://hl7.org/fhir/StructureDefinition/bodyweight",
+VITAL_PROFILES = {"body_weight": "http://hl7.org/fhir/StructureDefinition/bodyweight",
                    "bmi": "http://hl7.org/fhir/StructureDefinition/bmi",
                    "height": "http://hl7.org/fhir/StructureDefinition/bodyheight",
                    "pulse_rate": "http://hl7.org/fhir/StructureDefinition/heartrate",
@@ -68,6 +75,75 @@ def fhir_id(value: str) -> str:
     if _FHIR_ID.match(value):
         return value
     return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+def resource_digest(value: str) -> str:
+    """The stable part of a Device id: our device uids and gateway ids are not FHIR ids (``ble:aa:bb``)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:DIGEST_LENGTH]
+
+
+def device_id(uid: str) -> str:
+    return f"dev-{resource_digest(uid)}"
+
+
+def gateway_device_id(gateway_id: str) -> str:
+    return f"gw-{resource_digest(gateway_id)}"
+
+
+def device_reference(uid: str) -> dict[str, Any]:
+    return {"reference": f"Device/{device_id(uid)}", "identifier": {"system": DEVICE_SYSTEM, "value": uid},
+            "display": uid}
+
+
+def _profile_text(profile: str) -> str:
+    """``ble.blood_pressure`` -> ``blood pressure (ble)``: the specifications give no MDC device codes."""
+    transport, _, name = profile.partition(".")
+    return f"{name.replace('_', ' ')} ({transport})" if name else profile
+
+
+def device_resource(device: Mapping[str, Any], patient_id: str | None = None) -> dict[str, Any]:
+    """A ``Device`` for a ``devices`` row (``cloud.api.queries.fhir_device``): the uid (and serial) as
+    identifiers, type from the device profile, battery where the device reported it, the gateway it is
+    bound to as ``parent``; ``patient`` only where the caller may see the one patient it is assigned to."""
+    uid = device["uid"]
+    resource: dict[str, Any] = {
+        "resourceType": "Device",
+        "id": device_id(uid),
+        "identifier": [{"system": DEVICE_SYSTEM, "value": uid}],
+        "status": "active",
+        "type": {"coding": [{"system": PROFILE_SYSTEM, "code": device["profile"]}],
+                 "text": _profile_text(device["profile"])},
+    }
+    if device.get("serial"):
+        resource["identifier"].append({"type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "SNO"}],
+                                                "text": "serial number"},
+                                       "system": SERIAL_SYSTEM, "value": device["serial"]})
+        resource["serialNumber"] = device["serial"]
+    if device.get("manufacturer"):
+        resource["manufacturer"] = device["manufacturer"]
+    if device.get("model"):
+        resource["modelNumber"] = device["model"]
+        resource["deviceName"] = [{"name": device["model"], "type": "model-name"}]
+    if device.get("battery") is not None:
+        resource["property"] = [{"type": {"text": "battery level"},
+                                 "valueQuantity": [_quantity(device["battery"], "%")]}]
+    if patient_id:
+        resource["patient"] = {"reference": f"Patient/{fhir_id(patient_id)}"}
+    if device.get("bound_gateway_id"):
+        gateway = device["bound_gateway_id"]
+        resource["parent"] = {"reference": f"Device/{gateway_device_id(gateway)}", "display": gateway}
+    return resource
+
+
+def gateway_resource(gateway_id: str) -> dict[str, Any]:
+    """The ``Device`` for a gateway: the measuring devices bound to it name it as their ``parent``."""
+    return {
+        "resourceType": "Device",
+        "id": gateway_device_id(gateway_id),
+        "identifier": [{"system": GATEWAY_SYSTEM, "value": gateway_id}],
+        "status": "active",
+        "type": {"text": "personal health gateway"},
+    }
 
 
 def _iso(value: datetime | str) -> str:
@@ -103,8 +179,7 @@ def _base(row: Mapping[str, Any], resource_id: str, category: str, profile: str)
         "status": "final",
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category}]}],
         "effectiveDateTime": _iso(row["measured_at"]),
-        "device": {"identifier": {"system": DEVICE_SYSTEM, "value": row["device_uid"]},
-                   "display": row["device_uid"]},
+        "device": device_reference(row["device_uid"]),
     }
     if row.get("patient_id"):
         resource["subject"] = {"reference": f"Patient/{fhir_id(row['patient_id'])}"}
@@ -138,7 +213,7 @@ def observations_from_row(row: Mapping[str, Any]) -> list[dict[str, Any]]:
         if isinstance(value, list):
             continue
         category = "laboratory" if metric == "glucose" else "vital-signs"
-        profile = _VITAL_PROFILES.get(metric, VITAL_SIGNS_PROFILE)
+        profile = VITAL_PROFILES.get(metric, VITAL_SIGNS_PROFILE)
         resource_id = row["id"] if not out and len(rest) == 1 else f"{row['id']}-{metric.replace('_', '-')}"
         observation = _base(row, resource_id, category, profile)
         observation["code"] = _code(metric)

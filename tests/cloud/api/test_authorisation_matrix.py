@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from cloud.twin import fhir
 from tests.cloud.alerts.scripted_patient import bp, ingest, now
 from tests.cloud.api.conftest import World, build_world, grant
 
@@ -66,6 +67,13 @@ class Context:
             self.conn.execute("INSERT INTO device_assignments (device_uid, patient_id) VALUES (%s, %s)",
                               (uid, self.world.patients.get(assign_to, assign_to)))
         return uid
+
+    def target_gateway(self) -> str:
+        """The FHIR id of a gateway (new, so only this target's device is bound to it) of a target's cuff."""
+        gateway = f"gw-{uuid.uuid4().hex[:10]}"
+        self.conn.execute("UPDATE devices SET bound_gateway_id = %s WHERE uid = %s",
+                          (gateway, self.new_device(assign_to=self.target)))
+        return fhir.gateway_device_id(gateway)
 
     def assign_to_target(self, holder: str | None, user_index: int | None = None) -> Request:
         """Assign a cuff held by ``holder`` (a target name, or None: a new device) to the target patient."""
@@ -125,6 +133,12 @@ PATIENT_ENDPOINTS = [
              lambda c: (f"/fhir/Patient/{c.patient}/$everything", None, None)),
     Endpoint("GET", "/fhir/Observation", "fhir_search", "readings",
              lambda c: ("/fhir/Observation", {"patient": f"Patient/{c.patient}"}, None)),
+    Endpoint("GET", "/fhir/Device/{device_id}", "read", "readings",
+             lambda c: (f"/fhir/Device/{fhir.device_id(c.world.devices[c.target]['blood_pressure'])}", None, None)),
+    Endpoint("GET", "/fhir/Device/{device_id}", "read", "readings",
+             lambda c: (f"/fhir/Device/{c.target_gateway()}", None, None), label=" gateway"),
+    Endpoint("GET", "/fhir/Device", "fhir_search", "readings",
+             lambda c: ("/fhir/Device", {"patient": f"Patient/{c.patient}"}, None)),
     Endpoint("GET", "/v1/alerts", "read", "alerts", lambda c: ("/v1/alerts", {"patient_id": c.patient}, None),
              label=" ?patient_id"),
     Endpoint("GET", "/v1/alerts/{alert_id}", "read", "alerts", lambda c: (f"/v1/alerts/{c.open_alert()}", None, None)),
@@ -189,7 +203,9 @@ ROLE_ENDPOINTS = [
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                # The page shell and its files hold no patient data (cloud/api/routes/ui.py); the API's own docs.
                ("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/metrics.json"), ("GET", "/ui/static/{name}"),
-               ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+               ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+               # Like any FHIR server's CapabilityStatement: it describes the server, no patient's data.
+               ("GET", "/fhir/metadata")}
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -247,7 +263,8 @@ def test_status_follows_policy(client: TestClient, matrix_world: tuple[World, ps
     want = expected_status(endpoint, role, target)
     assert response.status_code == want, f"{endpoint.name} as {role} on {target}: {response.text[:300]}"
     if want >= 400:
-        assert response.headers["content-type"].startswith("application/problem+json")
+        error_type = "application/fhir+json" if path.startswith("/fhir/") else "application/problem+json"
+        assert response.headers["content-type"].startswith(error_type)
     if endpoint.kind == "fhir_search" and want == 200:
         entries = response.json()["entry"]
         assert bool(entries) == visible(role, target, endpoint.scope)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.flag import Flag
 from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 
 from tests.cloud.alerts.scripted_patient import add_patient, ingest, make_reading
@@ -69,23 +70,25 @@ def test_observation_search_by_date_prefixes(client: TestClient, world: World) -
     assert window["total"] == 0
 
 
-def test_bad_search_parameters_are_400_problems(client: TestClient, world: World) -> None:
+def test_bad_search_parameters_are_400_operation_outcomes(client: TestClient, world: World) -> None:
     headers = world.headers["clinician"]
     patient = f"Patient/{world.patients['consented']}"
     for params in ({"date": "yesterday"}, {"date": "ne2020-01-01"}, {"code": "http://snomed.info/sct|123"},
                    {"date": "2020-13-01"}):
         response = client.get("/fhir/Observation", params={"patient": patient, **params}, headers=headers)
         assert response.status_code == 400, params
-        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.headers["content-type"].startswith("application/fhir+json")
+        assert OperationOutcome.model_validate(response.json()).issue[0].code == "invalid"
     assert client.get("/fhir/Observation", headers=headers).status_code == 422  # patient is required
 
 
-def test_everything_holds_patient_observations_and_flags(client: TestClient, world: World) -> None:
+def test_everything_holds_patient_devices_observations_and_flags(client: TestClient, world: World) -> None:
     patient_id = world.patients["consented"]
     body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
     bundle = Bundle.model_validate(body)
     kinds = [e.resource.__resource_type__ for e in bundle.entry]
     assert kinds[0] == "Patient"
+    assert kinds.count("Device") == 3  # cuff, scale and meter (bound to no gateway here)
     assert kinds.count("Observation") == 7 * 2 + 6 + 6  # panel + pulse per cuff reading, weights, glucose
     flags = [e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Flag"]
     assert len(flags) == 1 and Flag.model_validate(flags[0]).status == "active"
@@ -94,7 +97,7 @@ def test_everything_holds_patient_observations_and_flags(client: TestClient, wor
 def test_everything_leaves_out_flags_without_the_alerts_scope(client: TestClient, world: World) -> None:
     patient_id = world.patients["readings_only"]
     body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
-    assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "Observation"}
+    assert {e["resource"]["resourceType"] for e in body["entry"]} == {"Patient", "Device", "Observation"}
 
 
 def test_a_thermometers_site_is_the_observations_body_site(client: TestClient, world: World,

@@ -1,6 +1,7 @@
 """Generated requests over the OpenAPI document (schemathesis is not installed; this is the small
 equivalent): every operation, with path, query and body values drawn from each parameter's schema and
-from hostile edge cases, as every role. No request may answer 5xx, and every error is problem+json."""
+from hostile edge cases, as every role. No request may answer 5xx, and every error is problem+json (an
+OperationOutcome under /fhir)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ def test_no_generated_request_answers_5xx(client: TestClient, world: World) -> N
                 failures.append(f"{method.upper()} {url} {query} {body!r:.200} as {role}: "
                                 f"{response.status_code} {response.text[:200]}")
             elif response.status_code >= 400:
-                assert response.headers["content-type"].startswith("application/problem+json"), url
+                error_type = "application/fhir+json" if url.startswith("/fhir/") else "application/problem+json"
+                assert response.headers["content-type"].startswith(error_type), url
     print(f"\nfuzz: {sent} generated requests over {len(_operations(spec))} operations, {len(failures)} 5xx")
     assert not failures, "\n".join(failures[:20])

@@ -1,5 +1,6 @@
 """The OpenAPI document says what every operation answers: a schema for each success (a response model,
-or a media type with its schema for CSV, NDJSON, FHIR and metrics), and problem+json for every error.
+or a media type with its schema for CSV, NDJSON, FHIR and metrics), and problem+json for every error (a FHIR
+OperationOutcome under /fhir).
 The answers a route renders itself (panel, readings page) are checked against the shapes that document
 them, since nothing validates those at run time."""
 
@@ -15,12 +16,13 @@ from typing_extensions import is_typeddict
 
 from cloud.api import models
 from cloud.api.app import create_app
-from cloud.api.problems import PROBLEM_JSON
+from cloud.api.problems import FHIR_JSON, PROBLEM_JSON, is_fhir_path
 from cloud.settings import CloudSettings
 from cloud.twin.state import empty_state
 from tests.cloud.api.conftest import DEV_KEY, World
 
 PROBLEM = {"schema": {"$ref": "#/components/schemas/Problem"}}
+OUTCOME = {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,9 @@ def test_every_error_is_documented_as_problem_json(document: dict[str, Any]) -> 
     for name, op in _operations(document):
         if "default" not in op["responses"]:
             wrong.append(f"{name}: no default (problem) response")
+        error = {FHIR_JSON: OUTCOME} if is_fhir_path(name.split(" ", 1)[1]) else {PROBLEM_JSON: PROBLEM}
         for status, response in op["responses"].items():
-            if not status.startswith("2") and response.get("content") != {PROBLEM_JSON: PROBLEM}:
+            if not status.startswith("2") and response.get("content") != error:
                 wrong.append(f"{name} {status}: {sorted(response.get('content', {}))}")
     assert not wrong, wrong
     problem = document["components"]["schemas"]["Problem"]
