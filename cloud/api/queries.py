@@ -510,7 +510,7 @@ def day_stats(conn: Any, patient_id: str, metric: str, tz: str, first: date, las
 
 # The same digest as cloud.twin.fhir.resource_digest: a Device id is found without a column of its own
 # (a scan of devices, which holds one row per device, not per reading).
-_DIGEST = "left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 32)"
+_DIGEST = "left(encode(sha256({}::bytea), 'hex'), 32)"  # matches the indexes of migration 0550
 _FHIR_DEVICE = """
 SELECT d.uid, d.transport, d.profile, d.model, d.serial, d.manufacturer, d.battery, d.bound_gateway_id, d.last_seen,
        array(SELECT DISTINCT a.patient_id FROM device_assignments a WHERE a.device_uid = d.uid ORDER BY 1)

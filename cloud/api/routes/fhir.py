@@ -281,7 +281,7 @@ def _search_param(name: str, kind: str, documentation: str, definition: str | No
 
 
 _DEFINITIONS = {"patient": "clinical-patient", "code": "clinical-code", "date": "clinical-date"}
-# Changed by hand with the routes above: tests/cloud/api/test_fhir_metadata.py checks each against them.
+# Changed by hand with the routes above: tests/cloud/api/test_fhir_server.py checks each against them.
 CAPABILITY_DATE = "2026-12-06"
 _SECURITY = (
     "Every request except this one needs an OAuth2 bearer token (a JWT, RFC 6750) in the Authorization header:"
