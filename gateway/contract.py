@@ -372,6 +372,8 @@ class Alert(ContractModel):
     late: bool = False
     flags: list[str] = Field(default_factory=list)
     at: UtcDatetime
+    review_state: Literal["not_required", "pending", "reviewed"] | None = None
+    """``pending``: a person must still look at it, even when ``status`` is resolved (critical alerts)."""
 
 
 def now_utc() -> datetime:

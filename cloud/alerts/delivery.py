@@ -42,7 +42,7 @@ class Notification:
 
 
 _TWIN_EVENT = {"opened": "alert_opened", "reopened": "alert_opened", "updated": "alert_updated",
-               "acknowledged": "alert_acknowledged", "resolved": "alert_resolved"}
+               "acknowledged": "alert_acknowledged", "resolved": "alert_resolved", "reviewed": "alert_reviewed"}
 _CONTRACT_STATUS = {"open": "open", "acknowledged": "acknowledged", "resolved": "resolved"}
 
 
@@ -51,7 +51,7 @@ def alert_message(row: dict[str, Any], status: str, at: datetime) -> Alert:
         alert_id=str(row["id"]), patient_id=row["patient_id"], rule=row["rule_id"], severity=row["severity"],
         status=status, message=row["message"], metric=row["metric"], value=row["value"],
         reading_id=row["reading_id"], measured_at=row["measured_at"], late=row["late"], flags=list(row["flags"]),
-        at=at,
+        at=at, review_state=row.get("review_state"),
     )
 
 
@@ -83,6 +83,8 @@ def _twin_data(change: Change) -> dict[str, Any]:
         "message": row["message"], "metric": row["metric"], "value": row["value"],
         "measured_at": row["measured_at"], "late": row["late"], "opened_at": row["opened_at"],
         "acknowledged_by": row["acknowledged_by"], "actor": change.actor,
+        "review_state": row.get("review_state"), "reviewed_at": row.get("reviewed_at"),
+        "reviewed_by": row.get("reviewed_by"),
     }
 
 

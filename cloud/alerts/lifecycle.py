@@ -32,7 +32,7 @@ class Change:
     status: str
     """Contract status: ``open``, ``updated``, ``acknowledged`` or ``resolved``."""
     event: str
-    """``opened``, ``reopened``, ``updated``, ``acknowledged`` or ``resolved``."""
+    """``opened``, ``reopened``, ``updated``, ``acknowledged``, ``resolved`` or ``reviewed``."""
     actor: str = SYSTEM
 
 
@@ -145,7 +145,7 @@ class AlertBook:
 
     def resolve(self, alert: dict[str, Any], actor: str, *, reading_id: str | None = None,
                 detail: dict | None = None) -> Change:
-        row = queries.resolve_alert(self.conn, alert["id"], actor, self.now)
+        row = queries.resolve_alert(self.conn, alert["id"], actor, self.now, reviewed=actor != SYSTEM)
         self.open.pop((row["patient_id"], row["rule_id"]), None)
         self._event(row["id"], "resolved", actor, reading_id, detail or {})
         change = Change(row, "resolved", "resolved", actor)

@@ -11,7 +11,8 @@ from psycopg.rows import dict_row
 ALERT_COLUMNS = (
     "id, patient_id, rule_id, severity, status, message, metric, value, reading_id, measured_at, late, flags,"
     " trigger_count, normal_streak, reopen_count, opened_at, updated_at, acknowledged_at, acknowledged_by,"
-    " resolved_at, resolved_by, category"
+    " resolved_at, resolved_by, category, review_required, review_state, reviewed_at, reviewed_by,"
+    " (status = 'resolved' AND review_state = 'pending') AS needs_review"
 )
 
 
@@ -71,7 +72,7 @@ def reopen_alert(conn: Any, alert_id: int, f: dict[str, Any], now: datetime) -> 
         UPDATE alerts SET status = 'open', severity = %s, message = %s, metric = %s, value = %s, reading_id = %s,
                measured_at = %s, late = %s, flags = %s, trigger_count = trigger_count + 1, normal_streak = 0,
                reopen_count = reopen_count + 1, updated_at = %s, resolved_at = NULL, resolved_by = NULL,
-               acknowledged_at = NULL, acknowledged_by = NULL
+               acknowledged_at = NULL, acknowledged_by = NULL, reviewed_at = NULL, reviewed_by = NULL
          WHERE id = %s AND status = 'resolved'
         RETURNING {ALERT_COLUMNS}
         """,
@@ -110,18 +111,30 @@ def set_streak(conn: Any, alert_id: int, streak: int, now: datetime) -> dict[str
     return row
 
 
-def resolve_alert(conn: Any, alert_id: int, by: str, now: datetime) -> dict[str, Any]:
-    row = _one(conn, f"UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, updated_at = %s"
-                     f" WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, alert_id))
+def resolve_alert(conn: Any, alert_id: int, by: str, now: datetime, *, reviewed: bool) -> dict[str, Any]:
+    """``reviewed``: a person resolved it, so a person has seen it."""
+    row = _one(conn, f"UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, updated_at = %s,"
+                     f" reviewed_at = CASE WHEN %s THEN coalesce(reviewed_at, %s) ELSE reviewed_at END,"
+                     f" reviewed_by = CASE WHEN %s THEN coalesce(reviewed_by, %s) ELSE reviewed_by END"
+                     f" WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, reviewed, now, reviewed, by, alert_id))
     assert row is not None
     return row
 
 
 def acknowledge_alert(conn: Any, alert_id: int, by: str, now: datetime) -> dict[str, Any]:
+    """Acknowledging is the review of an open alert."""
     row = _one(conn, f"UPDATE alerts SET status = 'acknowledged', acknowledged_at = %s, acknowledged_by = %s,"
-                     f" updated_at = %s WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, alert_id))
+                     f" reviewed_at = coalesce(reviewed_at, %s), reviewed_by = coalesce(reviewed_by, %s),"
+                     f" updated_at = %s WHERE id = %s RETURNING {ALERT_COLUMNS}", (now, by, now, by, now, alert_id))
     assert row is not None
     return row
+
+
+def review_alert(conn: Any, alert_id: int, by: str, now: datetime) -> dict[str, Any] | None:
+    """Review an alert that resolved before anyone looked; None when it is not pending review."""
+    return _one(conn, f"UPDATE alerts SET reviewed_at = %s, reviewed_by = %s, updated_at = %s"
+                      f" WHERE id = %s AND status = 'resolved' AND review_state = 'pending'"
+                      f" RETURNING {ALERT_COLUMNS}", (now, by, now, alert_id))
 
 
 def insert_event(conn: Any, alert_id: int, at: datetime, event: str, actor: str, reading_id: str | None,
@@ -138,7 +151,8 @@ def alert_events(conn: Any, alert_id: int) -> list[dict[str, Any]]:
 
 
 def list_alerts(conn: Any, *, patient_id: str | None, statuses: Sequence[str] | None, severities: Sequence[str] | None,
-                since: datetime | None, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+                since: datetime | None, before_id: int | None, limit: int,
+                review_states: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return _all(
         conn,
         f"""
@@ -146,11 +160,13 @@ def list_alerts(conn: Any, *, patient_id: str | None, statuses: Sequence[str] | 
          WHERE (%(patient)s::text IS NULL OR patient_id = %(patient)s)
            AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s))
            AND (%(severities)s::text[] IS NULL OR severity = ANY(%(severities)s))
+           AND (%(reviews)s::text[] IS NULL OR review_state = ANY(%(reviews)s))
            AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s)
            AND (%(before)s::bigint IS NULL OR id < %(before)s)
          ORDER BY id DESC LIMIT %(limit)s
         """,
         {"patient": patient_id, "statuses": list(statuses) if statuses else None,
+         "reviews": list(review_states) if review_states else None,
          "severities": list(severities) if severities else None, "since": since, "before": before_id,
          "limit": limit},
     )

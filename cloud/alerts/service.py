@@ -29,11 +29,12 @@ STATUSES = ("open", "acknowledged", "resolved")
 
 def list_alerts(conn: Any, *, patient_id: str | None = None, status: Sequence[str] | None = None,
                 severity: Sequence[str] | None = None, since: datetime | None = None,
-                before_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Alerts newest first. ``status``/``severity`` filter by any of the given values; page with ``before_id``
-    (the smallest id of the previous page)."""
+                before_id: int | None = None, limit: int = 100,
+                review_state: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Alerts newest first. ``status``/``severity``/``review_state`` filter by any of the given values; page
+    with ``before_id`` (the smallest id of the previous page)."""
     return queries.list_alerts(conn, patient_id=patient_id, statuses=status, severities=severity, since=since,
-                               before_id=before_id, limit=max(1, min(limit, 1000)))
+                               before_id=before_id, limit=max(1, min(limit, 1000)), review_states=review_state)
 
 
 def get_alert(conn: Any, alert_id: int) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def get_alert(conn: Any, alert_id: int) -> dict[str, Any]:
 
 
 def alert_history(conn: Any, alert_id: int) -> list[dict[str, Any]]:
-    """The alert's events (opened, updated, reopened, acknowledged, resolved, comment), oldest first."""
+    """The alert's events (opened, updated, reopened, acknowledged, resolved, reviewed, comment), oldest first."""
     get_alert(conn, alert_id)
     return queries.alert_events(conn, int(alert_id))
 
@@ -60,16 +61,24 @@ def _locked(conn: Any, alert_id: int) -> dict[str, Any]:
 
 def acknowledge(conn: Any, alert_id: int, by: str, note: str | None = None,
                 now: datetime | None = None) -> dict[str, Any]:
-    """Mark the alert seen by ``by`` (who and when are kept); it stays open until it resolves."""
+    """Mark the alert seen by ``by`` (who and when are kept). An open alert stays open (acknowledged) until
+    it resolves; one that resolved before anyone looked and needs review is reviewed. Both stop escalation."""
     now = now or datetime.now(UTC)
+    detail = Jsonb({"note": note} if note else {})
     with conn.transaction():
         alert = _locked(conn, alert_id)
         if alert["status"] == "resolved":
-            raise AlertStateError(f"alert {alert_id} is resolved; it cannot be acknowledged")
+            row = queries.review_alert(conn, alert["id"], by, now)
+            if row is None:
+                raise AlertStateError(f"alert {alert_id} is resolved and needs no review"
+                                      + (f" (reviewed by {alert['reviewed_by']})" if alert["reviewed_by"] else ""))
+            queries.insert_event(conn, row["id"], now, "reviewed", by, None, detail)
+            record_changes(conn, [Change(row, "resolved", "reviewed", by)], now, mqtt_via_outbox=True)
+            return row
         if alert["status"] == "acknowledged":
             return alert
         row = queries.acknowledge_alert(conn, alert["id"], by, now)
-        queries.insert_event(conn, row["id"], now, "acknowledged", by, None, Jsonb({"note": note} if note else {}))
+        queries.insert_event(conn, row["id"], now, "acknowledged", by, None, detail)
         record_changes(conn, [Change(row, "acknowledged", "acknowledged", by)], now, mqtt_via_outbox=True)
         return row
 
@@ -134,9 +143,9 @@ def clear_rule_override(conn: Any, patient_id: str, rule_id: str, *, by: str) ->
 
 def add_webhook(conn: Any, url: str, secret: str, *, patient_id: str | None = None,
                 events: Sequence[str] = ("open", "resolved")) -> int:
-    """Register an endpoint. ``events`` from open, reopened, updated, acknowledged, resolved, and ``late``
+    """Register an endpoint. ``events`` from open, reopened, updated, acknowledged, resolved, reviewed, and ``late``
     (also page alerts opened by readings measured long ago)."""
-    allowed = {"open", "opened", "reopened", "updated", "acknowledged", "resolved", "late"}
+    allowed = {"open", "opened", "reopened", "updated", "acknowledged", "resolved", "reviewed", "late"}
     unknown = sorted(set(events) - allowed)
     if unknown or not url.startswith(("http://", "https://")) or not secret:
         raise ValueError(f"bad webhook: url must be http(s), secret non-empty, events from {sorted(allowed)}")

@@ -389,6 +389,14 @@ class Alert(TypedDict):
     resolved_by: str | None
     category: str
     """clinical or technical."""
+    review_required: bool
+    """Critical alerts (and rules that ask for it) need a person's review, even after they resolve."""
+    review_state: str
+    """not_required, pending or reviewed."""
+    reviewed_at: datetime | None
+    reviewed_by: str | None
+    needs_review: bool
+    """Resolved before anyone reviewed it, and it needs review: acknowledge it to review it."""
 
 
 @documented
@@ -532,6 +540,8 @@ class TwinState(TypedDict, total=False):
     """Rules the care team overrode, by rule id, as recorded."""
     open_alerts: dict[str, dict[str, Any]]
     """By alert id."""
+    needs_review: NotRequired[dict[str, dict[str, Any]]]
+    """Alerts that resolved before anyone reviewed them and need review, by alert id, until reviewed."""
     reading_days: list[IsoDate]
 
 

@@ -382,21 +382,23 @@ def reading_days(conn: Any, patient_id: str, since: datetime, until: datetime) -
 
 def alerts_for_care_teams(conn: Any, care_teams: Sequence[str], *, statuses: Sequence[str] | None,
                           severities: Sequence[str] | None, since: datetime | None, before_id: int | None,
-                          limit: int) -> list[dict[str, Any]]:
+                          limit: int, review_states: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Alerts of every patient whose active consent covers ``alerts`` for one of these teams, newest first."""
     return _dicts(
         conn,
         f"""
-        SELECT a.* FROM alerts a
+        SELECT a.*, (a.status = 'resolved' AND a.review_state = 'pending') AS needs_review FROM alerts a
          WHERE a.patient_id IN (SELECT c.patient_id FROM consents c
                                  WHERE c.care_team_id = ANY(%(teams)s) AND 'alerts' = ANY(c.scopes) AND {_ACTIVE})
            AND (%(statuses)s::text[] IS NULL OR a.status = ANY(%(statuses)s))
+           AND (%(reviews)s::text[] IS NULL OR a.review_state = ANY(%(reviews)s))
            AND (%(severities)s::text[] IS NULL OR a.severity = ANY(%(severities)s))
            AND (%(since)s::timestamptz IS NULL OR a.opened_at >= %(since)s)
            AND (%(before)s::bigint IS NULL OR a.id < %(before)s)
          ORDER BY a.id DESC LIMIT %(limit)s
         """,
         {"teams": list(care_teams), "statuses": list(statuses) if statuses else None,
+         "reviews": list(review_states) if review_states else None,
          "severities": list(severities) if severities else None, "since": since, "before": before_id,
          "limit": limit},
     )

@@ -246,19 +246,23 @@ def observation_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def flag_from_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``Flag`` for an alert row (``cloud.alerts.service.get_alert``); active until resolved."""
+    """A ``Flag`` for an alert row (``cloud.alerts.service.get_alert``): active until it resolved and, where
+    it needs a person's review, until it was reviewed; ``period.end`` is when the condition resolved."""
     period: dict[str, str] = {"start": _iso(alert["opened_at"])}
     if alert.get("resolved_at"):
         period["end"] = _iso(alert["resolved_at"])
+    pending = alert.get("review_state") == "pending"
     return {
         "resourceType": "Flag",
         "id": f"alert-{alert['id']}",
         "identifier": [{"system": "urn:rpm:alert-id", "value": str(alert["id"])}],
-        "status": "inactive" if alert["status"] == "resolved" else "active",
+        "status": "inactive" if alert["status"] == "resolved" and not pending else "active",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category",
                                   "code": "clinical", "display": "Clinical"}]}],
         "code": {"coding": [{"system": RULE_SYSTEM, "code": alert["rule_id"]}],
-                 "text": f"[{alert['severity']}] {alert['message']}"},
+                 "text": f"[{alert['severity']}] {alert['message']}"
+                         + (" (resolved; awaiting a clinician's review)" if pending and alert["status"] == "resolved"
+                            else "")},
         "subject": {"reference": f"Patient/{fhir_id(alert['patient_id'])}"},
         "period": period,
     }

@@ -31,6 +31,7 @@ def empty_state(patient_id: str) -> dict[str, Any]:
         "baselines": {},
         "categories": {},
         "open_alerts": {},
+        "needs_review": {},
         "devices": {},
         "reading_days": [],
         "thresholds": {},
@@ -165,7 +166,14 @@ def _apply_in_place(state: dict[str, Any], event_type: str, data: Mapping[str, A
         alert = dict(data)
         state["open_alerts"][str(alert.pop("alert_id"))] = alert
     elif event_type == "alert_resolved":
-        state["open_alerts"].pop(str(data["alert_id"]), None)
+        alert = dict(data)
+        alert_id = str(alert.pop("alert_id"))
+        state["open_alerts"].pop(alert_id, None)
+        # Resolved before anyone looked, and it needs a look (a crisis): still the care team's business.
+        if alert.get("review_state") == "pending":
+            state.setdefault("needs_review", {})[alert_id] = {**alert, "needs_review": True}
+    elif event_type == "alert_reviewed":
+        state.setdefault("needs_review", {}).pop(str(data["alert_id"]), None)
     elif event_type == "threshold_changed":
         state["thresholds"][data["rule_id"]] = copy.deepcopy(dict(data["rule"]))
     elif event_type == "device_assigned":

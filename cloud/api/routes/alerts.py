@@ -25,7 +25,8 @@ from cloud.api.models import Alert, AlertEvent, AlertPage, AlertWithHistory
 from cloud.api.problems import ApiProblem, forbidden, not_found, problem_responses
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=problem_responses(401, 403, 422, 503, "default"))
-_CHANGE_PROBLEMS = problem_responses(404, 409, 413, when={409: "The alert is resolved (or the comment is empty)"})
+_CHANGE_PROBLEMS = problem_responses(404, 409, 413, when={
+    409: "The alert is resolved and needs no (more) review (or the comment is empty)"})
 AlertId = Annotated[int, Path(ge=1, le=2**62)]
 
 
@@ -33,6 +34,12 @@ class Status(StrEnum):
     open = "open"
     acknowledged = "acknowledged"
     resolved = "resolved"
+
+
+class ReviewState(StrEnum):
+    not_required = "not_required"
+    pending = "pending"
+    reviewed = "reviewed"
 
 
 class Severity(StrEnum):
@@ -56,12 +63,15 @@ def list_alerts(
     patient_id: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[list[Status] | None, Query()] = None,
     severity: Annotated[list[Severity] | None, Query()] = None,
+    review_state: Annotated[list[ReviewState] | None, Query(
+        description="pending: a person must still look at it (with status=resolved: resolved before review)")] = None,
     since: Annotated[datetime | None, Query(description="opened at or after")] = None,
     before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     statuses = [s.value for s in status] if status else None
     severities = [s.value for s in severity] if severity else None
+    reviews = [s.value for s in review_state] if review_state else None
     if principal.role == "patient" and patient_id is None:
         patient_id = principal.patient_id
     if patient_id is None and principal.role == "admin":
@@ -69,10 +79,10 @@ def list_alerts(
     if patient_id is not None:
         access = authorise_patient(conn, request, principal, patient_id, "alerts")
         rows = service.list_alerts(conn, patient_id=access.patient_id, status=statuses, severity=severities,
-                                   since=since, before_id=before_id, limit=limit)
+                                   since=since, before_id=before_id, limit=limit, review_state=reviews)
     else:
         rows = queries.alerts_for_care_teams(conn, principal.care_teams, statuses=statuses, severities=severities,
-                                             since=since, before_id=before_id, limit=limit)
+                                             since=since, before_id=before_id, limit=limit, review_states=reviews)
         for row in rows:
             note_audit(request, row["patient_id"])
     next_before = rows[-1]["id"] if len(rows) == limit else None
@@ -106,7 +116,9 @@ def get_alert(request: Request, principal: CurrentPrincipal, conn: DbConn, alert
     return {**service.get_alert(conn, alert_id), "history": service.alert_history(conn, alert_id)}
 
 
-@router.post("/{alert_id}/acknowledge", summary="Mark the alert seen; it stays open until it resolves",
+@router.post("/{alert_id}/acknowledge",
+             summary="Mark the alert seen: an open one stays open until it resolves; one that resolved before"
+                     " anyone looked and needs review is reviewed. Either stops its escalation",
              response_model=Alert, responses=_CHANGE_PROBLEMS)
 def acknowledge(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId,
                 body: Note | None = None) -> dict[str, Any]:
