@@ -61,6 +61,17 @@ class Metric:
             raise UnknownUnitError(f"{self.name}: cannot convert unit {unit!r} to {self.unit!r}") from None
 
 
+# How people write the canonical UCUM codes: alert texts, e-mails and pages say "192 mmHg", never
+# "192 mm[Hg]" (FHIR keeps the codes and has its own display strings).
+HUMAN_UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "[degF]": "°F", "kg/m2": "kg/m²", "[lb_av]": "lb",
+               "{beats}/min": "/min"}
+
+
+def human_unit(code: str) -> str:
+    """The unit as a person writes it (``mm[Hg]`` -> ``mmHg``, ``Cel`` -> ``°C``); other codes as they are."""
+    return HUMAN_UNITS.get(code, code)
+
+
 _PRESSURE = {"kPa": MMHG_PER_KPA}
 _CATALOGUE = [
     Metric("systolic", Kind.BLOOD_PRESSURE, "mm[Hg]", "8480-6", _PRESSURE, (0, 400), (40, 300)),

@@ -16,7 +16,7 @@ import numpy as np
 
 from cloud.db.alert_rules import Condition, Rule
 from cloud.twin.baselines import EMPTY, Baseline, History, compute_baseline
-from gateway.metrics import METRICS
+from gateway.metrics import METRICS, human_unit
 
 QUALITY_FLAGS = ("irregular_pulse", "cuff_too_loose", "body_movement", "improper_position",
                  "questionable_measurement")
@@ -44,7 +44,7 @@ class Verdict:
 
 
 def _fmt(metric: str, value: float) -> str:
-    unit = METRICS[metric].unit if metric in METRICS else ""
+    unit = human_unit(METRICS[metric].unit) if metric in METRICS else ""
     return f"{value:.4g} {unit}".strip()
 
 

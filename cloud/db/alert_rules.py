@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from gateway.metrics import METRICS
+from gateway.metrics import METRICS, human_unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class Condition:
         return abs(x) < self.value - margin
 
     def describe(self) -> str:
-        unit = METRICS[self.metric].unit if self.metric in METRICS else ""
+        unit = human_unit(METRICS[self.metric].unit) if self.metric in METRICS else ""
         op = "|z| >=" if self.op == "abs>=" else self.op
         return f"{self.metric} {op} {self.value:g}" + (f" {unit}" if unit and self.op != "abs>=" else "")
 
