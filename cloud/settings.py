@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -60,11 +61,64 @@ class CloudSettings(BaseSettings):
     # Alerts delivery
     webhook_timeout_s: float = 5.0
 
+    # Notification channels (cloud.alerts.channels): e-mail over SMTP, the SMS/voice provider, deep links
+    smtp_host: str | None = None
+    """SMTP server for alert e-mail; unset: e-mail deliveries fail with reason ``config`` (visible on the alert)."""
+    smtp_port: int | None = Field(None, gt=0, lt=65536)
+    """Default by ``smtp_security``: 25 (none), 587 (starttls), 465 (tls)."""
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_ca_file: Path | None = None
+    """CA bundle that signs the SMTP server's certificate (default: the system's); verification is always on."""
+    smtp_from: str = "rpm-alerts@localhost"
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    public_url: str = "http://127.0.0.1:8080"
+    """Base of the workspace's deep links in messages (``{public_url}/ui/#/alerts/{id}?link=...``)."""
+    alert_link_ttl_s: int = Field(24 * 3600, gt=0)
+    """How long a message's deep link can be opened (once)."""
+    provider_url: str | None = None
+    """HTTP endpoint of the SMS/voice provider; unset: provider deliveries fail with reason ``config``."""
+    provider_token: str | None = None
+    """Sent as ``Authorization: Bearer``."""
+    provider_template: str | None = None
+    """JSON body with ``$to``, ``$text``, ``$kind``, ``$delivery_id`` (JSON-escaped; write ``"$text"``)."""
+    provider_timeout_s: float = Field(10.0, gt=0)
+
     # Clinician API
     api_pool_max: int = Field(8, gt=0)
     """Database connections the API holds (requests run in a thread pool of about this size)."""
     api_max_body_bytes: int = Field(64 * 1024, gt=0)
     """Largest request body the API reads (413 past it, checked before the body is read)."""
+    # Patient equipment (cloud/api/routes/equipment.py)
+    gateway_online_within_s: float = Field(300.0, gt=0)
+    """A gateway is online while its last message (status or readings) reached the cloud this recently and its
+    last status did not say offline. Gateways send a status every 60 s by default: 300 s is five missed."""
+
+    # Live alert stream (cloud/api/routes/stream.py, cloud/api/alert_stream.py)
+    stream_keepalive_s: float = Field(15.0, gt=0)
+    """Seconds between ``: keep-alive`` comments on an idle ``/v1/stream`` (proxies close silent connections)."""
+    stream_max_s: float = Field(900.0, gt=0)
+    """A stream ends after this long (and when its token expires); the client resumes with ``Last-Event-ID``."""
+
+    # Workspace sign-in: OpenID Connect authorization code + PKCE from the /ui page (cloud/api/static/auth.js)
+    oidc_issuer: str | None = None
+    """The OpenID provider's issuer URL; unset: no sign-in link, the page asks for a pasted token (development).
+    Tokens' ``iss`` must then equal it (unless ``RPM_JWT_ISSUER`` is set), and the keys come from its
+    discovery document's ``jwks_uri`` when ``RPM_JWT_JWKS_URL`` is unset."""
+    oidc_client_id: str = "rpm-ui"
+    """The page's client id at the provider: a public client (no secret), PKCE S256, redirect URI ``<API>/ui``."""
+    oidc_scopes: str = "openid profile"
+    """Scopes the page asks for (space-separated); add ``offline_access`` where the provider needs it for the
+    refresh token that silent renewal uses."""
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_is_an_http_url(cls, value: str | None) -> str | None:
+        # The page's content policy names the issuer's origin: a value that is not one would break sign-in late.
+        if value is not None and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(f"RPM_OIDC_ISSUER must be an http(s) URL without query or fragment, not {value!r}")
+        return value or None
 
 
     @field_validator("log_level")

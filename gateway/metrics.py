@@ -6,6 +6,7 @@ Names and units are fixed by ``specs/metrics.md``; the wire contract, the databa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,13 +64,20 @@ class Metric:
 
 # How people write the canonical UCUM codes: alert texts, e-mails and pages say "192 mmHg", never
 # "192 mm[Hg]" (FHIR keeps the codes and has its own display strings).
-HUMAN_UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "[degF]": "°F", "kg/m2": "kg/m²", "[lb_av]": "lb",
+HUMAN_UNITS = {"mm[Hg]": "mmHg", "Cel": "°C", "[degF]": "°F", "kg/m2": "kg/m²", "[lb_av]": "lb", "[in_i]": "in",
                "{beats}/min": "/min"}
+# Longest first, so "kg/m2" is replaced before a shorter code inside it could be.
+_UCUM_IN_TEXT = re.compile("|".join(re.escape(code) for code in sorted(HUMAN_UNITS, key=len, reverse=True)))
 
 
 def human_unit(code: str) -> str:
     """The unit as a person writes it (``mm[Hg]`` -> ``mmHg``, ``Cel`` -> ``°C``); other codes as they are."""
     return HUMAN_UNITS.get(code, code)
+
+
+def humanise_units(text: str) -> str:
+    """Free text (an alert message stored before units were written the human way) with UCUM codes replaced."""
+    return _UCUM_IN_TEXT.sub(lambda match: HUMAN_UNITS[match.group(0)], text)
 
 
 _PRESSURE = {"kPa": MMHG_PER_KPA}

@@ -188,40 +188,6 @@ def insert_deliveries(conn: Any, rows: list[tuple[Any, ...]]) -> None:
         )
 
 
-def claim_deliveries(conn: Any, now: datetime, lease_until: datetime, limit: int,
-                     channels: Sequence[str]) -> list[dict[str, Any]]:
-    """Take due deliveries for this sender: pushing their next attempt to ``lease_until`` keeps other
-    senders off them while the HTTP call runs outside any transaction."""
-    return _all(
-        conn,
-        """
-        WITH due AS (
-            SELECT id FROM alert_deliveries
-             WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= %s AND channel = ANY(%s)
-             ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED
-        ), claimed AS (
-            UPDATE alert_deliveries d SET next_attempt_at = %s, attempts = d.attempts + 1
-              FROM due WHERE d.id = due.id
-            RETURNING d.id, d.channel, d.webhook_id, d.topic, d.alert_id, d.status, d.payload, d.attempts
-        )
-        SELECT c.*, w.url, w.secret FROM claimed c LEFT JOIN webhooks w ON w.id = c.webhook_id ORDER BY c.id
-        """,
-        (now, list(channels), limit, lease_until),
-    )
-
-
-def mark_delivered(conn: Any, delivery_id: int, now: datetime) -> None:
-    conn.execute("UPDATE alert_deliveries SET delivered_at = %s, last_error = NULL WHERE id = %s", (now, delivery_id))
-
-
-def mark_failed_attempt(conn: Any, delivery_id: int, error: str, retry_at: datetime | None, now: datetime) -> None:
-    conn.execute(
-        "UPDATE alert_deliveries SET last_error = %s, next_attempt_at = COALESCE(%s, next_attempt_at),"
-        " failed_at = CASE WHEN %s::timestamptz IS NULL THEN %s END WHERE id = %s",
-        (error[:500], retry_at, retry_at, now, delivery_id),
-    )
-
-
 def add_webhook(conn: Any, url: str, secret: str, patient_id: str | None, events: list[str]) -> int:
     row = conn.execute("INSERT INTO webhooks (url, secret, patient_id, events) VALUES (%s, %s, %s, %s) RETURNING id",
                        (url, secret, patient_id, events)).fetchone()

@@ -1,4 +1,4 @@
-"""``rpm-cloud scheduler``: time-based alert rules (missing data) and the delivery loop (webhooks, MQTT).
+"""``rpm-cloud scheduler``: time-based alert rules (missing data), escalation and the delivery loop.
 
 Missing data cannot be seen when a reading arrives: it is the reading that did not. The scheduler
 asks, per ``missing_data`` rule, which patients are expected to send that kind (an active device
@@ -6,7 +6,8 @@ assignment) and how long ago their latest reading of it was measured; past the r
 opens an alert (once: an open alert is left alone), which the next reading of that kind resolves in
 ingest. The adherence rule warns while the 16-days-of-30 rule for RPM billing can still be met, and
 resolves itself when it no longer applies. Several schedulers may run: each patient is handled under
-its twin row lock and deliveries are claimed with ``FOR UPDATE SKIP LOCKED``.
+its twin row lock and deliveries are claimed with ``FOR UPDATE SKIP LOCKED``. Each delivery pass first
+runs the escalation policies (:mod:`cloud.alerts.escalation`), whose steps are claimed the same way.
 
 ``--metrics-port`` serves Prometheus metrics (:class:`SchedulerMetrics`): jobs run, alerts opened,
 alert messages published, webhook attempts and failures, and how long each pass takes.
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from cloud.alerts import queries
 from cloud.alerts.delivery import Backoff, DeliveryReport, Publish, deliver_due, record_changes
+from cloud.alerts.escalation import EscalationReport, run_escalations
 from cloud.alerts.lifecycle import AlertBook
 from cloud.db import alert_rules as rule_catalogue
 from cloud.settings import get_settings
@@ -172,8 +174,18 @@ class SchedulerMetrics:
                                         registry=self.registry)
         self.webhook_failures = Counter("rpm_scheduler_webhook_failures", "Webhook attempts that failed (retried"
                                         " later, or given up)", registry=self.registry)
+        self.delivery_attempts = Counter("rpm_scheduler_delivery_attempts", "Delivery attempts by channel (email,"
+                                         " provider, webhook, mqtt)", ["channel"], registry=self.registry)
+        self.delivery_failures = Counter("rpm_scheduler_delivery_failures", "Failed delivery attempts by channel",
+                                         ["channel"], registry=self.registry)
         self.deliveries_given_up = Counter("rpm_scheduler_deliveries_given_up", "Deliveries abandoned after their"
                                            " last attempt", registry=self.registry)
+        self.escalation_steps = Counter("rpm_scheduler_escalation_steps", "Escalation steps sent (policy steps"
+                                        " and repeats)", registry=self.registry)
+        self.escalation_messages = Counter("rpm_scheduler_escalation_messages", "Messages queued by escalation"
+                                           " steps and patient notifications", registry=self.registry)
+        self.escalations = Counter("rpm_scheduler_escalations", "Escalations started and stopped", ["event"],
+                                   registry=self.registry)
         self.loop_seconds = Histogram("rpm_scheduler_loop_seconds", "Time of one pass (checks, then deliveries)",
                                       registry=self.registry)
         self._published = self._unacked = 0
@@ -193,6 +205,12 @@ class SchedulerMetrics:
 
         return counted
 
+    def record_escalation(self, report: EscalationReport) -> None:
+        self.escalations.labels("started").inc(report.started)
+        self.escalations.labels("stopped").inc(report.stopped)
+        self.escalation_steps.inc(report.steps)
+        self.escalation_messages.inc(report.messages + report.patient_messages)
+
     def record(self, checked: bool, opened: int, report: DeliveryReport, seconds: float) -> None:
         published, unacked, self._published, self._unacked = self._published, self._unacked, 0, 0
         if checked:
@@ -202,9 +220,12 @@ class SchedulerMetrics:
         self.alerts_opened.inc(opened)
         self.alerts_published.inc(published)
         self.mqtt_failures.inc(unacked)
-        failures = report.retrying + report.failed
-        self.webhook_attempts.inc(report.delivered + failures - published - unacked)
-        self.webhook_failures.inc(failures - unacked)
+        self.webhook_attempts.inc(report.attempts_by_channel.get("webhook", 0))
+        self.webhook_failures.inc(report.failures_by_channel.get("webhook", 0))
+        for channel, attempts in report.attempts_by_channel.items():
+            self.delivery_attempts.labels(channel).inc(attempts)
+        for channel, failures in report.failures_by_channel.items():
+            self.delivery_failures.labels(channel).inc(failures)
         self.deliveries_given_up.inc(report.failed)
         self.loop_seconds.observe(seconds)
 
@@ -217,6 +238,19 @@ def run_once(conn: Any, http: httpx.Client, publish: Publish | None, backoff: Ba
     opened = 0
     if check_missing:
         opened = evaluate_missing_data(conn) + evaluate_adherence(conn)[0]
+    # Before sending: a step queued now goes out in this pass, and a stopped chain's messages are cancelled.
+    try:
+        escalated = run_escalations(conn)
+    except Exception:
+        # Escalation must not hold up the outbox: what is queued (webhooks, MQTT, e-mail) still goes out.
+        log.exception("escalation pass failed; delivering what is queued")
+        escalated = EscalationReport(errors=["escalation pass failed"])
+    if escalated.busy:
+        log.info("escalation: started %d, steps %d, messages %d (patients %d), held %d, fell back %d, stopped %d%s",
+                 escalated.started, escalated.steps, escalated.messages, escalated.patient_messages, escalated.held,
+                 escalated.fell_back, escalated.stopped, f"; errors: {escalated.errors}" if escalated.errors else "")
+    if metrics is not None:
+        metrics.record_escalation(escalated)
     report = deliver_due(conn, http=http, publish=publish, backoff=backoff)
     if metrics is not None:
         metrics.record(check_missing, opened, report, time.perf_counter() - started)

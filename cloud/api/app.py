@@ -27,20 +27,26 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from cloud.api import docs as api_docs
 from cloud.api import queries
 from cloud.api.body_limit import BodyLimitMiddleware
 from cloud.api.deps import WRITE_METHODS
 from cloud.api.problems import install_problem_handlers, problem_response
 from cloud.api.routes import (
+    alert_links,
     alerts,
     audit,
     care_teams,
     consents,
     devices,
+    equipment,
+    escalation,
     fhir,
     health,
+    inbox,
     patients,
     readings,
+    stream,
     summaries,
     thresholds,
     trends,
@@ -94,7 +100,8 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         finally:
             app.state.pool.close()
 
-    app = FastAPI(title="RPM clinician API", version="1", lifespan=lifespan,
+    # docs_url/redoc_url off: cloud.api.docs serves both from packaged assets (FastAPI's pages load a CDN).
+    app = FastAPI(title="RPM clinician API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Readings, trends, summaries, alerts, thresholds, devices, the digital twin and "
                               "FHIR R4 for clinicians and care teams; consent and access trail for patients.")
     app.state.settings = settings
@@ -157,4 +164,10 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     for module in (health, patients, readings, trends, summaries, alerts, thresholds, devices, twin, consents,
                    audit, care_teams, fhir, ui):
         app.include_router(module.router)
+    app.include_router(alert_links.router)  # message deep links (cloud.alerts.channels)
+    app.include_router(equipment.router)  # patient equipment
+    app.include_router(api_docs.router)  # /docs and /redoc offline, / → /ui
+    app.include_router(inbox.router)  # alert inbox and assignment
+    app.include_router(stream.router)  # live alert events (SSE)
+    app.include_router(escalation.router)  # escalation set-up, on-call, patient contacts
     return app

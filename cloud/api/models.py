@@ -23,6 +23,7 @@ speed, or another media type); their shapes here only document it.
 from __future__ import annotations
 
 from datetime import date, datetime
+from datetime import time as TimeOfDay  # escalation quiet hours
 from typing import Annotated, Any, NotRequired
 
 from pydantic import ConfigDict, WithJsonSchema, with_config
@@ -115,16 +116,44 @@ class PanelPatient(TypedDict):
     patient_id: str
     display_name: str | None
     open_alerts: AlertCounts | None
+    unacknowledged: int | None
+    """Open alerts nobody acknowledged (null without the alerts scope, as the other alert counts)."""
+    needs_review: int | None
+    """Alerts that resolved before anyone reviewed them and need review."""
+    missing_data: int | None
+    """Open missing-data alerts."""
+    device_problem: int | None
+    """Open technical alerts (a device or gateway problem)."""
     adherence: PanelAdherence | None
+    last_reading_at: datetime | None
+    """When the newest reading was measured (null without the readings scope)."""
     latest: dict[str, PanelLatest] | None
     categories: dict[str, str] | None
     """Category names by kind: blood_pressure, glucose, bmi."""
 
 
+@documented
+class PanelCounts(TypedDict):
+    """Over the caller's whole panel (whatever the search, filters and page): patients each filter finds."""
+
+    all: int
+    critical: int
+    unacknowledged: int
+    needs_review: int
+    missing_data: int
+    below_16_days: int
+    device_problem: int
+
+
+@documented
 class Panel(TypedDict):
-    """Patients in triage order: open critical, warning, info alerts, then fewest days with readings."""
+    """One page of the caller's panel, in triage order by default: open critical, warning, info alerts, then
+    fewest days with readings."""
 
     patients: list[PanelPatient]
+    total: int
+    """Patients matching the search and filters (page through them with limit and offset)."""
+    counts: PanelCounts
     limit: int
     offset: int
 
@@ -206,6 +235,14 @@ class Trend(TypedDict):
     buckets: list[TrendBucket]
 
 
+@documented
+class SummaryWindow(TypedDict):
+    since: datetime
+    until: datetime
+    description: str
+    """What the window is, in words (e.g. "7 days up to the latest reading, as the average rule")."""
+
+
 class GlucoseRanges(TypedDict):
     below_54: float
     from_54_to_69: float
@@ -228,6 +265,11 @@ class GlucoseSummary(TypedDict):
     patient_id: str
     until: datetime
     unit: str
+    timezone: str
+    """The zone whose days ``days_with_data`` counts: the patient's, else UTC."""
+    timezone_source: str
+    """``patient``, or why the default (UTC) is used."""
+    window: SummaryWindow
     days: int
     readings: int
     days_with_data: int
@@ -243,38 +285,158 @@ class GlucoseSummary(TypedDict):
     """Only when there are readings."""
 
 
+@documented
+class AgpSlot(TypedDict):
+    minute: int
+    """Start of the 15-min slot, minutes after local midnight (0, 15, ... 1425)."""
+    p5: float | None
+    p25: float | None
+    p50: float | None
+    p75: float | None
+    p95: float | None
+    n: int
+    """Readings the slot's percentiles come from (null percentiles: none)."""
+
+
+@documented
+class AgpSmoothing(TypedDict):
+    method: str
+    """``none`` (each slot's own readings) or ``pooled_neighbour_slots``."""
+    pool_slots: int
+    window_minutes: int
+    """Width of the time-of-day window each slot's percentiles come from."""
+
+
+@documented
+class AgpSummary(TypedDict):
+    patient_id: str
+    until: datetime
+    unit: str
+    days: int
+    timezone: str
+    """The zone of the modal day's times: the patient's, else UTC."""
+    timezone_source: str
+    window: SummaryWindow
+    smoothing: AgpSmoothing
+    percentile_method: str
+    days_with_data: int
+    sufficient_data: bool
+    """At least 14 days, with data at least 70 % of the time (International Consensus on Time in Range)."""
+    readings: int
+    slot_minutes: int
+    percentiles: list[int]
+    percent_time_with_data: float | None
+    """Each reading covers the time to the next one, at most one slot (15 min)."""
+    slots: list[AgpSlot]
+    """96 slots from local midnight."""
+
+
+@documented
 class BloodPressureAverage(TypedDict):
+    since: datetime
+    """Exclusive: the window is (since, until], as the average rule takes it."""
+    until: datetime
+    """The latest reading's time."""
     readings: int
     systolic: float
     diastolic: float
     pulse_rate: float | None
     category: str
+    """ACC/AHA 2017 category of the average."""
 
 
+@documented
+class BloodPressureRuleAverage(BloodPressureAverage):
+    window_days: float
+    """The window of rule bp_stage2_average in force for the patient."""
+    min_readings: int
+    enough_readings: bool
+    """Whether the rule judges this average (it needs ``min_readings`` in the window)."""
+
+
+@documented
+class RuleState(TypedDict):
+    rule_id: str | None
+    enabled: bool
+    outcome: str | None
+    """What the rule in force says about the latest reading: trigger, clear, hold, or null (it does not judge)."""
+    message: str | None
+
+
+class BloodPressureLatest(TypedDict):
+    reading_id: str
+    measured_at: datetime
+    systolic: float | None
+    diastolic: float | None
+    pulse_rate: float | None
+    category: str | None
+
+
+@documented
 class BloodPressureSummary(TypedDict):
     patient_id: str
     until: datetime
     unit: str
+    unit_label: str
+    timezone: str
+    """The zone whose local hours make the morning (04-12) and evening (18-24) series."""
+    timezone_source: str
+    window: SummaryWindow
+    latest: BloodPressureLatest | None
+    """The newest judged reading before ``until``: every average ends at it."""
+    latest_category: str | None
+    """ACC/AHA category of the latest reading alone."""
+    aha_category: str | None
+    """Headline: ACC/AHA category of ``rule_average``, the average the 7-day-average alert judges."""
+    category_source: str
+    rule_average: BloodPressureRuleAverage | None
+    rule: RuleState
+    """Rule bp_stage2_average's verdict on the latest reading, from the alert engine's evaluate()."""
     average_7_days: BloodPressureAverage | None
     average_30_days: BloodPressureAverage | None
     morning_7_days: BloodPressureAverage | None
     evening_7_days: BloodPressureAverage | None
     morning_30_days: BloodPressureAverage | None
     evening_30_days: BloodPressureAverage | None
-    aha_category: str | None
-    category_source: str
 
 
 WeightChange = TypedDict("WeightChange", {"1_day": float | None, "7_days": float | None, "30_days": float | None})
 
 
+@documented
+class WeightChangeWindow(TypedDict):
+    label: str
+    hours: float
+    """From the rule in force (weight_gain_24h, weight_gain_7d) where one watches the window."""
+    since: datetime
+    until: datetime
+    """The latest weigh-in: the window is (since, until), the latest reading left out, as the rate rule."""
+    readings: int
+    from_kg: float | None
+    """The lowest reading in the window (what the rate rule measures the gain from)."""
+    change_kg: float | None
+    """Latest minus ``from_kg``: the gain the rate rule judges."""
+    net_change_kg: float | None
+    """Latest minus the oldest reading in the window."""
+    threshold_kg: float | None
+    rule: RuleState | None
+
+
+@documented
 class WeightSummary(TypedDict):
     patient_id: str
     until: datetime
     unit: str
+    timezone: str
+    timezone_source: str
+    window: SummaryWindow
     latest_kg: float | None
     latest_at: datetime | None
+    latest_reading_id: str | None
     change_kg: WeightChange
+    """By window: the latest weigh-in minus the lowest before it in the window (the rate rules' measure)."""
+    change_basis: str
+    changes: list[WeightChangeWindow]
     slope_kg_per_week: float | None
     readings_30_days: int
 
@@ -305,6 +467,10 @@ class OximetrySummary(TypedDict):
     patient_id: str
     until: datetime
     unit: str
+    timezone: str
+    """The zone whose nights (22:00-07:59) are reported."""
+    timezone_source: str
+    window: SummaryWindow
     days: int
     readings: int
     latest_percent: float | None
@@ -331,6 +497,11 @@ class TemperatureSummary(TypedDict):
     patient_id: str
     until: datetime
     unit: str
+    unit_label: str
+    timezone: str
+    """The zone whose days are reported."""
+    timezone_source: str
+    window: SummaryWindow
     days: int
     readings: int
     latest_cel: float | None
@@ -355,6 +526,11 @@ class AdherencePeriod(TypedDict):
 class AdherenceSummary(TypedDict):
     patient_id: str
     as_of: date
+    """The day of ``until`` in the time zone."""
+    timezone: str
+    """The zone whose days are counted: the patient's, else UTC."""
+    timezone_source: str
+    window: SummaryWindow
     periods: list[AdherencePeriod]
     """Newest first."""
     current: AdherencePeriod
@@ -427,6 +603,98 @@ class AlertWithHistory(Alert):
 class RulesInForce(TypedDict):
     patient_id: str
     rules: list[Rule]
+
+
+# The workspace (routes/inbox.py, migration 0590): the alert inbox across patients and assignment.
+
+
+@documented
+class WorkspaceAlert(Alert):
+    assigned_to: str | None
+    """Who on the care team took it (their token subject); null: nobody."""
+    assigned_at: datetime | None
+    patient_display_name: str | None
+
+
+@documented
+class InboxCounts(TypedDict):
+    """Over the caller's whole inbox, whatever the filters."""
+
+    all: int
+    critical: int
+    warning: int
+    info: int
+    needs_review: int
+    """Resolved before anyone reviewed them."""
+    unassigned: int
+    assigned_to_me: int
+
+
+@documented
+class Inbox(TypedDict):
+    alerts: list[WorkspaceAlert]
+    """What needs a human: open and unacknowledged, or resolved before review; most severe first, then newest."""
+    total: int
+    """Alerts matching the filters."""
+    counts: InboxCounts
+    next_before: int | None
+    """Pass as ``before`` for the next page; null on the last page."""
+
+
+# Notification deliveries and message links (cloud.alerts.channels, migration 0570).
+
+
+@documented
+class DeliveryAttempt(TypedDict):
+    attempt: int
+    at: IsoTime
+    outcome: str
+    """sent or failed."""
+    error: str | None
+    """Why it failed: ``<reason>: <detail>`` (reason: config, refused, timeout, tls, auth, rejected, http, ...)."""
+    duration_ms: int | None
+
+
+@documented
+class AlertDelivery(TypedDict):
+    id: int
+    channel: str
+    """webhook, mqtt, email or provider."""
+    webhook_id: int | None
+    address: str | None
+    """E-mail address or phone number (the topic for MQTT; webhooks: see webhook_id)."""
+    recipient: str | None
+    """Care-team member, or ``patient:<id>``."""
+    audience: str | None
+    kind: str | None
+    """alert, escalation, patient_missing_data, patient_repeat_reading (null: an alert-change notification)."""
+    escalation_id: int | None
+    step: int | None
+    alert_status: str
+    """The alert's status the message was about."""
+    status: str
+    """queued, sent, failed (given up) or retrying."""
+    attempt_count: int
+    max_attempts: int | None
+    created_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    failed_at: datetime | None
+    last_error: str | None
+    attempts: list[DeliveryAttempt]
+    """Oldest first."""
+
+
+@documented
+class AlertDetail(AlertWithHistory):
+    deliveries: list[AlertDelivery]
+    """Every notification of the alert on every channel, oldest first."""
+
+
+@documented
+class AlertLinkOpened(TypedDict):
+    alert_id: int
+    patient_id: str
 
 
 # --- devices ---------------------------------------------------------------------------------------
@@ -514,6 +782,95 @@ class GatewayBinding(TypedDict):
     changed: bool
     gateway_known: bool
     """Whether the gateway has ever connected."""
+
+
+@documented
+class EquipmentReading(TypedDict):
+    reading_id: str
+    kind: str
+    measured_at: datetime
+    received_at: datetime | None
+    clock_judgement: str | None
+    """How the gateway judged the device clock for that reading."""
+
+
+@documented
+class EquipmentDevice(TypedDict):
+    uid: str
+    transport: str
+    profile: str
+    model: str | None
+    serial: str | None
+    manufacturer: str | None
+    user_index: int | None
+    assigned_from: datetime | None
+    gateway_id: str | None
+    """The gateway the device is bound to (else the one it was last seen through)."""
+    first_seen: datetime
+    last_seen: datetime
+    """When the cloud last got a reading of the device."""
+    gateway_last_heard: IsoTime | None
+    """When the gateway last heard the device (its newest status)."""
+    battery_percent: int | None
+    battery_source: str | None
+    """``gateway_status`` (the gateway's newest status) or ``device_record``; null: never reported."""
+    battery_reported_at: datetime | None
+    clock_offset_s: float | None
+    """Device clock minus the gateway's clock, s."""
+    clock_offset_source: str | None
+    """``gateway_status`` or ``last_reading``."""
+    error: str | None
+    """The gateway's last error for the device, in plain words."""
+    quarantined_records: int
+    """Records of the device the gateway could not turn into readings (kept there with their bytes)."""
+    last_reading: EquipmentReading | None
+    """The newest reading of the device stored for this patient."""
+    problems: list[str]
+    """battery_low, device_error, quarantined_records, clock_off."""
+
+
+@documented
+class EquipmentGateway(TypedDict):
+    gateway_id: str
+    state: str
+    """online, offline (its newest status says so), not_reporting (silent past ``online_within_s``), unknown
+    (readings but never a status)."""
+    online: bool
+    online_within_s: float
+    first_seen: datetime
+    last_contact_at: datetime
+    """When the cloud last received anything from the gateway (its clock, not the gateway's)."""
+    last_status_at: IsoTime | None
+    """The newest status's own time (the gateway's clock)."""
+    reported_online: bool | None
+    version: str | None
+    outbox_depth: int | None
+    """Readings waiting on the gateway to be acknowledged by the cloud."""
+    outbox_oldest_age_s: float | None
+    storage_full: bool | None
+    storage_state: str | None
+    storage_message: str | None
+    storage_free_bytes: int | None
+    readings_lost: int | None
+    readings_waiting_on_devices: int | None
+    quarantined: int | None
+    uplink_error: str | None
+    component_errors: dict[str, str]
+    problems: list[str]
+    """not_online, storage_full, uplink_error, component_errors, readings_lost."""
+
+
+@documented
+class PatientEquipment(TypedDict):
+    patient_id: str
+    as_of: datetime
+    online_within_s: float
+    battery_low_percent: int
+    clock_off_s: float
+    devices: list[EquipmentDevice]
+    """Devices assigned to the patient now."""
+    gateways: list[EquipmentGateway]
+    """The gateways those devices speak through."""
 
 
 # --- the twin --------------------------------------------------------------------------------------
@@ -638,3 +995,113 @@ class TeamMember(TypedDict):
 class TeamMembers(TypedDict):
     care_team_id: str
     members: list[TeamMember]
+
+
+# --- escalation (cloud/api/routes/escalation.py) ---------------------------------------------------
+
+
+class EscalationStep(TypedDict):
+    step: int
+    delay_s: int
+    target_type: str
+    """``person`` (a contact's subject), ``role`` (every contact with it), ``on_call`` (who holds the role now)."""
+    target: str
+    channels: list[str]
+
+
+@documented
+class EscalationPolicy(TypedDict):
+    id: int
+    """A version: replacing the policies retires this row and makes new ones."""
+    position: int
+    name: str
+    min_severity: str
+    categories: list[str]
+    timezone: str
+    quiet_start: TimeOfDay | None
+    quiet_end: TimeOfDay | None
+    repeat_every_minutes: int | None
+    repeat_max: int
+    applies_from: datetime
+    """Alerts opened before this never start escalating (kept across replacements)."""
+    created_at: datetime
+    created_by: str
+    steps: list[EscalationStep]
+
+
+class EscalationContact(TypedDict):
+    subject: str
+    display_name: str
+    email: str | None
+    phone: str | None
+    webhook_id: int | None
+    roles: list[str]
+    updated_at: datetime
+    updated_by: str
+
+
+class OnCallShift(TypedDict):
+    subject: str
+    starts_local: datetime
+    ends_local: datetime
+
+
+@documented
+class OnCallRota(TypedDict):
+    role: str
+    timezone: str
+    rotation: list[str]
+    rotation_start: datetime | None
+    rotation_hours: int
+    updated_at: datetime
+    updated_by: str
+    shifts: list[OnCallShift]
+    on_call_now: list[str]
+    """Who holds the role at the time of the request."""
+
+
+class EscalationSetup(TypedDict):
+    care_team_id: str
+    policies: list[EscalationPolicy]
+    contacts: list[EscalationContact]
+    schedules: list[OnCallRota]
+
+
+@documented
+class AlertEscalation(TypedDict):
+    id: int
+    care_team_id: str
+    policy_id: int
+    episode: int
+    step_count: int
+    started_at: datetime
+    next_step: int
+    sent_step: int | None
+    repeats: int
+    next_at: datetime | None
+    last_sent_at: datetime | None
+    last_note: str | None
+    """Why a step reached nobody, fell back, or is held by quiet hours."""
+    stopped_at: datetime | None
+    stop_reason: str | None
+
+
+class AlertEscalations(TypedDict):
+    alert_id: int
+    escalations: list[AlertEscalation]
+
+
+class PatientContact(TypedDict):
+    id: int
+    patient_id: str
+    channel: str
+    address: str
+    opted_in_at: datetime
+    opted_in_by: str
+    opted_out_at: datetime | None
+    opted_out_by: str | None
+
+
+class PatientContacts(TypedDict):
+    patient_id: str
+    contacts: list[PatientContact]

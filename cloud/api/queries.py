@@ -13,6 +13,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from cloud.alerts.queries import ALERT_COLUMNS
 from gateway.metrics import EXCLUDED_FLAGS
 
 EXCLUDED = sorted(EXCLUDED_FLAGS)
@@ -132,9 +133,24 @@ def revoke_consent(conn: Any, patient_id: str, consent_id: int, by: str) -> dict
 
 # --- patients ------------------------------------------------------------------------------------------
 
-# The panel reads patient_panel (a projection of the twin kept by a trigger, migration 0410) and counts
-# open alerts; rows are ranked on narrow keys and the page is turned into JSON by PostgreSQL, so 10 000
-# patients do not go through Python objects one field at a time.
+# The panel reads patient_panel (a projection kept by triggers on twins and alerts, migrations 0410 and
+# 0590): filters, counts and sort keys are columns of one narrow row per patient, so a panel of 10 000
+# patients never joins alerts per request. Rows are ranked on narrow keys and only the page is turned
+# into JSON, by PostgreSQL, so nothing goes through Python objects one field at a time.
+PANEL_FILTERS = ("critical", "unacknowledged", "needs_review", "missing_data", "below_16_days", "device_problem")
+"""Filters of the panel (all given must hold); each is also a count over the caller's whole panel."""
+_BY_URGENCY = 'critical {d}, warning {d}, info {d}, adherence_days {r}, patient_id COLLATE "C" {r}'
+# Fixed SQL per sort key and direction: the only text the request chooses, and it chooses among these.
+PANEL_SORTS = {
+    # Most urgent first: open critical, warning, info alerts, then the fewest days with readings.
+    "triage": {"desc": _BY_URGENCY.format(d="DESC", r="ASC"), "asc": _BY_URGENCY.format(d="ASC", r="DESC")},
+    "name": {d: f'lower(coalesce(display_name, patient_id)) {d}, patient_id COLLATE "C" {d}' for d in ("asc", "desc")},
+    "last_reading": {d: f'last_reading_at {d} NULLS LAST, patient_id COLLATE "C"' for d in ("asc", "desc")},
+    "days_with_data": {d: f'CASE WHEN readings THEN adherence_days END {d} NULLS LAST, patient_id COLLATE "C"'
+                       for d in ("asc", "desc")},
+}
+PANEL_DEFAULT_ORDER = {"triage": "desc", "name": "asc", "last_reading": "desc", "days_with_data": "asc"}
+
 _PANEL = f"""
 WITH visible AS MATERIALIZED (
     SELECT c.patient_id, bool_or('readings' = ANY(c.scopes)) AS readings, bool_or('alerts' = ANY(c.scopes)) AS alerts
@@ -143,26 +159,44 @@ WITH visible AS MATERIALIZED (
      GROUP BY c.patient_id
     UNION ALL
     SELECT %(own)s::text, true, true WHERE %(own)s::text IS NOT NULL
-), open_alerts AS (
-    SELECT a.patient_id,
-           count(*) FILTER (WHERE a.severity = 'critical') AS critical,
-           count(*) FILTER (WHERE a.severity = 'warning') AS warning,
-           count(*) FILTER (WHERE a.severity = 'info') AS info
-      FROM alerts a JOIN visible v ON v.patient_id = a.patient_id AND v.alerts
-     WHERE a.status <> 'resolved'
-     GROUP BY a.patient_id
+), base AS MATERIALIZED (
+    -- What the caller's consent does not cover counts as nothing: a filter never reveals a hidden alert.
+    SELECT b.*, b.critical > 0 AS is_critical, b.unacknowledged > 0 AS is_unacknowledged,
+           b.needs_review > 0 AS is_needs_review, b.missing_data > 0 AS is_missing_data,
+           b.readings AND b.adherence_days < 16 AS is_below_16_days, b.device_problem > 0 AS is_device_problem
+      FROM (SELECT v.patient_id, v.readings, v.alerts, p.display_name,
+                   CASE WHEN v.alerts THEN coalesce(pp.open_critical, 0) ELSE 0 END AS critical,
+                   CASE WHEN v.alerts THEN coalesce(pp.open_warning, 0) ELSE 0 END AS warning,
+                   CASE WHEN v.alerts THEN coalesce(pp.open_info, 0) ELSE 0 END AS info,
+                   CASE WHEN v.alerts THEN coalesce(pp.unacknowledged, 0) ELSE 0 END AS unacknowledged,
+                   CASE WHEN v.alerts THEN coalesce(pp.needs_review, 0) ELSE 0 END AS needs_review,
+                   CASE WHEN v.alerts THEN coalesce(pp.missing_data, 0) ELSE 0 END AS missing_data,
+                   CASE WHEN v.alerts THEN coalesce(pp.device_problem, 0) ELSE 0 END AS device_problem,
+                   -- days on or after first_day = all days minus those before it (reading_days is ascending)
+                   coalesce(cardinality(pp.reading_days)
+                            - width_bucket(%(first_day)s::date - 1, pp.reading_days), 0) AS adherence_days,
+                   CASE WHEN v.readings THEN pp.last_reading_at END AS last_reading_at
+              FROM visible v JOIN patients p ON p.id = v.patient_id
+              LEFT JOIN patient_panel pp ON pp.patient_id = v.patient_id) AS b
+), counts AS (
+    -- Over the whole panel, whatever the search and filters: what each filter would find.
+    SELECT json_build_object('all', count(*), 'critical', count(*) FILTER (WHERE is_critical),
+                             'unacknowledged', count(*) FILTER (WHERE is_unacknowledged),
+                             'needs_review', count(*) FILTER (WHERE is_needs_review),
+                             'missing_data', count(*) FILTER (WHERE is_missing_data),
+                             'below_16_days', count(*) FILTER (WHERE is_below_16_days),
+                             'device_problem', count(*) FILTER (WHERE is_device_problem))::text AS counts
+      FROM base
+), matching AS (
+    SELECT b.* FROM base b
+     WHERE (%(q)s::text IS NULL OR b.patient_id ILIKE %(q)s OR b.display_name ILIKE %(q)s)
+       AND (is_critical OR NOT %(critical)s) AND (is_unacknowledged OR NOT %(unacknowledged)s)
+       AND (is_needs_review OR NOT %(needs_review)s) AND (is_missing_data OR NOT %(missing_data)s)
+       AND (is_below_16_days OR NOT %(below_16_days)s) AND (is_device_problem OR NOT %(device_problem)s)
 ), ranked AS MATERIALIZED (
-    -- Narrow rows only: the sort never carries the JSON.
-    SELECT v.patient_id, v.readings, v.alerts,
-           coalesce(oa.critical, 0) AS critical, coalesce(oa.warning, 0) AS warning, coalesce(oa.info, 0) AS info,
-           -- days on or after first_day = all days minus those before it (reading_days is ascending)
-           coalesce(cardinality(pp.reading_days)
-                    - width_bucket(%(first_day)s::date - 1, pp.reading_days), 0) AS adherence_days
-      FROM visible v LEFT JOIN patient_panel pp ON pp.patient_id = v.patient_id
-      LEFT JOIN open_alerts oa ON oa.patient_id = v.patient_id
-     -- Byte order for the id: locale-aware comparison of 10 000 ids costs more than the rest of the sort.
-     ORDER BY critical DESC, warning DESC, info DESC, adherence_days ASC, v.patient_id COLLATE "C"
-     LIMIT %(limit)s OFFSET %(offset)s
+    -- Narrow rows only: the sort never carries the JSON. Byte order for ids: locale-aware comparison of
+    -- 10 000 ids costs more than the rest of the sort.
+    SELECT m.* FROM matching m ORDER BY {{order}} LIMIT %(limit)s OFFSET %(offset)s
 ), ordered AS MATERIALIZED (
     SELECT r.*, row_number() OVER () AS position FROM ranked r
 ), audit AS (
@@ -171,33 +205,52 @@ WITH visible AS MATERIALIZED (
     SELECT %(subject)s, %(role)s, %(teams)s, %(action)s, array_agg(patient_id), 'allowed', 200, %(request_id)s
       FROM ordered HAVING count(*) > 0
 )
-SELECT array_agg(r.patient_id ORDER BY r.position), string_agg(json_build_object(
-           'patient_id', r.patient_id, 'display_name', p.display_name,
+SELECT (SELECT count(*) FROM matching), (SELECT counts FROM counts),
+       array_agg(r.patient_id ORDER BY r.position), string_agg(json_build_object(
+           'patient_id', r.patient_id, 'display_name', r.display_name,
            'open_alerts', CASE WHEN r.alerts THEN json_build_object('critical', r.critical, 'warning', r.warning,
                                                                    'info', r.info) END,
+           'unacknowledged', CASE WHEN r.alerts THEN r.unacknowledged END,
+           'needs_review', CASE WHEN r.alerts THEN r.needs_review END,
+           'missing_data', CASE WHEN r.alerts THEN r.missing_data END,
+           'device_problem', CASE WHEN r.alerts THEN r.device_problem END,
            'adherence', CASE WHEN r.readings THEN json_build_object('days_with_readings', r.adherence_days,
                                                                    'meets_16_day_rule', r.adherence_days >= 16) END,
+           'last_reading_at', r.last_reading_at,
            'latest', CASE WHEN r.readings THEN coalesce(pp.latest, '{{}}'::json) END,
            'categories', CASE WHEN r.readings THEN coalesce(pp.categories, '{{}}'::json) END)::text,
            ',' ORDER BY r.position)
-  FROM ordered r JOIN patients p ON p.id = r.patient_id LEFT JOIN patient_panel pp ON pp.patient_id = r.patient_id
+  FROM ordered r LEFT JOIN patient_panel pp ON pp.patient_id = r.patient_id
 """
 
 
+def _like_pattern(text: str) -> str:
+    """``text`` anywhere, taken literally (``%``, ``_`` and the escape character match themselves)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def panel_json(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, first_day: str, limit: int,
-               offset: int, audit: Mapping[str, str]) -> tuple[list[str], str]:
-    """The visible patients' ids and their JSON objects joined by commas (one row from PostgreSQL), in triage
-    order: open critical, warning, info alerts, then the fewest days with readings (at risk of missing the
-    16-day rule), then id. The same statement writes the audit row (``audit``: subject, role, action,
-    request_id)."""
+               offset: int, audit: Mapping[str, str], q: str | None = None, filters: Sequence[str] = (),
+               sort: str = "triage", order: str | None = None) -> tuple[int, str, list[str], str]:
+    """The caller's panel: how many patients match (``q``: name or id, case-insensitive substring; every
+    filter of ``filters``), the counts of each filter over the whole panel (JSON text), and the page: ids
+    and their JSON objects joined by commas. Default order is triage (open critical, warning, info alerts,
+    then the fewest days with readings, at risk of missing the 16-day rule, then id). The same statement
+    writes the audit row naming the patients on the page (``audit``: subject, role, action, request_id)."""
+    unknown = set(filters) - set(PANEL_FILTERS)
+    if unknown or sort not in PANEL_SORTS or order not in (None, "asc", "desc"):
+        raise ValueError(f"unknown panel filter, sort or order: {sorted(unknown) or sort or order}")
+    sql = _PANEL.replace("{order}", PANEL_SORTS[sort][order or PANEL_DEFAULT_ORDER[sort]])
+    params: dict[str, Any] = {"teams": list(care_teams), "own": own_patient, "first_day": first_day, "limit": limit,
+                              "offset": offset, "q": _like_pattern(q) if q else None, **audit}
+    params |= {name: name in filters for name in PANEL_FILTERS}
     with conn.transaction():
         # The page's JSON (about 700 bytes a patient) is ordered in memory, not in a temporary file.
         conn.execute("SET LOCAL work_mem = '64MB'")
-        row = conn.execute(_PANEL, {"teams": list(care_teams), "own": own_patient, "first_day": first_day,
-                                    "limit": limit, "offset": offset, **audit}).fetchone()
-    if row is None or row[0] is None:
-        return [], ""
-    return row[0], row[1]
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None  # aggregates without GROUP BY: always one row
+    total, counts, ids, objects = row
+    return total, counts, ids or [], objects or ""
 
 
 def patient_row(conn: Any, patient_id: str) -> dict[str, Any] | None:
@@ -555,3 +608,144 @@ def fhir_gateway(conn: Any, digest: str, *, own_patient: str | None,
         """,
         {"own": own_patient, "teams": list(care_teams), "digest": digest},
     )
+
+
+# --- the workspace: alert inbox, assignment, live stream (migration 0590) -------------------------------
+
+# "Needs a human" (contracts A): open and nobody acknowledged it, or resolved before anyone reviewed it.
+_NEEDS_HUMAN = "(a.status = 'open' OR a.review_state = 'pending')"
+_SEVERITY_RANK = "CASE a.severity WHEN 'critical' THEN 3 WHEN 'warning' THEN 2 ELSE 1 END"
+_ALERTS_VISIBLE = f"""
+SELECT c.patient_id FROM consents c
+ WHERE c.care_team_id = ANY(%(teams)s) AND 'alerts' = ANY(c.scopes) AND {_ACTIVE}
+UNION
+SELECT %(own)s::text WHERE %(own)s::text IS NOT NULL
+"""
+
+
+def inbox(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, subject: str,
+          severities: Sequence[str] | None, categories: Sequence[str] | None, assigned: str | None,
+          before_id: int | None, limit: int) -> dict[str, Any]:
+    """What needs a human across the patients whose ``alerts`` the caller may see (their active consents, or
+    their own record), most severe first, then newest (opened), then id: ``ids`` of one page after the alert
+    ``before_id`` (its place in that order), ``total`` matching the filters and ``counts`` over the whole
+    inbox. ``assigned``: ``me`` (assigned to ``subject``) or ``unassigned``."""
+    row = _dict(
+        conn,
+        f"""
+        WITH needing AS MATERIALIZED (
+            SELECT a.id, a.severity, a.category, a.assigned_to, a.opened_at, {_SEVERITY_RANK} AS rank,
+                   a.status = 'resolved' AS needs_review
+              FROM alerts a
+             WHERE {_NEEDS_HUMAN} AND a.patient_id IN ({_ALERTS_VISIBLE})
+        ), matching AS MATERIALIZED (
+            SELECT n.* FROM needing n
+             WHERE (%(severities)s::text[] IS NULL OR n.severity = ANY(%(severities)s))
+               AND (%(categories)s::text[] IS NULL OR n.category = ANY(%(categories)s))
+               AND (%(assigned)s::text IS NULL OR (%(assigned)s = 'me' AND n.assigned_to = %(subject)s)
+                    OR (%(assigned)s = 'unassigned' AND n.assigned_to IS NULL))
+        ), cursor AS (
+            SELECT {_SEVERITY_RANK} AS rank, a.opened_at, a.id FROM alerts a WHERE a.id = %(before)s
+        )
+        SELECT (SELECT count(*) FROM matching) AS total,
+               (SELECT json_build_object(
+                    'all', count(*), 'critical', count(*) FILTER (WHERE severity = 'critical'),
+                    'warning', count(*) FILTER (WHERE severity = 'warning'),
+                    'info', count(*) FILTER (WHERE severity = 'info'),
+                    'needs_review', count(*) FILTER (WHERE needs_review),
+                    'unassigned', count(*) FILTER (WHERE assigned_to IS NULL),
+                    'assigned_to_me', count(*) FILTER (WHERE assigned_to = %(subject)s)) FROM needing) AS counts,
+               ARRAY(SELECT m.id FROM matching m
+                      WHERE %(before)s::bigint IS NULL
+                         OR (m.rank, m.opened_at, m.id) < (SELECT c.rank, c.opened_at, c.id FROM cursor c)
+                      ORDER BY m.rank DESC, m.opened_at DESC, m.id DESC LIMIT %(limit)s) AS ids
+        """,
+        {"teams": list(care_teams), "own": own_patient, "subject": subject,
+         "severities": list(severities) if severities else None,
+         "categories": list(categories) if categories else None, "assigned": assigned, "before": before_id,
+         "limit": limit},
+    )
+    assert row is not None
+    return row
+
+
+def workspace_alerts(conn: Any, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """These alerts in this order, each as ``/v1/alerts`` gives it plus ``assigned_to``, ``assigned_at`` and
+    ``patient_display_name``."""
+    return _dicts(
+        conn,
+        f"""
+        SELECT a.*, p.display_name AS patient_display_name
+          FROM unnest(%s::bigint[]) WITH ORDINALITY AS page (id, position)
+          JOIN (SELECT {ALERT_COLUMNS}, assigned_to, assigned_at FROM alerts) a ON a.id = page.id
+          JOIN patients p ON p.id = a.patient_id
+         ORDER BY page.position
+        """,
+        (list(ids),),
+    )
+
+
+def assign_alert(conn: Any, alert_id: int, to: str | None, by: str, now: datetime) -> dict[str, Any] | None:
+    """Assign the alert to ``to`` (a subject) or clear it (None), with a ``comment`` event in its history
+    (``detail``: ``assigned_to``, ``previously``, ``text``) when that changes anything. None when the alert
+    needs no human any more (resolved, and reviewed or never needing review)."""
+    with conn.transaction():
+        before = conn.execute("SELECT assigned_to, status = 'open' OR review_state = 'pending' FROM alerts"
+                              " WHERE id = %s FOR UPDATE", (alert_id,)).fetchone()
+        if before is None or not before[1]:
+            return None
+        if before[0] != to:
+            conn.execute("UPDATE alerts SET assigned_to = %s, assigned_at = CASE WHEN %s::text IS NULL THEN NULL"
+                         " ELSE %s::timestamptz END WHERE id = %s", (to, to, now, alert_id))
+            text = f"assigned to {to}" if to else f"unassigned (was {before[0]})"
+            conn.execute("INSERT INTO alert_events (alert_id, at, event, actor, detail) VALUES (%s, %s, 'comment',"
+                         " %s, %s)", (alert_id, now, by,
+                                      Jsonb({"assigned_to": to, "previously": before[0], "text": text})))
+        return workspace_alerts(conn, [alert_id])[0]
+
+
+_STREAM_EVENT = """
+json_build_object('alert_id', e.alert_id, 'patient_id', a.patient_id, 'event', e.event, 'severity', a.severity,
+                  'status', a.status, 'review_state', a.review_state,
+                  'at', to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+"""
+
+
+def alert_events_after(conn: Any, *, after_id: int, care_teams: Sequence[str], own_patient: str | None,
+                       limit: int) -> list[tuple[int, str, str]]:
+    """Alert events after ``after_id`` of patients whose alerts the caller may see, oldest first, at most
+    ``limit``: (event id, patient id, the stream's JSON, as migration 0590's notification writes it, with the
+    alert's current severity, status and review state)."""
+    return conn.execute(
+        f"""
+        SELECT e.id, a.patient_id, {_STREAM_EVENT}
+          FROM alert_events e JOIN alerts a ON a.id = e.alert_id
+         WHERE e.id > %(after)s AND a.patient_id IN ({_ALERTS_VISIBLE})
+         ORDER BY e.id LIMIT %(limit)s
+        """,
+        {"after": after_id, "teams": list(care_teams), "own": own_patient, "limit": limit},
+    ).fetchall()
+
+
+ALERT_EVENTS_SINCE = (f"SELECT e.id, a.patient_id, {_STREAM_EVENT} FROM alert_events e JOIN alerts a"
+                      " ON a.id = e.alert_id WHERE e.id > %s ORDER BY e.id LIMIT %s")
+"""Every patient's alert events after an id, at most a limit: what a stream listener missed while reconnecting
+(run on its own asynchronous connection, hence a statement rather than a function)."""
+
+
+def audit_stream_patient(conn: Any, *, subject: str, role: str, care_teams: Sequence[str], own_patient: str | None,
+                         patient_id: str, request_id: str) -> bool:
+    """Whether the caller may see ``patient_id``'s alerts now; if so, the access is audited in the same
+    statement (one row naming the patient, action ``GET /v1/stream``) before any event of theirs is sent."""
+    row = conn.execute(
+        f"""
+        WITH allowed AS (SELECT 1 WHERE %(patient)s IN ({_ALERTS_VISIBLE}))
+        INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id)
+        SELECT %(subject)s, %(role)s, %(teams)s, 'GET /v1/stream', ARRAY[%(patient)s::text], 'allowed', 200,
+               %(request_id)s FROM allowed
+        RETURNING id
+        """,
+        {"patient": patient_id, "teams": list(care_teams), "own": own_patient, "subject": subject, "role": role,
+         "request_id": request_id},
+    ).fetchone()
+    return row is not None

@@ -3,7 +3,9 @@
 ``rpm-cloud token --role clinician --care-team X [--patient P] [--sub S] [--ttl 8h]`` prints a token
 signed with ``RPM_JWT_DEV_KEY``. Production sets ``RPM_JWT_JWKS_URL``: tokens are then verified against
 the issuer's published keys (RS256/ES256) with issuer, audience, expiry and ``RPM_JWT_LEEWAY_S`` of
-clock skew, and the dev key is never accepted.
+clock skew, and the dev key is never accepted. With ``RPM_OIDC_ISSUER`` set (workspace sign-in) and no
+JWKS URL, the keys are the ones the issuer's discovery document names (``jwks_uri``), and the issuer
+checked is the OIDC issuer unless ``RPM_JWT_ISSUER`` says otherwise.
 
 Claims read: ``sub``, ``role`` (patient, clinician, care_team, admin, gateway), ``care_teams`` (list;
 ``care_team`` as a single string is accepted too) and ``patient`` (the record a patient token owns;
@@ -15,10 +17,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import jwt
 
 from cloud.errors import CloudError
@@ -41,23 +45,77 @@ class Principal:
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+_DISCOVERY_RETRY_S = 10.0
+
+
+def expected_issuer(settings: CloudSettings) -> str:
+    """The ``iss`` tokens must carry: ``RPM_JWT_ISSUER`` when set, else the OIDC issuer, else the dev default."""
+    if settings.oidc_issuer and "jwt_issuer" not in settings.model_fields_set:
+        return settings.oidc_issuer
+    return settings.jwt_issuer
+
+
+def discover(issuer: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The issuer's OpenID Provider Metadata (OpenID Connect Discovery 1.0 §4), checked to name that issuer."""
+    url = issuer.rstrip("/") + DISCOVERY_PATH
+    try:
+        response = httpx.get(url, timeout=timeout_s, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        document = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TokenError(f"the OpenID provider's discovery document ({url}) could not be read: {exc}") from exc
+    # §4.3: the issuer in the document must be identical to the one configured, or another party could
+    # hand out keys for it.
+    if not isinstance(document, dict) or document.get("issuer") != issuer:
+        raise TokenError(f"the discovery document at {url} is not for issuer {issuer!r}")
+    if not isinstance(document.get("jwks_uri"), str):
+        raise TokenError(f"the discovery document at {url} names no jwks_uri")
+    return document
+
+
 class TokenVerifier:
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
+        self.issuer = expected_issuer(settings)
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
+        self._discovery_lock = threading.Lock()
+        self._discovery_failed_at = -_DISCOVERY_RETRY_S
+
+    def _issuer_keys(self) -> jwt.PyJWKClient | None:
+        """The JWKS client: configured, or found through the OIDC issuer's discovery on first use.
+
+        Not at start-up: the API comes up while the provider is unreachable, and a failed discovery is
+        retried at most every few seconds rather than on every request.
+        """
+        if self._jwks is not None or not self.settings.oidc_issuer:
+            return self._jwks
+        with self._discovery_lock:
+            if self._jwks is None:
+                if time.monotonic() - self._discovery_failed_at < _DISCOVERY_RETRY_S:
+                    raise TokenError("the OpenID provider's keys are unavailable (discovery failed); retry later")
+                try:
+                    document = discover(self.settings.oidc_issuer)
+                except TokenError:
+                    self._discovery_failed_at = time.monotonic()
+                    raise
+                self._jwks = jwt.PyJWKClient(document["jwks_uri"], cache_keys=True)
+        return self._jwks
 
     def verify(self, token: str) -> Principal:
         options = {"require": ["exp", "iat", "sub", "iss", "aud"]}
         try:
-            if self._jwks is not None:
-                key: Any = self._jwks.get_signing_key_from_jwt(token).key
+            jwks = self._issuer_keys()
+            if jwks is not None:
+                key: Any = jwks.get_signing_key_from_jwt(token).key
                 algorithms = _ASYMMETRIC
             elif self.settings.jwt_dev_key:
                 key, algorithms = self.settings.jwt_dev_key, ["HS256"]
             else:
-                raise TokenError("no token verification configured (set RPM_JWT_JWKS_URL or RPM_JWT_DEV_KEY)")
+                raise TokenError("no token verification configured "
+                                 "(set RPM_OIDC_ISSUER, RPM_JWT_JWKS_URL or RPM_JWT_DEV_KEY)")
             claims = jwt.decode(token, key, algorithms=algorithms, audience=self.settings.jwt_audience,
-                                issuer=self.settings.jwt_issuer, leeway=self.settings.jwt_leeway_s, options=options)
+                                issuer=self.issuer, leeway=self.settings.jwt_leeway_s, options=options)
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from exc
         return principal_from_claims(claims)

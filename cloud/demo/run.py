@@ -5,7 +5,7 @@ services ``RPM_DATABASE_URL`` / ``RPM_MQTT_URL`` name — then migrations, ``rpm
 ``rpm-cloud scheduler``, ``rpm-cloud api`` and ``rpm-gateway run`` as child processes, and simulated
 devices on both transports: BLE through the bleak simulator backend inside the gateway process, USB
 through pseudo-terminals the gateway opens like real ports. A compressed week plays out; then the API
-stays up (with a clinician token printed) until Ctrl-C, or ``--duration`` ends the run with one JSON
+stays up (with a sign-in link and a clinician token printed) until Ctrl-C, or ``--duration`` ends the run with one JSON
 summary line.
 
 This module orchestrates whole processes; the cloud services it starts import nothing of the gateway
@@ -32,6 +32,7 @@ import psycopg
 from cloud.db.migrate import apply_migrations
 from cloud.demo import queries, story
 from cloud.demo.devices import DemoWorld
+from cloud.demo.oidc import DevOpenIdProvider, DevUser
 from cloud.demo.services import Children, dev_key, gateway_config, reset, start_backing_services
 from cloud.demo.view import Snapshot, render
 from cloud.embedded import free_port
@@ -122,8 +123,13 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
             queries.seed(conn, story.devices(), since=world.first_day_utc)
 
         api_port = args.api_port or free_port()
+        api = f"http://127.0.0.1:{api_port}"
+        # Sign-in for the page: the development OpenID provider, signing the demo clinician in without a form.
+        clinician = DevUser(story.CLINICIAN, role="clinician", care_teams=(story.CARE_TEAM[0],), name="Dr Demo")
+        provider = stack.enter_context(DevOpenIdProvider([clinician], audience=CloudSettings().jwt_audience,
+                                                         redirect_uris=(f"{api}/ui",)))
         env = {"RPM_DATABASE_URL": endpoints.database_url, "RPM_MQTT_URL": endpoints.mqtt_url,
-               "RPM_JWT_DEV_KEY": dev_key(data_dir)}
+               "RPM_JWT_DEV_KEY": dev_key(data_dir), "RPM_OIDC_ISSUER": provider.issuer}
         children = Children(data_dir / "logs", env)
         stack.callback(children.stop)
         children.start("ingest", "rpm-cloud", "ingest", "--workers", "1")
@@ -132,17 +138,14 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
         config = gateway_config(data_dir, endpoints.mqtt_url, world.ble_addresses(), world.usb_ports())
         children.start("gateway", "rpm-gateway", "run", "--config", str(config),
                        extra_env={"RPM_SIM_BLE_SCENARIO": str(world.scenario_path)})
-        api = f"http://127.0.0.1:{api_port}"
         if not _wait_http(f"{api}/healthz", 60):
             print(f"error: the API did not come up; see {data_dir / 'logs' / 'api.log'}", file=sys.stderr)
             return 1
-        from cloud.api.tokens import mint_token
-
-        settings = CloudSettings(database_url=endpoints.database_url, jwt_dev_key=env["RPM_JWT_DEV_KEY"])
-        token = mint_token(settings, role="clinician", sub=story.CLINICIAN, care_teams=[story.CARE_TEAM[0]],
-                           ttl_s=12 * 3600)
+        # With an issuer set the API verifies the provider's keys only, so curl gets a token the provider signed.
+        token = provider.access_token(clinician, ttl_s=12 * 3600)
         header = (f"database: {endpoints.database_kind}\nbroker:   {endpoints.broker_kind}\n"
-                  f"API:      {api}   (docs {api}/docs, page {api}/ui)\nlogs:     {data_dir / 'logs'}")
+                  f"API:      {api}   (docs {api}/docs, page {api}/ui)\nsign-in:  {provider.issuer} (development)\n"
+                  f"logs:     {data_dir / 'logs'}")
         runner = Runner(world, endpoints.database_url, run_started, children, header, plain=args.plain or bool(
             args.duration) or not sys.stdout.isatty())
         try:
@@ -159,8 +162,10 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
                 print(json.dumps(summary))
                 return 0 if summary["lost"] == 0 else 1
             print(f"\nThe week is done: {json.dumps(summary)}\n"
-                  f"API:        {api}\nOpenAPI:    {api}/docs\nClinician page: {api}/ui#token={token}\n"
-                  f"Clinician token (care team {story.CARE_TEAM[0]}):\n{token}\n\n"
+                  f"API:        {api}\nOpenAPI:    {api}/docs\n"
+                  f"Clinician page: {api}/ui   (signs you in as {story.CLINICIAN} through the demo's OpenID "
+                  f"provider, {provider.issuer})\n"
+                  f"Clinician token for curl (care team {story.CARE_TEAM[0]}, 12 h):\n{token}\n\n"
                   f"Try: curl -H 'Authorization: Bearer <token>' {api}/v1/patients\nCtrl-C to stop.")
             runner.idle(None)
             return 0

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from cloud.alerts import service
+from cloud.alerts import channels, service
 from cloud.api import queries
 from cloud.api.deps import (
     CLINICAL_ROLES,
@@ -21,7 +21,7 @@ from cloud.api.deps import (
     note_audit,
     note_audit_detail,
 )
-from cloud.api.models import Alert, AlertEvent, AlertPage, AlertWithHistory
+from cloud.api.models import Alert, AlertDetail, AlertEvent, AlertPage
 from cloud.api.problems import ApiProblem, forbidden, not_found, problem_responses
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"], responses=problem_responses(401, 403, 422, 503, "default"))
@@ -109,11 +109,12 @@ def _change(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_i
 
 
 
-@router.get("/{alert_id}", summary="One alert and its history", response_model=AlertWithHistory,
+@router.get("/{alert_id}", summary="One alert, its history and its deliveries", response_model=AlertDetail,
             responses=problem_responses(404))
 def get_alert(request: Request, principal: CurrentPrincipal, conn: DbConn, alert_id: AlertId) -> dict[str, Any]:
     _alert_access(request, principal, conn, alert_id)
-    return {**service.get_alert(conn, alert_id), "history": service.alert_history(conn, alert_id)}
+    return {**service.get_alert(conn, alert_id), "history": service.alert_history(conn, alert_id),
+            "deliveries": channels.deliveries_of(conn, alert_id)}
 
 
 @router.post("/{alert_id}/acknowledge",

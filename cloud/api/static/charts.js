@@ -1,6 +1,9 @@
 // Time-series charts as inline SVG: no library, nothing fetched. Each series has its own marker shape and line
 // style as well as its colour, so the chart reads without colour; every chart carries a text summary
-// (aria-label) and a data table for screen readers and for copying values.
+// (aria-label) and a data table for screen readers and for copying values. Days and hours are the patient's
+// (spec.zone), not the browser's: a reading at 23:30 in Denver belongs to that evening wherever it is viewed.
+
+import { zonedMidnight } from "./format.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const DEFAULT_WIDTH = 720;
@@ -38,12 +41,6 @@ function valueRange(series, band, minSpan = 0) {
   return { low: Math.floor((low - pad) / step) * step, high: Math.ceil((high + pad) / step) * step, step };
 }
 
-function localMidnight(time) {
-  const day = new Date(time);
-  day.setHours(0, 0, 0, 0);
-  return day.getTime();
-}
-
 function marker(index, x, y, label, kind = "point") {
   const title = svg("title");
   title.textContent = label;
@@ -60,7 +57,7 @@ function legendSwatch(index) {
 
 /**
  * Draw a chart into ``figure`` (which keeps its figcaption).
- * spec: { label, unit, since: Date, until: Date, note, band: {low, high, label} | null, minSpan (value units),
+ * spec: { label, unit, since: Date, until: Date, note, band: {low, high, label} | null, minSpan (value units), zone,
  *         series: [{ name, points: [{ time: Date, value: number }] }], formatTime(Date), formatValue(number) }
  */
 export function drawChart(figure, spec) {
@@ -117,13 +114,14 @@ export function drawChart(figure, spec) {
   }
   const days = (end - start) / DAY_MS;
   const every = Math.max(1, Math.ceil(days / Math.max(2, Math.floor((x1 - x0) / 70))));
-  for (let tick = localMidnight(start + DAY_MS); tick <= end; tick += every * DAY_MS) {
-    // Re-align on local midnight: a daylight-saving change makes some days 23 or 25 hours long.
-    const at = localMidnight(tick + DAY_MS / 2);
+  const dayLabel = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", timeZone: spec.zone || undefined });
+  for (let tick = zonedMidnight(start + DAY_MS, spec.zone); tick <= end; tick += every * DAY_MS) {
+    // Re-align on the zone's midnight: a daylight-saving change makes some days 23 or 25 hours long.
+    const at = zonedMidnight(tick + DAY_MS / 2, spec.zone);
     const x = xOf(at);
     axis.append(svg("line", { x1: x, x2: x, y1: y0, y2: y0 + 4 }));
     axis.append(svg("text", { x, y: y0 + 17, "text-anchor": "middle" },
-      new Date(at).toLocaleDateString(undefined, { month: "short", day: "numeric" })));
+      dayLabel.format(new Date(at))));
   }
   axis.append(svg("line", { x1: x0, x2: x1, y1: y0, y2: y0 }));
   chart.append(axis);
@@ -201,4 +199,153 @@ function dataTable(spec) {
   }
   details.append(title, table);
   return details;
+}
+
+// --- ambulatory glucose profile ----------------------------------------------------------------------------
+
+const AGP_PERCENTILES = [5, 25, 50, 75, 95];
+const AGP_MIN_READINGS = 96; // one a slot on average: fewer draws a blot, not a day's profile
+const AGP_TARGET = [70, 180]; // International Consensus on Time in Range 2019: the AGP's target lines
+
+function hhmm(minute) {
+  return `${String(Math.floor(minute / 60) % 24).padStart(2, "0")}:${String(minute % 60).padStart(2, "0")}`;
+}
+
+/** Runs of consecutive slots that have every percentile: a slot with no readings breaks the curves. */
+function runs(slots) {
+  const out = [];
+  let current = [];
+  for (const slot of slots) {
+    if (AGP_PERCENTILES.every((p) => typeof slot[`p${p}`] === "number")) current.push(slot);
+    else if (current.length) { out.push(current); current = []; }
+  }
+  if (current.length) out.push(current);
+  return out;
+}
+
+/**
+ * The AGP (Battelino et al., Diabetes Care 2019; Johnson et al. 2019): one modal day of the period, the 5-95 %
+ * band, the 25-75 % band and the median, over the 70-180 mg/dL target lines.
+ * spec: { slots: [{minute, p5, p25, p50, p75, p95, n}], unit, days, readings, zone }
+ */
+export function drawAgp(figure, spec) {
+  for (const node of [...figure.children]) if (node.tagName !== "FIGCAPTION") node.remove();
+  figure.querySelector("figcaption").textContent = `Ambulatory glucose profile, ${spec.days} days (${spec.unit})`;
+  const usable = runs(spec.slots ?? []);
+  const note = document.createElement("p");
+  note.className = "chart-note";
+  note.textContent = `${spec.readings} readings folded onto one day in ${spec.zone || "UTC"}: median (solid),`
+    + " 25–75 % (dark band) and 5–95 % (light band); target 70–180 mg/dL."
+    + (spec.smoothing?.pool_slots ? ` Each point pools ${spec.smoothing.window_minutes} min of the day (few readings).` : "")
+    + (spec.sufficient_data === false ? " Less than 14 days with data 70 % of the time: read with care." : "");
+  figure.append(note);
+  const style = getComputedStyle(figure);
+  const inner = figure.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const width = Math.max(320, Math.min(1200, Math.round(inner) || DEFAULT_WIDTH));
+  const x0 = MARGIN.left;
+  const x1 = width - MARGIN.right - 26; // room for the percentile labels at the end of the day
+  const y0 = HEIGHT - MARGIN.bottom;
+  const y1 = MARGIN.top;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, role: "img", class: "chart-svg agp-svg",
+    "data-slots": usable.reduce((n, r) => n + r.length, 0),
+    "aria-label": `Ambulatory glucose profile over ${spec.days} days from ${spec.readings} readings.` });
+  figure.append(chart);
+  if (!usable.length || spec.readings < AGP_MIN_READINGS) {
+    // Words, not an SVG: they wrap on a phone.
+    chart.remove();
+    const empty = document.createElement("p");
+    empty.className = "empty-profile";
+    empty.textContent = `Too few glucose readings for a profile (${spec.readings}; it needs at least ${AGP_MIN_READINGS}).`;
+    figure.append(empty);
+    figure.classList.add("empty");
+    return null;
+  }
+  figure.classList.remove("empty");
+  const top = Math.max(350, ...usable.flat().map((s) => s.p95));
+  const high = Math.ceil(top / 50) * 50;
+  const xOf = (minute) => x0 + (minute / 1440) * (x1 - x0);
+  const yOf = (value) => y0 - (Math.max(0, Math.min(value, high)) / high) * (y0 - y1);
+  const axis = svg("g", { class: "axis" });
+  for (let value = 0; value <= high; value += 50) {
+    axis.append(svg("line", { x1: x0, x2: x1, y1: yOf(value), y2: yOf(value) }));
+    axis.append(svg("text", { x: x0 - 6, y: yOf(value) + 4, "text-anchor": "end" }, String(value)));
+  }
+  for (let minute = 0; minute <= 1440; minute += 180) {
+    axis.append(svg("line", { x1: xOf(minute), x2: xOf(minute), y1: y0, y2: y0 + 4 }));
+    axis.append(svg("text", { x: xOf(minute), y: y0 + 17, "text-anchor": "middle" }, hhmm(minute)));
+  }
+  chart.append(axis);
+  for (const value of AGP_TARGET) {
+    chart.append(svg("line", { class: "agp-target", x1: x0, x2: x1, y1: yOf(value), y2: yOf(value), "data-target": value }));
+  }
+  // A slot's value is drawn at its middle; each slot spans 1440 / slots minutes.
+  const span = 1440 / Math.max(spec.slots.length, 1);
+  const at = (slot) => xOf(slot.minute + span / 2);
+  const area = (run, low, upper) => [...run.map((s) => `${at(s).toFixed(1)},${yOf(s[upper]).toFixed(1)}`),
+    ...[...run].reverse().map((s) => `${at(s).toFixed(1)},${yOf(s[low]).toFixed(1)}`)].join(" ");
+  for (const run of usable) {
+    chart.append(svg("polygon", { class: "agp-band agp-outer", "data-band": "5-95", points: area(run, "p5", "p95") }));
+    chart.append(svg("polygon", { class: "agp-band agp-inner", "data-band": "25-75", points: area(run, "p25", "p75") }));
+  }
+  for (const p of AGP_PERCENTILES) {
+    const group = svg("g", { class: `agp-line agp-p${p}`, "data-percentile": p });
+    for (const run of usable) {
+      group.append(svg("polyline", { points: run.map((s) => `${at(s).toFixed(1)},${yOf(s[`p${p}`]).toFixed(1)}`).join(" ") }));
+    }
+    chart.append(group);
+  }
+  // Labels past the day's end, level with each curve's last value, nudged so none overlaps its neighbour.
+  const lastRun = usable[usable.length - 1];
+  const end = lastRun[lastRun.length - 1];
+  let floor = Infinity;
+  for (const p of AGP_PERCENTILES) {
+    const y = Math.min(yOf(end[`p${p}`]) + 4, floor - 11);
+    floor = y;
+    chart.append(svg("text", { class: "agp-label", x: x1 + 4, y, "text-anchor": "start" }, `${p}%`));
+  }
+  figure.append(agpTable(spec));
+  return chart;
+}
+
+function agpTable(spec) {
+  const details = document.createElement("details");
+  const title = document.createElement("summary");
+  title.textContent = "Show the profile as a table";
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  for (const text of ["Time of day", "5 %", "25 %", "Median", "75 %", "95 %", "Readings"]) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = text;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const slot of spec.slots) {
+    if (!slot.n) continue;
+    const row = body.insertRow();
+    row.insertCell().textContent = hhmm(slot.minute);
+    for (const p of AGP_PERCENTILES) row.insertCell().textContent = slot[`p${p}`] === null ? "" : String(Math.round(slot[`p${p}`]));
+    row.insertCell().textContent = String(slot.n);
+  }
+  details.append(title, table);
+  return details;
+}
+
+// --- time in ranges --------------------------------------------------------------------------------------
+
+/** One stacked bar of the five consensus ranges, widths in percent of the time measured. */
+export function rangesBar(ranges) {
+  const order = [["above_250", "Very high >250"], ["from_181_to_250", "High 181–250"], ["from_70_to_180", "In range 70–180"],
+    ["from_54_to_69", "Low 54–69"], ["below_54", "Very low <54"]];
+  const chart = svg("svg", { viewBox: "0 0 100 10", preserveAspectRatio: "none", class: "ranges-bar", role: "img",
+    "aria-label": order.map(([key, label]) => `${label}: ${ranges[key]} %`).join(", ") });
+  let x = 0;
+  for (const [key, label] of order) {
+    const width = Math.max(0, ranges[key] ?? 0);
+    const title = svg("title");
+    title.textContent = `${label} mg/dL: ${ranges[key]} %`;
+    chart.append(svg("rect", { class: `range-${key}`, x, y: 0, width, height: 10, "data-range": key }, title));
+    x += width;
+  }
+  return chart;
 }

@@ -78,7 +78,8 @@ def test_the_database_refuses_to_drop_a_pending_review(conn, unique_id):
         conn.execute("UPDATE alerts SET reviewed_at = now() WHERE id = %s", (alert_id,))  # who is missing
     # A warning alert written straight into the table still gets the rule: its severity is critical.
     row = conn.execute("INSERT INTO alerts (patient_id, rule_id, severity, status, message) VALUES"
-                       " (%s, 'pulse_high', 'critical', 'resolved', 'x') RETURNING review_state", (unique_id,)).fetchone()
+                       " (%s, 'pulse_high', 'critical', 'resolved', 'x') RETURNING review_state",
+                       (unique_id,)).fetchone()
     assert row == ("pending",)
     service.acknowledge(conn, alert_id, "nurse-ann")
     with pytest.raises(psycopg.errors.CheckViolation, match="only re-opening"):

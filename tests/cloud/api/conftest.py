@@ -21,9 +21,15 @@ def api_settings(database_url: str) -> CloudSettings:
     return CloudSettings(database_url=database_url, jwt_dev_key=DEV_KEY, api_pool_max=4)
 
 
+TEST_CLIENT_STREAM_S = 0.3
+"""The test client reads every response to its end, so its ``/v1/stream`` responses end after this
+(real streaming is tested over real HTTP: tests/cloud/api/test_stream.py)."""
+
+
 @pytest.fixture(scope="session")
 def client(api_settings: CloudSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+    settings = api_settings.model_copy(update={"stream_max_s": TEST_CLIENT_STREAM_S})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -17,13 +17,14 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from cloud.alerts.channels import links
 from cloud.twin import fhir
 from tests.cloud.alerts.scripted_patient import bp, ingest, now
 from tests.cloud.api.conftest import World, build_world, grant
@@ -58,6 +59,11 @@ class Context:
                                bp(device, now() - timedelta(seconds=20), 196, 126)], self.patient)
         raise AssertionError("no open alert could be made")
 
+    def alert_link(self) -> str:
+        """The token of a fresh message deep link to an open alert of the target."""
+        url = links.create_link(self.conn, self.open_alert(), "matrix", public_url="http://x", now=datetime.now(UTC))
+        return url.rsplit("=", 1)[1]
+
     def new_device(self, assign_to: str | None = None) -> str:
         """A cuff, assigned (whole device, since ever) to ``assign_to``: a target name or a patient id."""
         uid = f"ble:{uuid.uuid4().hex[:10]}"
@@ -67,6 +73,13 @@ class Context:
             self.conn.execute("INSERT INTO device_assignments (device_uid, patient_id) VALUES (%s, %s)",
                               (uid, self.world.patients.get(assign_to, assign_to)))
         return uid
+
+    def opted_in(self) -> str:
+        """The path of the target's e-mail contact, opted in now (so opting out has something to end)."""
+        self.conn.execute("INSERT INTO patient_contacts (patient_id, channel, address, opted_in_at, opted_in_by)"
+                          " VALUES (%s, 'email', 'pt@example.org', now(), 'matrix') ON CONFLICT DO NOTHING",
+                          (self.patient,))
+        return f"/v1/patients/{self.patient}/contacts/email"
 
     def target_gateway(self) -> str:
         """The FHIR id of a gateway (new, so only this target's device is bound to it) of a target's cuff."""
@@ -126,6 +139,9 @@ PATIENT_ENDPOINTS = [
     Endpoint("GET", "/v1/patients/{patient_id}/summaries/temperature", "read", "readings",
              _p("/summaries/temperature")),
     Endpoint("GET", "/v1/patients/{patient_id}/summaries/adherence", "read", "readings", _p("/summaries/adherence")),
+    Endpoint("GET", "/v1/patients/{patient_id}/summaries/glucose/agp", "read", "readings",
+             _p("/summaries/glucose/agp")),
+    Endpoint("GET", "/v1/patients/{patient_id}/equipment", "read", "readings", _p("/equipment")),
     Endpoint("GET", "/v1/patients/{patient_id}/devices", "read", "readings", _p("/devices")),
     Endpoint("GET", "/fhir/Patient/{patient_id}", "read", "readings", lambda c: (f"/fhir/Patient/{c.patient}", None,
                                                                                 None)),
@@ -142,10 +158,14 @@ PATIENT_ENDPOINTS = [
     Endpoint("GET", "/v1/alerts", "read", "alerts", lambda c: ("/v1/alerts", {"patient_id": c.patient}, None),
              label=" ?patient_id"),
     Endpoint("GET", "/v1/alerts/{alert_id}", "read", "alerts", lambda c: (f"/v1/alerts/{c.open_alert()}", None, None)),
+    Endpoint("POST", "/v1/alert-links/{token}/open", "write", "alerts",
+             lambda c: (f"/v1/alert-links/{c.alert_link()}/open", None, None)),
     Endpoint("POST", "/v1/alerts/{alert_id}/acknowledge", "write", "alerts",
              lambda c: (f"/v1/alerts/{c.open_alert()}/acknowledge", None, {"note": "seen"})),
     Endpoint("POST", "/v1/alerts/{alert_id}/resolve", "write", "alerts",
              lambda c: (f"/v1/alerts/{c.open_alert()}/resolve", None, None)),
+    Endpoint("POST", "/v1/alerts/{alert_id}/assign", "write", "alerts",
+             lambda c: (f"/v1/alerts/{c.open_alert()}/assign", None, {"to": "me"})),
     Endpoint("POST", "/v1/alerts/{alert_id}/comments", "write", "alerts",
              lambda c: (f"/v1/alerts/{c.open_alert()}/comments", None, {"text": "called the patient"}), success=201),
     Endpoint("GET", "/v1/patients/{patient_id}/thresholds", "read", "alerts", _p("/thresholds")),
@@ -153,6 +173,15 @@ PATIENT_ENDPOINTS = [
              lambda c: (f"/v1/patients/{c.patient}/thresholds/bp_crisis", None, {"thresholds": {"systolic": 175}})),
     Endpoint("DELETE", "/v1/patients/{patient_id}/thresholds/{rule_id}", "write", "alerts",
              _p("/thresholds/bp_crisis")),
+    # Escalation: an alert's escalations; the patient's contacts, changed by the patient or the care team.
+    Endpoint("GET", "/v1/alerts/{alert_id}/escalations", "read", "alerts",
+             lambda c: (f"/v1/alerts/{c.open_alert()}/escalations", None, None)),
+    Endpoint("GET", "/v1/patients/{patient_id}/contacts", "read", "alerts", _p("/contacts")),
+    Endpoint("PUT", "/v1/patients/{patient_id}/contacts/{channel}", "read", "alerts",
+             lambda c: (f"/v1/patients/{c.patient}/contacts/email", None, {"address": "pt@example.org"}),
+             label=" (opt in: the patient or the care team)"),
+    Endpoint("DELETE", "/v1/patients/{patient_id}/contacts/{channel}", "read", "alerts",
+             lambda c: (c.opted_in(), None, None), label=" (opt out: the patient or the care team)"),
     Endpoint("GET", "/v1/patients/{patient_id}/twin", "read", "twin", _p("/twin")),
     Endpoint("GET", "/v1/patients/{patient_id}/twin/events", "read", "twin", _p("/twin/events")),
     Endpoint("GET", "/v1/patients/{patient_id}/consents", "own", None, _p("/consents")),
@@ -182,6 +211,9 @@ ROLE_ENDPOINTS = [
     Endpoint("GET", "/v1/patients", "role", None, lambda c: ("/v1/patients", None, None),
              roles=("patient", *CLINICAL)),
     Endpoint("GET", "/v1/alerts", "role", None, lambda c: ("/v1/alerts", None, None), roles=("patient", *CLINICAL)),
+    Endpoint("GET", "/v1/inbox", "role", None, lambda c: ("/v1/inbox", None, None), roles=("patient", *CLINICAL)),
+    # Server-sent events: the test client's streams end after TEST_CLIENT_STREAM_S (tests/cloud/api/conftest.py).
+    Endpoint("GET", "/v1/stream", "role", None, lambda c: ("/v1/stream", None, None), roles=("patient", *CLINICAL)),
     Endpoint("GET", "/v1/devices", "role", None, lambda c: ("/v1/devices", None, None), roles=("admin",)),
     Endpoint("GET", "/v1/devices/unassigned", "role", None, lambda c: ("/v1/devices/unassigned", None, None),
              roles=("admin", *CLINICAL)),
@@ -199,11 +231,26 @@ ROLE_ENDPOINTS = [
              lambda c: (f"/v1/devices/ble:{uuid.uuid4().hex[:12]}/gateway", None,
                         {"gateway_id": "gw-replacement", "reason": "gateway replaced"}), roles=("admin",)),
     Endpoint("GET", "/v1/audit", "role", None, lambda c: ("/v1/audit", None, None), roles=("admin",)),
+    # Escalation set-up: the team's members (token names the team) and administrators.
+    Endpoint("GET", "/v1/care-teams/{team_id}/escalation", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/escalation", None, None), roles=("admin", *CLINICAL)),
+    Endpoint("PUT", "/v1/care-teams/{team_id}/escalation/contacts", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/escalation/contacts", None, {"contacts": []}),
+             roles=("admin", *CLINICAL)),
+    Endpoint("PUT", "/v1/care-teams/{team_id}/escalation/on-call", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/escalation/on-call", None, {"schedules": []}),
+             roles=("admin", *CLINICAL)),
+    Endpoint("PUT", "/v1/care-teams/{team_id}/escalation/policies", "role", None,
+             lambda c: (f"/v1/care-teams/{c.world.team}/escalation/policies", None, {"policies": []}),
+             roles=("admin", *CLINICAL)),
 ]
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                # The page shell and its files hold no patient data (cloud/api/routes/ui.py); the API's own docs.
-               ("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/metrics.json"), ("GET", "/ui/static/{name}"),
-               ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+               ("GET", "/"), ("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/metrics.json"), ("GET", "/ui/static/{name}"),
+               # The page's sign-in settings: issuer, client id, scopes (public by nature, no secret).
+               ("GET", "/ui/config.json"),
+               ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"),
+               ("GET", "/docs/assets/swagger-init.js"), ("GET", "/docs/assets/{name}"),
                # Like any FHIR server's CapabilityStatement: it describes the server, no patient's data.
                ("GET", "/fhir/metadata")}
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}

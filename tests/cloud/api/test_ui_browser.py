@@ -1,6 +1,7 @@
 """The clinician page ``/ui`` in real headless Chromium (Debian's ``chromium``) against the real API over HTTP
 and a real PostgreSQL database: the panel in triage order, charts with their data points and the glucose
-target band, times in the browser's zone, acknowledging an alert lands in the database; screenshots are
+target band, a patient's times in the patient's zone (not the browser's), acknowledging an alert lands in the
+database; screenshots are
 written to ``tests/artifacts/ui_*.png``. The shell's own route (headers, file serving) is checked without a
 browser.
 """
@@ -33,6 +34,7 @@ from tests.waiting import wait_until
 
 DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
 BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies
+PATIENT_ZONE = "America/Denver"  # the crisis patient's own zone: the patient page shows times in it
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -138,8 +140,8 @@ def page(browser: object, live_api: LiveApi) -> Iterator[object]:
         context.close()
 
 
-def local_text(instant: datetime) -> str:
-    return instant.astimezone(ZoneInfo(BROWSER_ZONE)).strftime("%Y-%m-%d %H:%M")
+def local_text(instant: datetime, zone: str = BROWSER_ZONE) -> str:
+    return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
 
 
 def alert_row(database_url: str, patient_id: str) -> dict:
@@ -156,6 +158,8 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     from playwright.sync_api import expect
 
     ward, tab = live_api.ward, page
+    with psycopg.connect(live_api.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE patients SET timezone = %s WHERE id = %s", (PATIENT_ZONE, ward.patients["crisis"]))
     tab.goto(f"{live_api.url}/ui#token={live_api.token}")  # type: ignore[attr-defined]
 
     # The panel: this team's patients only, in triage order (critical, warning, then fewest reading days).
@@ -203,12 +207,15 @@ def test_clinician_triages_sees_charts_and_acknowledges_an_alert(page: object, l
     tab.locator("#chart-bp details summary").click()  # type: ignore[attr-defined]
     expect(tab.locator("#chart-bp details tbody tr").first).to_contain_text("190")  # type: ignore[attr-defined]
 
-    # The open alert, with its time in the browser's zone, and the Acknowledge button.
+    # The open alert, with its reading's time in the patient's zone (Denver; the browser is in Kathmandu), and
+    # the Acknowledge button.
     alert = alert_row(live_api.database_url, crisis)
     assert (alert["severity"], alert["status"]) == ("critical", "open")
     item = tab.locator(f'#alert-list li[data-alert-id="{alert["id"]}"]')  # type: ignore[attr-defined]
     expect(item).to_have_attribute("data-status", "open")
-    expect(item.locator("time").first).to_have_text(local_text(alert["opened_at"]))
+    with psycopg.connect(live_api.database_url) as conn:
+        [(measured_at,)] = conn.execute("SELECT measured_at FROM alerts WHERE id = %s", (alert["id"],)).fetchall()
+    expect(item.locator(".when").first).to_contain_text(f"Reading {local_text(measured_at, PATIENT_ZONE)}")
     tab.screenshot(path=str(artifacts_dir / "ui_patient_before_ack.png"), full_page=True)  # type: ignore[attr-defined]
     item.get_by_role("button", name="Acknowledge").click()
 
@@ -279,14 +286,15 @@ def test_dense_glucose_is_drawn_as_daily_means_and_the_period_can_change(page: o
     expect(chart.locator("svg rect.target-band")).to_have_count(1)
     tab.screenshot(path=str(artifacts_dir / "ui_dense_glucose.png"), full_page=True)  # type: ignore[attr-defined]
 
-    # The steady patient has readings on each of the last 20 days: 7 days shows the last 6 of them.
+    # The steady patient has readings on each of the last 20 days: 14 days shows the last 13 of them.
     steady = live_api.ward.patients["steady"]
     tab.goto(f"{live_api.url}/ui#/patients/{steady}")  # type: ignore[attr-defined]
     weight = tab.locator("#chart-weight svg .point")  # type: ignore[attr-defined]
     expect(weight).to_have_count(20)
-    tab.get_by_label("Period").select_option("7")  # type: ignore[attr-defined]
-    expect(weight).to_have_count(6)
-    expect(tab.locator("#chart-bp .chart-note")).to_contain_text("6 readings")  # type: ignore[attr-defined]
+    tab.get_by_label("Period").select_option("14")  # type: ignore[attr-defined]
+    expect(weight).to_have_count(13)
+    expect(tab.locator("#chart-bp .chart-note")).to_contain_text("13 readings")  # type: ignore[attr-defined]
+    assert "days=14" in tab.url  # type: ignore[attr-defined]
     assert tab.problems == []  # type: ignore[attr-defined]
 
 
