@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.contract import Identifier
 from gateway.discovery.ble_config import BleConfig
 from gateway.discovery.usb_config import UsbConfig
 from gateway.errors import GatewayError
+from gateway.local_page.config import LocalPageConfig
 from gateway.mqtt.backoff import ExponentialBackoff
 from gateway.mqtt.broker import TlsOptions
 
@@ -99,10 +100,72 @@ class LogConfig(BaseModel):
         return value
 
 
+def default_data_dir() -> Path:
+    """The service's data directory, never the current one: ``RPM_GATEWAY_DATA``, else systemd's
+    ``STATE_DIRECTORY`` (``StateDirectory=`` in the unit), else ``/var/lib/rpm-gateway`` for root, else
+    ``$XDG_STATE_HOME/rpm-gateway`` (``~/.local/state/rpm-gateway``) for a user trying it out."""
+    for name in ("RPM_GATEWAY_DATA", "STATE_DIRECTORY"):
+        value = os.environ.get(name)
+        if value:
+            return Path(value.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/rpm-gateway")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "rpm-gateway"
+
+
+class ProvisioningConfig(BaseModel):
+    """``[provisioning]``: how a gateway with no broker settings gets them from the cloud (issue 19)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bootstrap_url: str | None = Field(default_factory=lambda: os.environ.get("RPM_GATEWAY_BOOTSTRAP_URL") or None)
+    """The cloud's ``POST /bootstrap/v1/poll`` URL (``rpm-gateway run --bootstrap-url``); None: the TOML's
+    ``[mqtt]`` section (or credentials stored by an earlier provisioning) is all there is."""
+    ca_file: Path | None = None
+    """CA for the bootstrap endpoint's HTTPS certificate (a private CA); default: the system's CAs."""
+    poll_interval_cap_s: float | None = Field(None, gt=0)
+    """Poll at least this often while unclaimed, whatever ``retry_after_s`` the cloud asks (an installer on
+    site, tests); None: as the cloud asks."""
+    request_timeout_s: float = Field(15.0, gt=0)
+    config_apply_timeout_s: float = Field(30.0, gt=0)
+    """A remote config whose restarted uplink is not connected within this is rolled back."""
+
+    @field_validator("bootstrap_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"expected an https:// URL, got {value!r}")
+        return value
+
+
+class ConfirmedDevice(BaseModel):
+    """One device a person confirmed (locally or in the workspace): its uid and, for a two-user cuff, the slot."""
+
+    model_config = ConfigDict(extra="allow")
+    uid: str = Field(min_length=1, max_length=200)
+    user_index: int | None = Field(None, ge=0, le=255)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_uid(cls, value: Any) -> Any:
+        return {"uid": value} if isinstance(value, str) else value
+
+
+class DeviceDecisions(BaseModel):
+    """``[devices]``: the confirm / ignore decisions of the remote config document (contract, issue 19)."""
+
+    model_config = ConfigDict(extra="forbid")
+    confirmed: list[ConfirmedDevice] = Field(default_factory=list)
+    ignored: list[str] = Field(default_factory=list)
+    unpaired: list[str] = Field(default_factory=list)
+    """Devices the workspace unpaired: forgotten, whoever confirmed them."""
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     gateway_id: Identifier = Field(default_factory=lambda: f"gw-{socket.gethostname().split('.')[0]}")
-    data_dir: Path = Path(os.environ.get("RPM_GATEWAY_DATA", "./gateway-data"))
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    """Outbox, device state, identity and credentials; default: the service's (see :func:`default_data_dir`)."""
     timezone: str | None = None
     """The zone device clocks show (IANA name); default: the system's."""
     status_interval_s: float = Field(60.0, gt=0)
@@ -112,6 +175,10 @@ class GatewayConfig(BaseModel):
     ble: BleConfig = Field(default_factory=BleConfig)
     usb: UsbConfig = Field(default_factory=UsbConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    # ---- issue 19 (provisioning, remote configuration)
+    provisioning: ProvisioningConfig = Field(default_factory=lambda: ProvisioningConfig())
+    devices: DeviceDecisions = Field(default_factory=lambda: DeviceDecisions())
+    local_page: LocalPageConfig = Field(default_factory=LocalPageConfig)  # issue 19, H11: the gateway's own page
 
     @field_validator("timezone")
     @classmethod
@@ -237,6 +304,11 @@ def load_config(path: str | Path | None) -> GatewayConfig:
     """Load and validate a TOML file; with no path, the defaults."""
     if path is None:
         return GatewayConfig()
+    return parse_config(load_config_document(path))
+
+
+def load_config_document(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict, not yet validated (:func:`parse_config` does that)."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -252,4 +324,83 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(data)
+    return data
+
+
+# ---------------------------------------------------------------------------- remote configuration (issue 19)
+
+REMOTE_ONLY_LOCAL: tuple[tuple[str, ...], ...] = (
+    ("gateway_id",), ("data_dir",), ("provisioning",), ("ble", "backend"), ("usb", "devices", "*", "driver"),
+    ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"),
+)
+"""Keys a remote config document may not set: who the gateway is, where its data lives, which cloud it
+asks, and anything that names a local file or a Python module to import (a config from the network must
+never make the gateway run code of its choosing or read a file of its choosing)."""
+
+
+def validate_config(document: dict[str, Any]) -> GatewayConfig:
+    """Validate a configuration document (the TOML's schema) and return it; :class:`ConfigError` names
+    the key otherwise. The public form of what ``load_config`` does with a file."""
+    return parse_config(document)
+
+
+def validate_remote_config(document: Any) -> GatewayConfig:
+    """Validate a config document the cloud sends (``PUT /v1/gateways/{id}/config``, the ``config`` topic,
+    the bootstrap answer): the TOML's schema, less the keys in :data:`REMOTE_ONLY_LOCAL`. The cloud calls
+    this before it stores a document (422 with the message), the gateway again before it applies one."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"(top level): expected a table of settings, got {type(document).__name__}")
+    problems = [f"{key}: set only in the gateway's own TOML file, not by remote configuration"
+                for key in _present_keys(document, REMOTE_ONLY_LOCAL)]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return parse_config(document)
+
+
+def _present_keys(document: dict[str, Any], paths: typing.Iterable[tuple[str, ...]]) -> list[str]:
+    found = []
+    for path in paths:
+        found += [_key(loc) for loc in _locations(document, path, ())]
+    return found
+
+
+def _locations(node: Any, path: tuple[str, ...], at: tuple[int | str, ...]) -> list[tuple[int | str, ...]]:
+    if not path:
+        return [at]
+    head, rest = path[0], path[1:]
+    if head == "*":
+        return [loc for i, item in enumerate(node) for loc in _locations(item, rest, (*at, i))] \
+            if isinstance(node, list) else []
+    if isinstance(node, dict) and head in node:
+        return _locations(node[head], rest, (*at, head))
+    return []
+
+
+def merge_documents(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, table by table (a key ``override`` sets wins; lists are replaced)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_documents(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def local_document(config: GatewayConfig) -> dict[str, Any]:
+    """The keys the gateway's own TOML (and command line) set, as a document: they win over the cloud's."""
+    return config.model_dump(exclude_unset=True, by_alias=True)
+
+
+def overridden_keys(remote: dict[str, Any], local: dict[str, Any], prefix: str = "") -> list[str]:
+    """Leaf keys of ``remote`` that ``local`` also sets (so the local value is the one used)."""
+    keys = []
+    for key, value in remote.items():
+        if key not in local:
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and isinstance(local[key], dict):
+            keys += overridden_keys(value, local[key], name)
+        else:
+            keys.append(name)
+    return keys

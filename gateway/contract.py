@@ -53,6 +53,11 @@ def status_topic(gateway_id: str) -> str:
     return f"{TOPIC_PREFIX}/gw/{gateway_id}/status"
 
 
+def config_topic(gateway_id: str) -> str:
+    """Cloud → gateway, retained, QoS 1: ``{"version": int, "config": {...}}`` (issue 19, remote configuration)."""
+    return f"{TOPIC_PREFIX}/gw/{gateway_id}/config"
+
+
 def alerts_topic(patient_id: str) -> str:
     return f"{TOPIC_PREFIX}/alerts/{patient_id}"
 
@@ -325,6 +330,58 @@ class DeviceStatus(ContractModel):
     """Records of this device the gateway could not turn into readings (kept in its device quarantine)."""
 
 
+# --- device candidates (issue 19, H11) ----------------------------------------------------------------
+
+CandidateText = Annotated[str, StringConstraints(max_length=128), AfterValidator(_scrubbed)]
+"""What a device announces about itself (BLE local name, USB strings): shown, never parsed; cleaned."""
+MAX_CANDIDATES_IN_STATUS = 50
+
+
+class Candidate(ContractModel):
+    """A health device the gateway heard (BLE, during a pairing window or while unclaimed) or found
+    plugged in (USB) that nobody has confirmed or ignored yet. It is never connected and none of its
+    readings are taken until someone confirms it (the gateway's local page, ``rpm-gateway pair``, or
+    the cloud's ``devices.confirmed`` in the gateway's config document)."""
+
+    uid: DeviceUid
+    """The uid its readings would carry once confirmed (``ble:<address>``, ``usb:<vid>:<pid>:<serial>``)."""
+    transport: Transport
+    profile: ProfileName
+    type: CandidateText | None = None
+    """What it is, in plain words ("Blood pressure monitor")."""
+    make: CandidateText | None = None
+    model: CandidateText | None = None
+    name: CandidateText | None = None
+    rssi: Annotated[int, Field(ge=-127, le=20)] | None = None
+    """Signal strength of the last advertisement heard (dBm; BLE only): a neighbour's device is weak."""
+    user_index: Annotated[int, Field(ge=0, le=255)] | None = None
+    """The user slot of a two-user cuff or scale when it is known before confirmation; else None (the
+    slot is chosen when it is confirmed)."""
+    user_slots: Annotated[int, Field(ge=1, le=255)] | None = None
+    """How many users the device keeps apart (cuffs and scales with a User ID field), when known."""
+    first_heard: UtcDatetime
+    last_heard: UtcDatetime
+
+
+# --- remote configuration (issue 19, H10) -------------------------------------------------------------
+
+
+class ConfigRejection(ContractModel):
+    version: int
+    reason: StatusText
+    """Why it was not kept: invalid (the key and why) or rolled back (the part that did not come up)."""
+
+
+class ConfigStatus(ContractModel):
+    """Which remote config document the gateway runs, and the last one it refused or rolled back."""
+
+    version: int | None = None
+    """The running remote config version; None: none received (the TOML and defaults only)."""
+    rejected: ConfigRejection | None = None
+    provisioning: Literal["waiting_for_claim", "provisioned"] | None = None
+    """With a bootstrap URL: still waiting for someone to claim the gateway, or provisioned; None: not used."""
+
+
 class GatewayStatus(ContractModel):
     v: Literal[1] = PROTOCOL_VERSION
     gateway_id: Identifier
@@ -353,6 +410,10 @@ class GatewayStatus(ContractModel):
     """Readings refused for lack of room that stay in their device's memory until there is room."""
     component_errors: dict[str, StatusText] = Field(default_factory=dict)
     """Gateway components (uplink, status, device managers) that failed, with the error in plain words."""
+    candidates: list[Candidate] = Field(default_factory=list, max_length=MAX_CANDIDATES_IN_STATUS)
+    """Health devices waiting to be confirmed or ignored (issue 19), in the order they were first heard."""
+    config: ConfigStatus | None = None
+    """Remote configuration: running version and the last rejection (issue 19); None: not reported."""
 
 
 class Alert(ContractModel):

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, MqttConfig
-from gateway.contract import GatewayStatus, Reading
+from gateway.contract import ConfigRejection, ConfigStatus, GatewayStatus, Reading, config_topic
 from gateway.discovery.ble_config import (
     NAMED_BACKENDS,
     BackendLoadError,
@@ -48,13 +48,17 @@ from gateway.discovery.ble_config import (
     named_backends,
     normalise_address,
 )
+from gateway.discovery.enrolment import EnrolmentStore, UnknownDeviceError, normalise_uid
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord, SerialSession, gateway_now
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.errors import GatewayError
 from gateway.mqtt.backoff import ExponentialBackoff
 from gateway.ops.log_repeats import install as install_repeat_filter
 from gateway.ops.logging_setup import configure_logging
+from gateway.ops.problems import plain_words
 from gateway.ops.status import StatusBoard
+from gateway.provisioning.credentials import CredentialStore, RemoteConfigState, StoredConfig, StoredRejection
+from gateway.provisioning.files import ProvisioningError
 from gateway.readings.intake import RecordIntake, RecordOutcome
 from gateway.store.acked_positions import AckedPositions
 from gateway.store.disk import StorageError, check_data_dir, describe
@@ -73,6 +77,12 @@ HEALTHY_AFTER_S = 60.0
 STORAGE_CHECK_S = 2.0
 # Errors no restart can cure: the gateway exits (2) so its supervisor (systemd) notices.
 FATAL_ERRORS: tuple[type[Exception], ...] = (UplinkError, StorageError)
+# After a re-poll of the bootstrap endpoint (the broker refused the credentials) brought nothing new,
+# the next refusal waits this long before polling again: a broker that lost its password file must not
+# make a fleet hammer the cloud.
+REPOLL_MIN_INTERVAL_S = 60.0
+# A restarted device manager that fails within this is taken as "did not come up" (remote config rollback).
+DISCOVERY_SETTLE_S = 3.0
 
 
 class GatewayFailed(GatewayError):
@@ -104,12 +114,36 @@ class Gateway:
         self._intake: RecordIntake | None = None
         self._positions: AckedPositions | None = None
         self._tz = config.tzinfo()
+        # ---- provisioning and remote configuration (issue 19)
+        self.local_config = config
+        """What the TOML and command line set: it wins over the cloud's document for every key it sets."""
+        self.credentials: CredentialStore | None = None
+        self.remote_state = RemoteConfigState()
+        self.provisioning_state: str | None = None
+        self.on_device_decisions: Callable[[Any], Any] | None = None
+        """Called with ``config.devices`` when a remote config changes the confirm / ignore decisions."""
+        self._uplink_task: asyncio.Task[None] | None = None
+        self._config_tasks: set[asyncio.Task[None]] = set()
+        self._config_lock: asyncio.Lock | None = None
+        self._repoll = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._identity_id: str | None = None
+        self._mqtt_document: dict[str, Any] | None = None
+        # ---- device candidates and the local page (issue 19, H11)
+        self.devices: EnrolmentStore | None = None
+        """Candidates, confirmed and ignored devices: the enrolment store in the data dir."""
+        self.local_page: Any = None
+        self.claim_code: Callable[[], str | None] = self._claim_code
+        """The code the local page signs in with (the identity's; a test may replace it)."""
 
     # ---------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        check_data_dir(self.config.data_dir)  # StorageError: one line naming the path and the cause
+        self._loop = asyncio.get_running_loop()
+        self._config_lock = asyncio.Lock()
+        waiting_for_claim = self._prepare_provisioning()  # may set self.config: identity, credentials, remote doc
         config = self.config
-        check_data_dir(config.data_dir)  # StorageError: one line naming the path and the cause
         box = config.outbox
         self.outbox = await asyncio.to_thread(
             Outbox, config.data_dir / "outbox.sqlite", max_readings=box.max_readings, when_full=box.when_full,
@@ -125,24 +159,34 @@ class Gateway:
         self.board = StatusBoard(config.gateway_id, self.outbox, uplink_error=self._uplink_error,
                                  publish=self._publish_status, interval_s=config.status_interval_s,
                                  component_errors=lambda: self.component_errors,
-                                 storage_notice=lambda: self.storage_notice)
-        self.uplink = Uplink(config.mqtt, config.gateway_id, self.outbox, will_payload=self.board.offline_payload,
-                             on_change=self.board.changed)
+                                 storage_notice=lambda: self.storage_notice, config_state=self._config_status,
+                                 candidates=self._candidates)
+        self._open_devices()  # issue 19 (H11): candidates and decisions, before any manager hears a device
+        self.uplink = self._make_uplink(config)
         stats = self.outbox.stats()
         log.info("gateway %s starting: outbox %d reading(s) waiting, %d quarantined, %d device record(s) "
                  "quarantined; broker %s", config.gateway_id, stats.depth, stats.quarantined,
-                 stats.device_quarantined, config.mqtt.url)
-        self._core_tasks.append(self._spawn("uplink", self.uplink.run))
+                 stats.device_quarantined, "(waiting for provisioning)" if waiting_for_claim else config.mqtt.url)
+        if not waiting_for_claim:
+            self._uplink_task = self._spawn("uplink", self.uplink.run)
+            self._core_tasks.append(self._uplink_task)
+        if config.provisioning.bootstrap_url is not None:
+            self._core_tasks.append(self._spawn("provisioning", self._provision))
         self._core_tasks.append(self._spawn("status", self.board.run))
         self._core_tasks.append(self._spawn("storage", self._watch_storage))
         if config.metrics_port:
             self._start_metrics(config.metrics_port)
         if self.start_devices:
             self._start_device_managers()
+        if config.local_page.enabled:
+            self._start_local_page()
 
     async def stop(self) -> None:
         """Stop taking readings, drain what is in flight (bounded), say goodbye, close the stores."""
         self._stopping = True
+        if self.local_page is not None:
+            await asyncio.to_thread(self.local_page.stop)
+            self.local_page = None
         await _cancel(self._device_tasks)
         self._device_tasks.clear()
         if self.uplink is not None and self.board is not None:
@@ -150,7 +194,9 @@ class Gateway:
             depth = self.outbox.depth() if self.outbox else 0
             log.info("gateway stopping: %s; %d reading(s) stay in the outbox", "drained" if drained else
                      "drain timed out or broker unreachable", depth)
-            await _cancel(self._core_tasks[1:])  # status first, so it does not publish over the goodbye
+            await _cancel(list(self._config_tasks))
+            # Status first, so it does not publish over the goodbye.
+            await _cancel([task for task in self._core_tasks if task is not self._uplink_task])
             await self.uplink.close(final_status=self.board.offline_payload())
         await _cancel(self._core_tasks)
         self._core_tasks.clear()
@@ -244,15 +290,22 @@ class Gateway:
             if loop.time() - started >= HEALTHY_AFTER_S:
                 failures = 0
             failures += 1
-            message = f"{type(err).__name__}: {describe(err)}"[:500]  # the status's strings are bounded
+            # A known fact about the machine (no BlueZ, a serial port it may not open) is one sentence, said
+            # once; anything else is a bug and keeps its traceback (once per distinct error).
+            plain = plain_words(err)
+            message = (plain or f"{type(err).__name__}: {describe(err)}")[:500]  # the status's strings are bounded
             self.component_errors[name] = message
             self._error_generation[name] = self._error_generation.get(name, 0) + 1  # void a pending clear
             if self.board is not None:
                 self.board.changed()
             delay = RESTART.delay(failures)
-            # The traceback once per distinct error; the same error again is one line with its count.
-            log.error("%s failed (%s); restarting in %.0f s (failure %d)", name, message, delay, failures,
-                      exc_info=err if message != last_error else None)
+            if plain is not None:
+                log.log(logging.ERROR if message != last_error else logging.DEBUG,
+                        "%s: %s (trying again quietly, next in %.0f s)", name, plain, delay)
+            else:
+                # The traceback once per distinct error; the same error again is one line with its count.
+                log.error("%s failed (%s); restarting in %.0f s (failure %d)", name, message, delay, failures,
+                          exc_info=err if message != last_error else None)
             last_error = message
             await asyncio.sleep(delay)
             # Shown until the component proves itself: cleared once it has run as long as it waited.
@@ -363,13 +416,11 @@ class Gateway:
 
     def _make_ble_manager(self) -> Any:
         assert self.board is not None
+        assert self.devices is not None
         from gateway.discovery.ble import BleManager
-        from gateway.discovery.enrolment import EnrolmentStore
 
         backends = load_bleak_backends(self.config.ble.backend)
-        enrolment = EnrolmentStore.for_config(self.config)
-        self._closers.append(enrolment.close)
-        return BleManager(self.config.ble, self.sink, self.device_state, enrolment, backends=backends,
+        return BleManager(self.config.ble, self.sink, self.device_state, self.devices, backends=backends,
                           on_status=self.board.device_update, local_tz=self._tz)
 
     def _make_usb_manager(self) -> Any:
@@ -377,7 +428,361 @@ class Gateway:
         from gateway.discovery.usb import UsbManager
 
         return UsbManager(self.config.usb, self.sink, self.device_state, load_driver=load_serial_driver,
-                          on_status=self.board.device_update, local_tz=self._tz)
+                          on_status=self.board.device_update, local_tz=self._tz, enrolment=self.devices)
+
+    # ---------------------------------------------------------------------------- device candidates, local page
+    # (issue 19, H11) Health devices heard are candidates until someone confirms them: on the local page,
+    # with `rpm-gateway pair`, or in the workspace (the config document's `devices` lists).
+
+    def _open_devices(self) -> None:
+        assert self.board is not None
+        board = self.board
+        self.devices = EnrolmentStore.for_config(self.config, on_change=board.changed)
+        self.devices.unclaimed = lambda: self.provisioning_state == "waiting_for_claim"
+        self._closers.append(self.devices.close)
+        self.on_device_decisions = lambda devices: self.apply_device_decisions(
+            devices.confirmed, devices.ignored, devices.unpaired)
+        devices = self.config.devices
+        self.apply_device_decisions(devices.confirmed, devices.ignored, devices.unpaired)
+        for device in self.devices.list():  # shown from the start: a confirmed device never seen is a finding too
+            board.device_update(device.uid, profile=device.profile)
+
+    def _candidates(self) -> list[Any]:
+        return self.devices.candidates() if self.devices is not None else []
+
+    def apply_device_decisions(self, confirmed: Any, ignored: Any, unpaired: Any = ()) -> Any:
+        """The config document's ``devices.confirmed`` / ``devices.ignored`` (the TOML's or the cloud's),
+        applied as changes since the document applied last (:meth:`EnrolmentStore.apply_decisions`)."""
+        assert self.devices is not None and self.board is not None
+        changes = self.devices.apply_decisions(confirmed, ignored, unpaired, source="config")
+        for uid in changes.confirmed:
+            self.board.device_update(uid, profile=self.devices.profile_for(uid))
+        for uid in changes.ignored + changes.forgotten:
+            self.board.forget_device(uid)
+        if changes:
+            log.info("device decisions from the config: %d confirmed, %d ignored, %d forgotten",
+                     len(changes.confirmed), len(changes.ignored), len(changes.forgotten))
+        return changes
+
+    def confirm_candidate(self, uid: str, user_index: int | None = None, *, source: str = "local") -> Any:
+        assert self.devices is not None and self.board is not None
+        device = self.devices.confirm(uid, source=source, user_index=user_index)
+        self.board.device_update(device.uid, profile=device.profile)
+        return device
+
+    def ignore_candidate(self, uid: str, *, source: str = "local") -> bool:
+        assert self.devices is not None and self.board is not None
+        if self.devices.candidate(uid) is None and not self.devices.is_enrolled(uid):
+            raise UnknownDeviceError(f"{uid}: not a device this gateway has heard")
+        ignored = self.devices.ignore(uid, source=source)
+        self.board.forget_device(normalise_uid(uid))
+        return ignored
+
+    def unpair_device(self, uid: str, *, source: str = "local") -> bool:
+        assert self.devices is not None and self.board is not None
+        if not self.devices.remove(uid, source=source):
+            raise UnknownDeviceError(f"{uid}: not a device of this gateway")
+        self.board.forget_device(normalise_uid(uid))
+        return True
+
+    def open_pairing_window(self, seconds: float) -> None:
+        assert self.devices is not None
+        self.devices.open_window(seconds)
+
+    def _claim_code(self) -> str | None:
+        from gateway.provisioning.identity import load_or_create_identity
+
+        try:
+            return load_or_create_identity(self.config.data_dir).claim_code
+        except ProvisioningError as err:
+            log.warning("local page: no claim code (%s); only the gateway's button signs in", err)
+            return None
+
+    def _start_local_page(self) -> None:
+        from gateway.local_page.server import LocalPage, LocalPageError
+
+        assert self.devices is not None
+        page = LocalPage(self.config.local_page, self, self.devices, loop=asyncio.get_running_loop(),
+                         claim_code=self.claim_code)
+        try:
+            page.start()
+        except LocalPageError as err:
+            self.component_errors["local-page"] = str(err)
+            log.error("%s (the gateway runs without its local page)", err)
+            return
+        self.local_page = page
+
+    # ---------------------------------------------------------------------------- provisioning, remote config
+    # (issue 19) The configuration runs in layers: defaults, the credentials from the bootstrap endpoint,
+    # the cloud's config document, the TOML (which wins). A new document is applied by restarting only the
+    # parts whose settings changed; if they do not come up it is rolled back and reported in the status.
+
+    def _make_uplink(self, config: GatewayConfig) -> Uplink:
+        assert self.outbox is not None and self.board is not None
+        return Uplink(config.mqtt, config.gateway_id, self.outbox, will_payload=self.board.offline_payload,
+                      on_change=self.board.changed, on_auth_refused=self._repoll.set,
+                      subscriptions={config_topic(config.gateway_id): self._config_message})
+
+    def _prepare_provisioning(self) -> bool:
+        """Compose the configuration to start with (identity, stored credentials, the stored remote
+        document); True while the gateway still waits to be claimed (no credentials yet)."""
+        from gateway.provisioning.credentials import CREDENTIALS_FILE
+        from gateway.provisioning.identity import load_or_create_identity
+
+        local = self.local_config
+        store = self.credentials = CredentialStore(local.data_dir)
+        self.remote_state = store.load_remote_config()
+        bootstrap = local.provisioning.bootstrap_url is not None
+        credentials = store.load() if bootstrap or (local.data_dir / CREDENTIALS_FILE).exists() else None
+        if bootstrap or credentials is not None:
+            self._identity_id = load_or_create_identity(local.data_dir).gateway_id
+            self.provisioning_state = "provisioned" if credentials is not None else "waiting_for_claim"
+        if credentials is not None:
+            self._mqtt_document = store.mqtt_document(credentials)
+        running = self.remote_state.running
+        if self._identity_id is None and running is None:
+            return False  # a TOML-only gateway, as before issue 19
+        try:
+            self.config = self._compose(running.config if running else None)
+        except ConfigError as err:
+            # A stored document this software no longer accepts: start without it, and say so.
+            assert running is not None
+            self._record_rejection(running.version, f"invalid: {err}")
+            self.remote_state = RemoteConfigState(rejected=self.remote_state.rejected)
+            self.config = self._compose(None)
+        self._tz = self.config.tzinfo()
+        return bootstrap and credentials is None
+
+    def _compose(self, remote: dict[str, Any] | None) -> GatewayConfig:
+        from gateway.provisioning.remote_config import compose_config
+
+        return compose_config(self.local_config, gateway_id=self._identity_id, mqtt=self._mqtt_document,
+                              remote=remote)
+
+    def _running_version(self) -> int | None:
+        running = self.remote_state.running
+        return running.version if running is not None else None
+
+    def _config_status(self) -> ConfigStatus | None:
+        running, rejected = self.remote_state.running, self.remote_state.rejected
+        if running is None and rejected is None and self.provisioning_state is None:
+            return None
+        return ConfigStatus(
+            version=running.version if running else None, provisioning=self.provisioning_state,
+            rejected=ConfigRejection(version=rejected.version, reason=rejected.reason[:2000]) if rejected else None)
+
+    def _is_new(self, version: int) -> bool:
+        running, rejected = self.remote_state.running, self.remote_state.rejected
+        return (running is None or version > running.version) and (rejected is None or version != rejected.version)
+
+    async def _provision(self) -> None:
+        """Poll the bootstrap endpoint until the gateway is claimed and run with what it sends; poll again
+        only when the broker refuses the credentials (rotated in the cloud, or lost by the broker)."""
+        from gateway.provisioning.bootstrap import BootstrapClient, provision
+        from gateway.provisioning.identity import load_or_create_identity
+
+        settings = self.local_config.provisioning
+        assert self.credentials is not None and settings.bootstrap_url is not None
+        client = BootstrapClient(settings.bootstrap_url, load_or_create_identity(self.local_config.data_dir),
+                                 self.config.gateway_id, client_key_path=self.credentials.client_key_path,
+                                 ca_file=settings.ca_file, timeout_s=settings.request_timeout_s)
+        said_waiting = False
+
+        def waiting() -> None:
+            nonlocal said_waiting
+            if not said_waiting:
+                log.info("provisioning: gateway %s waits to be claimed (its claim code: rpm-gateway identity)",
+                         self.config.gateway_id)
+                said_waiting = True
+
+        need_poll = self.provisioning_state == "waiting_for_claim"
+        while True:
+            if not need_poll:
+                await self._repoll.wait()
+                log.warning("provisioning: the broker refused this gateway's credentials; asking the cloud again")
+            self._repoll.clear()
+            answer = await provision(client, config_version=self._running_version, on_problem=self._bootstrap_problem,
+                                     on_waiting=waiting, cap_s=settings.poll_interval_cap_s)
+            await self._provisioned(answer)
+            need_poll = False
+            # A refusal during this wait is answered after it (the event stays set).
+            await asyncio.sleep(REPOLL_MIN_INTERVAL_S)
+
+    def _bootstrap_problem(self, sentence: str | None) -> None:
+        if sentence is None:
+            self.component_errors.pop("provisioning", None)
+        else:
+            self.component_errors["provisioning"] = sentence[:500]
+        if self.board is not None:
+            self.board.changed()
+
+    async def _provisioned(self, answer: Any) -> None:
+        from gateway.provisioning.credentials import Credentials
+
+        assert self.credentials is not None and self._config_lock is not None
+        if answer.gateway_id != self.config.gateway_id:
+            log.error("provisioning: the cloud answered for gateway %s, but this gateway is %s (the broker login "
+                      "is what the cloud sent)", answer.gateway_id, self.config.gateway_id)
+        async with self._config_lock:
+            if answer.mqtt is not None:
+                credentials = Credentials(gateway_id=self.config.gateway_id, patient_id=answer.patient_id,
+                                          mqtt=answer.mqtt)
+                await asyncio.to_thread(self.credentials.save, credentials)
+                self._mqtt_document = self.credentials.mqtt_document(credentials)
+            first = self.provisioning_state != "provisioned"
+            self.provisioning_state = "provisioned"
+            log.info("provisioning: %s for patient %s; broker %s", "provisioned" if first else "credentials renewed",
+                     answer.patient_id or "(none yet)", answer.mqtt.url if answer.mqtt else "(unchanged)")
+            running = self.remote_state.running
+            new = self._compose(running.config if running else None)
+            # Credentials are never rolled back: the old ones (or none) cannot work either.
+            await self._switch(new, rollback=False, force_uplink=True)
+        if answer.config is not None and answer.config_version is not None:
+            await self._apply_remote(answer.config_version, answer.config, source="the bootstrap answer")
+
+    def _config_message(self, payload: bytes) -> None:
+        """A message on the config topic (paho's thread)."""
+        if self._loop is not None and payload:
+            self._loop.call_soon_threadsafe(self._config_arrived, bytes(payload))
+
+    def _config_arrived(self, payload: bytes) -> None:
+        from gateway.provisioning.remote_config import parse_config_message
+
+        try:
+            message = parse_config_message(payload)
+        except ConfigError as err:
+            log.warning("remote config: ignoring a message on the config topic: %s", err)
+            return
+        if not self._is_new(message.version):
+            return  # the retained document again (every reconnect), or one already refused
+        task = asyncio.create_task(self._apply_remote(message.version, message.config, source="the config topic"))
+        self._config_tasks.add(task)
+        task.add_done_callback(self._config_tasks.discard)
+
+    async def apply_remote_config(self, version: int, document: dict[str, Any]) -> ConfigStatus | None:
+        """Apply a remote config document now (what the config topic does); returns the config status."""
+        await self._apply_remote(version, document, source="a direct call")
+        return self._config_status()
+
+    async def _apply_remote(self, version: int, document: dict[str, Any], *, source: str) -> None:
+        assert self._config_lock is not None
+        async with self._config_lock:
+            if not self._is_new(version):
+                return
+            try:
+                new = self._compose(document)
+                problems = _check_mqtt(new.mqtt)
+                if problems:
+                    raise ConfigError("; ".join(problems))
+            except ConfigError as err:
+                self._record_rejection(version, f"invalid: {err}")
+                return
+            from gateway.config import local_document, overridden_keys
+
+            kept = overridden_keys(document, local_document(self.local_config))
+            if kept:
+                log.info("remote config version %d: the local TOML sets %s, which it keeps", version, ", ".join(kept))
+            reason = await self._switch(new)
+            if reason is not None:
+                self._record_rejection(version, f"rolled back: {reason}")
+                return
+            rejected = self.remote_state.rejected
+            if rejected is not None and rejected.version < version:
+                rejected = None  # a newer version runs: the older refusal is history (kept in the log)
+            self.remote_state = RemoteConfigState(running=StoredConfig(version=version, config=document),
+                                                  rejected=rejected)
+            self._save_remote_state()
+            log.info("remote config version %d (from %s) applied", version, source)
+            if self.board is not None:
+                self.board.changed()
+
+    def _record_rejection(self, version: int, reason: str) -> None:
+        log.error("remote config version %d not applied: %s", version, reason)
+        self.remote_state = RemoteConfigState(running=self.remote_state.running,
+                                              rejected=StoredRejection(version=version, reason=reason[:2000]))
+        self._save_remote_state()
+        if self.board is not None:
+            self.board.changed()
+
+    def _save_remote_state(self) -> None:
+        if self.credentials is None:
+            return
+        try:
+            self.credentials.save_remote_config(self.remote_state)
+        except ProvisioningError as err:
+            # The cloud sends the document again (retained); the status still shows what runs.
+            log.warning("remote config: %s", err)
+
+    async def _switch(self, new: GatewayConfig, *, rollback: bool = True, force_uplink: bool = False) -> str | None:
+        """Run with ``new``, restarting only the parts it changes; None if they came up, else why not
+        (after rolling back to the previous configuration when ``rollback``)."""
+        from gateway.provisioning.remote_config import changed_sections
+
+        old = self.config
+        sections = changed_sections(old, new)
+        if force_uplink:
+            sections.add("mqtt")
+        before = set(self.component_errors)
+        restarted = await self._reconfigure(new, sections)
+        reason = await self._came_up(restarted, before)
+        if reason is None or not rollback:
+            return reason
+        log.warning("remote config: %s; rolling back to the previous configuration", reason)
+        await self._reconfigure(old, sections)
+        return reason
+
+    async def _reconfigure(self, new: GatewayConfig, sections: set[str]) -> set[str]:
+        self.config = new
+        restarted: set[str] = set()
+        if "mqtt" in sections or self._uplink_task is None:
+            await self._restart_uplink()
+            restarted.add("uplink")
+        if sections & {"ble", "usb", "timezone"} and self.start_devices:
+            self._tz = new.tzinfo()
+            await _cancel(self._device_tasks)
+            self._device_tasks.clear()
+            for name in ("ble", "usb", "ble-manager", "usb-manager"):
+                self.component_errors.pop(name, None)
+            self._start_device_managers()
+            restarted.add("discovery")
+        if "status_interval_s" in sections and self.board is not None:
+            self.board.interval_s = new.status_interval_s
+        if "log" in sections:
+            logging.getLogger().setLevel(logging.getLevelName(new.log.level.upper()))
+        if "devices" in sections and self.on_device_decisions is not None:
+            outcome = self.on_device_decisions(new.devices)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+        later = sorted(sections & {"outbox", "metrics_port"})
+        if later:
+            log.info("remote config: %s take effect at the next start", ", ".join(later))
+        if self.board is not None:
+            self.board.changed()
+        return restarted
+
+    async def _restart_uplink(self) -> None:
+        if self._uplink_task is not None:
+            await _cancel([self._uplink_task])
+            self._core_tasks.remove(self._uplink_task)
+            self._uplink_task = None
+        if self.uplink is not None:
+            await self.uplink.close()  # no goodbye: the next connection publishes the current status
+        self.uplink = self._make_uplink(self.config)
+        self._uplink_task = self._spawn("uplink", self.uplink.run)
+        self._core_tasks.append(self._uplink_task)
+        self.component_errors.pop("uplink", None)
+
+    async def _came_up(self, restarted: set[str], errors_before: set[str]) -> str | None:
+        timeout = self.config.provisioning.config_apply_timeout_s
+        if "uplink" in restarted and self.uplink is not None and not await self.uplink.wait_connected(timeout):
+            return f"the uplink did not connect within {timeout:g} s ({self.uplink.error or 'no answer'})"
+        if "discovery" in restarted:
+            await asyncio.sleep(min(DISCOVERY_SETTLE_S, timeout))
+            failed = {name: error for name, error in self.component_errors.items()
+                      if name in ("ble", "usb", "ble-manager", "usb-manager") and name not in errors_before}
+            if failed:
+                return "device discovery did not start (" + "; ".join(f"{n}: {e}" for n, e in failed.items()) + ")"
+        return None
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -398,7 +803,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> int
     gateway = Gateway(config)
     try:
         await gateway.start()
-    except (UplinkError, OutboxError, StorageError, OSError) as err:
+    except (UplinkError, OutboxError, StorageError, ProvisioningError, ConfigError, OSError) as err:
         log.error("gateway cannot start: %s", describe(err))
         with contextlib.suppress(Exception):
             await gateway.stop()

@@ -2,9 +2,12 @@
 
 One central scanner (drivers never scan, as Home Assistant's bluetooth stack does it) listens for the
 health services of the BLE profiles in :mod:`gateway.profiles`. An advertisement from an **enrolled**
-device starts one session task for it, under a TaskGroup, so a failing device never stops the others;
-an un-enrolled device is never connected. After a good session the device is left alone for
-``session_cooldown_s`` (cuffs keep advertising for a while; a profile may opt out); after a failed one
+(confirmed) device starts one session task for it, under a TaskGroup, so a failing device never stops
+the others; an un-enrolled device is never connected. While a pairing window is open (or the gateway
+is unclaimed) an un-enrolled health device heard becomes a *candidate* in the enrolment store, with
+what its advertisement tells (name, maker, signal), until someone confirms or ignores it. After a good
+session the device is left alone for ``session_cooldown_s`` (cuffs keep advertising for a while; a
+profile may opt out); after a failed one
 it backs off exponentially with jitter.
 """
 
@@ -25,9 +28,11 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
 from gateway.codecs.common import DecodeError
+from gateway.contract import Candidate
+from gateway.discovery.advertisement import make_from, user_slots_from
 from gateway.discovery.ble_config import BleakBackends, BleConfig, named_backends, normalise_address
 from gateway.discovery.callbacks import report_status
-from gateway.discovery.enrolment import EnrolledDevice, EnrolmentStore
+from gateway.discovery.enrolment import EnrolmentStore, HeardDevice, device_type
 from gateway.drivers.base import (
     ClockCheck,
     DeviceInfo,
@@ -60,6 +65,15 @@ def profile_for_services(service_uuids: list[str]) -> str | None:
         if profile is not None:
             return profile
     return None
+
+
+def heard_device(device: BLEDevice, adv: AdvertisementData, profile: str) -> HeardDevice:
+    """A candidate as its advertisement describes it (nothing is connected to learn more)."""
+    name = adv.local_name or device.name
+    rssi = adv.rssi if adv.rssi is not None and -127 <= adv.rssi <= 20 else None
+    return HeardDevice(uid=f"ble:{normalise_address(device.address)}", transport="ble", profile=profile,
+                       type=device_type(profile), make=make_from(adv.manufacturer_data), model=name, name=name,
+                       rssi=rssi, user_slots=user_slots_from(adv.manufacturer_data))
 
 
 def clock_offset_s(clock: ClockCheck | None, local_tz: tzinfo | None) -> float | None:
@@ -178,9 +192,11 @@ class BleManager:
         if profile is None or profile not in BLE_PROFILES:
             return
         if not self.enrolment.is_enrolled(address):
+            if self.enrolment.collecting():
+                self.enrolment.heard(heard_device(device, adv, profile))
             if address not in self.ignored:
                 self.ignored.add(address)
-                log.info("ignoring %s (%s, %s): not enrolled", address, profile, adv.local_name)
+                log.info("not reading %s (%s, %s): not confirmed", address, profile, adv.local_name)
             return
         if address in self._running or self._group is None:
             return
@@ -281,22 +297,23 @@ async def ble_candidates(config: Any, seconds: float, backends: BleakBackends | 
 
 async def pair_window(
     config: BleConfig, store: EnrolmentStore, seconds: float, backends: BleakBackends | None = None
-) -> list[EnrolledDevice]:
-    """Listen for ``seconds``; enrol every health device heard that is not enrolled yet."""
+) -> list[Candidate]:
+    """``rpm-gateway pair``: listen for ``seconds``; every health device heard that is neither enrolled
+    nor ignored becomes a candidate (nothing is enrolled). Returns the candidates heard in the window."""
     scanner_backend, _ = backends or named_backends(config.backend)
-    enrolled: list[EnrolledDevice] = []
+    heard_now: set[str] = set()
 
     def heard(device: BLEDevice, adv: AdvertisementData) -> None:
         profile = profile_for_services(adv.service_uuids)
         if profile is None:
             return
         address = normalise_address(device.address)
-        name = adv.local_name or device.name
-        if store.enrol(address, profile=profile, name=name, source="pair"):
-            log.info("enrolled %s (%s, %s)", address, profile, name)
-            enrolled.append(EnrolledDevice(address, profile, name, "pair"))
+        if store.is_enrolled(address):
+            return
+        store.heard(heard_device(device, adv, profile))
+        heard_now.add(f"ble:{address}")
 
     async with BleakScanner(heard, service_uuids=list(HEALTH_SERVICES), backend=scanner_backend):
         # The window is the point: listening for its whole length is the behaviour, not a wait for a condition.
         await asyncio.sleep(seconds)
-    return enrolled
+    return [c for c in store.candidates() if c.uid in heard_now]

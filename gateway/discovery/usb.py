@@ -5,7 +5,10 @@ importable, udev's tty events wake the watcher at once instead of at the next po
 matched against the device table (:mod:`gateway.discovery.usb_devices`: config entries first, including fixed
 ``port`` paths, then the profile table's products). A matched port gets one session (the table's driver); a
 session that ends because the cable was pulled is an unplug, not an error, and the next plug-in
-starts a new session. A session that ends normally (a meter finished its upload) is not restarted
+starts a new session. A port the table's built-in products match is a *candidate* (in the enrolment
+store, with its USB maker and product strings) and is not opened until someone confirms the device;
+``[[usb.devices]]`` entries are the installer's decision and read at once unless they set
+``needs_confirmation``. A session that ends normally (a meter finished its upload) is not restarted
 until the device is plugged in again; one that failed is retried after ``retry_after_error_s``.
 
 ``on_status(uid, **fields)`` hears ``last_seen``, ``clock_offset_s``, ``battery``, ``error`` (None
@@ -25,6 +28,7 @@ from typing import Any
 
 from gateway.codecs.common import Measurement
 from gateway.discovery.callbacks import report_status
+from gateway.discovery.enrolment import EnrolmentStore, HeardDevice, device_type
 from gateway.discovery.usb_config import UsbConfig
 from gateway.discovery.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
 from gateway.drivers.base import (
@@ -38,6 +42,7 @@ from gateway.drivers.base import (
 from gateway.drivers.device_state import DeviceStateStore
 from gateway.drivers.device_strings import clean_device_string
 from gateway.drivers.serial_port import usb_uid
+from gateway.ops.problems import plain_words
 from gateway.profiles import USB_PROFILES
 from gateway.store.outbox import OutboxError
 
@@ -109,6 +114,42 @@ def usb_candidates(config: UsbConfig, ports: list[PortFacts] | None = None) -> l
     return candidates
 
 
+def device_for(facts: PortFacts, entry: SupportedDevice) -> DeviceInfo:
+    # USB descriptor strings are the firmware's: cleaned like every device string, or a NUL in a
+    # serial number would make a uid the contract refuses and cost every reading of the device.
+    serial = clean_device_string(facts.serial_number)
+    return DeviceInfo(
+        uid=usb_uid(facts.vid, facts.pid, serial or facts.device),
+        transport="usb",
+        profile=entry.profile,
+        model=clean_device_string(facts.product) or entry.name,
+        serial=serial,
+        manufacturer=clean_device_string(facts.manufacturer),
+    )
+
+
+def heard_usb_device(facts: PortFacts, entry: SupportedDevice) -> HeardDevice:
+    device = device_for(facts, entry)
+    return HeardDevice(uid=device.uid, transport="usb", profile=entry.profile, type=device_type(entry.profile),
+                       make=device.manufacturer, model=device.model, name=entry.name)
+
+
+def propose_plugged_in(config: UsbConfig, enrolment: EnrolmentStore, ports: list[PortFacts] | None = None) -> int:
+    """``rpm-gateway pair``: every supported device plugged in now that needs confirmation and has none
+    becomes a candidate (as the running USB manager does at each poll). Returns how many are waiting."""
+    table = device_table(config)
+    waiting = 0
+    for facts in present_ports(config, ports):
+        entry = match_port(facts, table)
+        if entry is None or not entry.needs_confirmation:
+            continue
+        heard = heard_usb_device(facts, entry)
+        if not enrolment.is_enrolled(heard.uid):
+            enrolment.heard(heard)
+            waiting += 1
+    return waiting
+
+
 @dataclass
 class _Port:
     facts: PortFacts
@@ -122,6 +163,8 @@ class _Port:
     ending: bool = False
     """The session saw the link go and is checking whether the device was unplugged."""
     removed: bool = False
+    problem: str | None = None
+    """The plain-words failure last said for this port (issue 19): the same one again is not repeated."""
 
 
 def _node_identity(path: str) -> tuple[int, int] | None:
@@ -143,9 +186,11 @@ class UsbManager:
         local_tz: tzinfo | None = None,
         list_ports: Callable[[], list[PortFacts]] | None = None,
         load_driver: DriverLoader | None = None,
+        enrolment: EnrolmentStore | None = None,
     ) -> None:
         """``load_driver`` turns a ``driver = "module:Class"`` named in ``[[usb.devices]]`` into a driver;
-        the runtime passes its loader (importing what a config names is the runtime's job)."""
+        the runtime passes its loader (importing what a config names is the runtime's job). ``enrolment``:
+        where candidates go and confirmations come from; without one every matched port is read."""
         self.config = config
         self.sink = sink
         self.state = state
@@ -153,6 +198,7 @@ class UsbManager:
         self.local_tz = local_tz
         self._list_ports = list_ports
         self._load_driver = load_driver
+        self.enrolment = enrolment
         self._ports: dict[str, _Port] = {}
         self._wake = asyncio.Event()
         self.sessions_started = 0
@@ -218,26 +264,29 @@ class UsbManager:
                 if entry is None:
                     continue
                 port = self._ports[path] = _Port(facts, entry, node)
-            if port.task is not None or port.finished:
+            if port.task is not None:
+                if not port.task.done() and not self._confirmed(port):
+                    port.task.cancel()  # unpaired while its session runs: stop reading it now
+                continue
+            if port.finished or not self._confirmed(port):
                 continue
             if port.retry_at is not None and now < port.retry_at:
                 continue
             port.retry_at = None
             port.task = asyncio.create_task(self._session(port), name=f"usb session {path}")
 
+    def _confirmed(self, port: _Port) -> bool:
+        """May this port be read? A device that needs confirmation and has none is offered as a candidate."""
+        if self.enrolment is None or not port.entry.needs_confirmation:
+            return True
+        heard = heard_usb_device(port.facts, port.entry)
+        if self.enrolment.is_enrolled(heard.uid):
+            return True
+        self.enrolment.heard(heard)
+        return False
+
     def _device_for(self, port: _Port) -> DeviceInfo:
-        facts = port.facts
-        # USB descriptor strings are the firmware's: cleaned like every device string, or a NUL in a
-        # serial number would make a uid the contract refuses and cost every reading of the device.
-        serial = clean_device_string(facts.serial_number)
-        return DeviceInfo(
-            uid=usb_uid(facts.vid, facts.pid, serial or facts.device),
-            transport="usb",
-            profile=port.entry.profile,
-            model=clean_device_string(facts.product) or port.entry.name,
-            serial=serial,
-            manufacturer=clean_device_string(facts.manufacturer),
-        )
+        return device_for(port.facts, port.entry)
 
     def _context_for(self, port: _Port, device: DeviceInfo) -> SerialContext:
         options = port.entry.driver_options()
@@ -297,7 +346,8 @@ class UsbManager:
             # state is in the status, and the session is tried again later: no traceback.
             uid = ctx.device.uid
             self._failed(port, uid, err)
-            await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
+            await self._status(uid, profile=device.profile, state="failed",
+                               error=plain_words(err) or f"{type(err).__name__}: {err}")
         except Exception as err:  # a driver bug or a bad table entry: report it, keep the other ports going
             uid = ctx.device.uid
             log.exception("%s: session on %s crashed", uid, path)
@@ -325,7 +375,13 @@ class UsbManager:
         port.task = None
 
     def _failed(self, port: _Port, uid: str, err: BaseException) -> None:
-        log.warning("%s: session on %s failed: %s", uid, port.facts.device, err)
+        # A known fact (no permission on the port) is said once in plain words; retries after it are quiet.
+        plain = plain_words(err)
+        if plain is None:
+            log.warning("%s: session on %s failed: %s", uid, port.facts.device, err)
+        else:
+            log.log(logging.WARNING if plain != port.problem else logging.DEBUG, "%s: %s", uid, plain)
+        port.problem = plain
         port.retry_at = asyncio.get_running_loop().time() + self.config.retry_after_error_s
 
     async def _vanished(self, path: str, node: tuple[int, int] | None) -> bool:

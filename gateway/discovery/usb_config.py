@@ -31,6 +31,9 @@ class UsbDeviceMatch(BaseModel):
     stopbits: Literal[1, 2] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     """Driver-specific settings (e.g. an A&D scale's ``zero_kg``)."""
+    needs_confirmation: bool = False
+    """An entry written here is the installer's decision and its port is read at once; ``true`` makes a
+    port it matches a candidate that someone confirms first, as the built-in products are (issue 19)."""
 
     @field_validator("description")
     @classmethod

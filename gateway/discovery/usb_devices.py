@@ -38,6 +38,9 @@ class SupportedDevice:
     parity: str = "N"
     stopbits: int = 1
     options: dict[str, Any] = field(default_factory=dict)
+    needs_confirmation: bool = True
+    """A port it matches is a candidate until someone confirms the device; config entries are read at
+    once unless they ask for confirmation (the installer wrote them)."""
 
     def matches(self, port: PortFacts) -> bool:
         if self.port is not None:
@@ -132,6 +135,7 @@ def from_config_entry(entry: UsbDeviceMatch, load_driver: DriverLoader | None = 
         parity=entry.parity or (builtin.parity if builtin else "N"),
         stopbits=entry.stopbits or (builtin.stopbits if builtin else 1),
         options=dict(entry.options),
+        needs_confirmation=entry.needs_confirmation,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.contract import DeviceStatus, GatewayStatus, now_utc
+from gateway.contract import Candidate, ConfigStatus, DeviceStatus, GatewayStatus, now_utc
 from gateway.store.disk import describe
 from gateway.store.outbox import Outbox, OutboxError, OutboxStats
 
@@ -45,12 +45,17 @@ class StatusBoard:
         interval_s: float = 60.0,
         component_errors: Callable[[], dict[str, str]] = dict,
         storage_notice: Callable[[], str | None] = lambda: None,
+        config_state: Callable[[], ConfigStatus | None] = lambda: None,
+        candidates: Callable[[], list[Candidate]] = list,
     ) -> None:
+        """``config_state``: the running remote config version and the last rejection (issue 19)."""
         self.gateway_id = gateway_id
         self.outbox = outbox
         self.interval_s = interval_s
         self._component_errors = component_errors
         self._storage_notice = storage_notice
+        self._config_state = config_state
+        self._candidates = candidates  # issue 19 (H11): devices waiting to be confirmed
         self._uplink_error = uplink_error
         self._publish = publish
         self._devices: dict[str, dict[str, Any]] = {}
@@ -126,7 +131,22 @@ class StatusBoard:
             readings_lost=stats.lost + stats.dropped + stats.expired,
             readings_waiting_on_devices=stats.waiting_on_devices,
             component_errors=dict(self._component_errors()),
+            config=self._config_state(),
+            candidates=self._candidate_list(),
         )
+
+    def _candidate_list(self) -> list[Candidate]:
+        # The enrolment store is SQLite too: a store that cannot be read shows no candidates, not no status.
+        try:
+            return self._candidates()
+        except sqlite3.Error as err:
+            log.warning("status: candidates unreadable: %s", err)
+            return []
+
+    def forget_device(self, uid: str) -> None:
+        """An unpaired device leaves the status (its quarantine counts, if any, keep it listed)."""
+        if self._devices.pop(uid, None) is not None:
+            self.changed()
 
     def _outbox_stats(self) -> OutboxStats:
         """The outbox's facts; a storage that cannot even be read still gives a status that says so."""
@@ -172,7 +192,8 @@ def _signature(status: GatewayStatus) -> tuple[Any, ...]:
                     for d in status.devices)
     return (status.online, devices, status.outbox_full, status.quarantined, status.uplink_error,
             status.storage_state, status.storage_message if status.storage_state == "ok" else None,
-            status.readings_lost > 0, tuple(sorted(status.component_errors.items())))
+            status.readings_lost > 0, tuple(sorted(status.component_errors.items())), status.config,
+            tuple(c.uid for c in status.candidates))
 
 
 def _minute(value: datetime | None) -> str | None:

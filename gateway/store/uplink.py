@@ -110,8 +110,15 @@ class Uplink:
         *,
         will_payload: Callable[[], str] | None = None,
         on_change: Callable[[], None] | None = None,
+        subscriptions: dict[str, Callable[[bytes], None]] | None = None,
+        on_auth_refused: Callable[[], None] | None = None,
     ) -> None:
+        """``subscriptions``: further topics read on this connection (the retained config topic), each with
+        the callback that gets its payloads on paho's thread; ``on_auth_refused``: the broker refused the
+        credentials (called from the event loop)."""
         self.config = config
+        self._subscriptions = dict(subscriptions or {})
+        self._on_auth_refused = on_auth_refused
         self.gateway_id = gateway_id
         self.outbox = outbox
         self.address = parse_broker_url(config.url)
@@ -234,7 +241,9 @@ class Uplink:
                 continue  # straight away, as 3.1.1
             failures = 0 if outcome == "was_up" else failures + 1
             delay = self._reconnect.delay(failures)
-            log.info("uplink: reconnecting to %s:%d in %.1f s", self.address.host, self.address.port, delay)
+            # The reason was said once (_set_error); the retries after it are quiet.
+            log.log(logging.INFO if failures <= 1 else logging.DEBUG, "uplink: reconnecting to %s:%d in %.1f s",
+                    self.address.host, self.address.port, delay)
             await asyncio.sleep(delay)
 
     async def _connect_once(self) -> str:
@@ -293,6 +302,8 @@ class Uplink:
                 if code in BAD_CREDENTIALS:
                     user = self.config.username or self.address.username
                     self._set_error(f"broker refused the credentials for user {user!r}: {text}", level=logging.ERROR)
+                    if self._on_auth_refused is not None:
+                        self._on_auth_refused()
                 else:
                     self._set_error(f"broker refused the connection: {text}", level=logging.ERROR)
                 return "failed"
@@ -359,6 +370,8 @@ class Uplink:
     async def _on_connected(self, client: mqtt.Client, session_present: bool) -> None:
         self._connects += 1
         client.subscribe(acks_topic(self.gateway_id), qos=1)
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
         # Without the broker keeping our session, acks for what was in flight are gone: send it again.
         # With it, only batches the broker never confirmed (PUBACK) need sending again.
         lost_batches = [b for b, f in self._in_flight.items() if not session_present or not f.puback]
@@ -382,7 +395,8 @@ class Uplink:
     def _set_error(self, message: str, level: int = logging.WARNING) -> None:
         changed = message != self._error
         self._error = message
-        log.log(level, "uplink: %s", message)
+        # Once in plain words; the same failure on every retry after it only at debug level.
+        log.log(level if changed else logging.DEBUG, "uplink: %s", message)
         if changed:
             self._notify_change()
 
@@ -507,6 +521,13 @@ class Uplink:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         # Runs on paho's thread: the outbox write (an fsync) happens here, never on the event loop.
+        extra = self._subscriptions.get(message.topic)
+        if extra is not None:
+            try:
+                extra(message.payload)
+            except Exception:
+                log.exception("uplink: handling a message on %s failed", message.topic)
+            return
         try:
             ack = Ack.model_validate_json(message.payload)
         except ValidationError as err:

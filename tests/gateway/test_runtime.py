@@ -148,7 +148,7 @@ def test_device_managers_get_the_sink_and_report_status(tmp_path, mqtt_broker, a
 
     class StandInUsbManager:
         def __init__(self, config, sink, state, *, on_status=None, local_tz=None,  # type: ignore[no-untyped-def]
-                     load_driver=None) -> None:
+                     load_driver=None, enrolment=None) -> None:
             made.update(config=config, state=state, local_tz=local_tz)
             self.sink, self.on_status = sink, on_status
 

@@ -246,12 +246,14 @@ def test_refused_credentials_are_a_clear_error_and_retried_with_backoff(
             assert await right.wait_connected(10)
 
     try:
-        with caplog.at_level(logging.INFO, logger="gateway.store.uplink"):
+        with caplog.at_level(logging.DEBUG, logger="gateway.store.uplink"):
             asyncio.run(scenario())
     finally:
         broker.stop()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and "refused the credentials" in r.getMessage()]
-    assert errors
+    assert len(errors) == 1, "said once in plain words, then retried quietly (debug)"
+    retries = [r for r in caplog.records if "refused the credentials" in r.getMessage()]
+    assert len(retries) >= 4 and all(r.levelno == logging.DEBUG for r in retries[1:])
     delays = _delays(caplog)
     # Doubling from 0.1 s with jitter in [0.5, 1]: the fourth wait is longer than the first could be.
     assert delays[3] > 0.1 >= delays[0]

@@ -1,0 +1,1 @@
+"""The gateway's own page on the home network: status in plain words, devices, candidates to confirm."""
