@@ -12,7 +12,10 @@ ALERT_COLUMNS = (
     "id, patient_id, rule_id, severity, status, message, metric, value, reading_id, measured_at, late, flags,"
     " trigger_count, normal_streak, reopen_count, opened_at, updated_at, acknowledged_at, acknowledged_by,"
     " resolved_at, resolved_by, category, review_required, review_state, reviewed_at, reviewed_by,"
-    " (status = 'resolved' AND review_state = 'pending') AS needs_review"
+    " (status = 'resolved' AND review_state = 'pending') AS needs_review,"
+    # The rule's name as people say it: its description up to the criteria ("Hypertensive crisis").
+    r" (SELECT regexp_replace(split_part(r.description, ':', 1), '\s*\(.*$', '') FROM alert_rules r"
+    "   WHERE r.id = rule_id) AS rule_title"
 )
 
 

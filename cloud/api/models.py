@@ -544,6 +544,8 @@ class Alert(TypedDict):
     id: int
     patient_id: str
     rule_id: str
+    rule_title: str | None
+    """The rule's name in words ("Hypertensive crisis"), from its description."""
     severity: str
     status: str
     message: str

@@ -627,7 +627,8 @@ def inbox(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, subj
           severities: Sequence[str] | None, categories: Sequence[str] | None, assigned: str | None,
           before_id: int | None, limit: int) -> dict[str, Any]:
     """What needs a human across the patients whose ``alerts`` the caller may see (their active consents, or
-    their own record), most severe first, then newest (opened), then id: ``ids`` of one page after the alert
+    their own record), most severe first, then still open before resolved-awaiting-review (an ongoing crisis
+    before one that is over), then newest (opened), then id: ``ids`` of one page after the alert
     ``before_id`` (its place in that order), ``total`` matching the filters and ``counts`` over the whole
     inbox. ``assigned``: ``me`` (assigned to ``subject``) or ``unassigned``."""
     row = _dict(
@@ -635,7 +636,7 @@ def inbox(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, subj
         f"""
         WITH needing AS MATERIALIZED (
             SELECT a.id, a.severity, a.category, a.assigned_to, a.opened_at, {_SEVERITY_RANK} AS rank,
-                   a.status = 'resolved' AS needs_review
+                   a.status = 'resolved' AS needs_review, a.status <> 'resolved' AS live
               FROM alerts a
              WHERE {_NEEDS_HUMAN} AND a.patient_id IN ({_ALERTS_VISIBLE})
         ), matching AS MATERIALIZED (
@@ -645,7 +646,8 @@ def inbox(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, subj
                AND (%(assigned)s::text IS NULL OR (%(assigned)s = 'me' AND n.assigned_to = %(subject)s)
                     OR (%(assigned)s = 'unassigned' AND n.assigned_to IS NULL))
         ), cursor AS (
-            SELECT {_SEVERITY_RANK} AS rank, a.opened_at, a.id FROM alerts a WHERE a.id = %(before)s
+            SELECT {_SEVERITY_RANK} AS rank, a.status <> 'resolved' AS live, a.opened_at, a.id
+              FROM alerts a WHERE a.id = %(before)s
         )
         SELECT (SELECT count(*) FROM matching) AS total,
                (SELECT json_build_object(
@@ -657,8 +659,9 @@ def inbox(conn: Any, *, care_teams: Sequence[str], own_patient: str | None, subj
                     'assigned_to_me', count(*) FILTER (WHERE assigned_to = %(subject)s)) FROM needing) AS counts,
                ARRAY(SELECT m.id FROM matching m
                       WHERE %(before)s::bigint IS NULL
-                         OR (m.rank, m.opened_at, m.id) < (SELECT c.rank, c.opened_at, c.id FROM cursor c)
-                      ORDER BY m.rank DESC, m.opened_at DESC, m.id DESC LIMIT %(limit)s) AS ids
+                         OR (m.rank, m.live, m.opened_at, m.id) < (SELECT c.rank, c.live, c.opened_at, c.id
+                                                                     FROM cursor c)
+                      ORDER BY m.rank DESC, m.live DESC, m.opened_at DESC, m.id DESC LIMIT %(limit)s) AS ids
         """,
         {"teams": list(care_teams), "own": own_patient, "subject": subject,
          "severities": list(severities) if severities else None,

@@ -2,7 +2,7 @@
 // before anyone looked), resolve, comment, assign to me; its history on demand. Shared by inbox and patient page.
 
 import { api, token } from "./api.js";
-import { SEVERITY_LABEL, ago, el, humanText, humanise, status, timeElement } from "./format.js";
+import { SEVERITY_LABEL, ago, el, humanText, humanise, ruleTitle, status, timeElement } from "./format.js";
 
 /** The signed-in subject, read from the token only to label "assigned to me" (the API decides who may act). */
 export function mySubject() {
@@ -73,7 +73,7 @@ export function alertCard(alert, { zone, showPatient = false, onChange = () => {
     alert.patient_display_name || alert.patient_id) : null;
   const head = el("div", { class: "alert-head" },
     el("span", { class: `badge severity-${alert.severity}` }, SEVERITY_LABEL[alert.severity] ?? alert.severity),
-    who, el("strong", {}, humanise(alert.rule_id)),
+    who, el("strong", {}, ruleTitle(alert)),
     alert.category === "technical" ? el("span", { class: "badge tag" }, "Device") : null);
   // The reading's own time matters more than when the cloud heard of it (a gateway syncs late).
   const opened = el("span", { class: "when" }, alert.measured_at ? "Reading " : "Opened ",
@@ -94,18 +94,18 @@ export function alertCard(alert, { zone, showPatient = false, onChange = () => {
   if (alert.status === "open") {
     actions.append(actionButton("Acknowledge", "acknowledge", messageId, async () => {
       const updated = await act("acknowledge", {});
-      status(`Alert acknowledged: ${humanise(updated.rule_id)}${showPatient ? `, ${alert.patient_display_name || alert.patient_id}` : ""}.`);
+      status(`Alert acknowledged: ${ruleTitle(updated)}${showPatient ? `, ${alert.patient_display_name || alert.patient_id}` : ""}.`);
     }));
   } else if (alert.review_state === "pending") {
     actions.append(actionButton("Mark reviewed", "acknowledge review", messageId, async () => {
       const updated = await act("acknowledge", {});
-      status(`Alert reviewed: ${humanise(updated.rule_id)}.`);
+      status(`Alert reviewed: ${ruleTitle(updated)}.`);
     }));
   }
   if (alert.status !== "resolved") {
     actions.append(actionButton("Resolve", "secondary resolve", messageId, async () => {
       const updated = await act("resolve", {});
-      status(`Alert resolved: ${humanise(updated.rule_id)}.`);
+      status(`Alert resolved: ${ruleTitle(updated)}.`);
     }));
   }
   if (needsHuman(alert) || alert.status === "acknowledged") {

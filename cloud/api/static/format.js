@@ -52,6 +52,11 @@ export function humanise(slug) {
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
+/** An alert's rule as people name it ("Hypertensive crisis"); the id made readable when the API gave no title. */
+export function ruleTitle(alert) {
+  return alert.rule_title || humanise(alert.rule_id);
+}
+
 export function plural(n, word, many = `${word}s`) {
   return `${n} ${n === 1 ? word : many}`;
 }

@@ -55,7 +55,8 @@ def clinic(conn: psycopg.Connection, unique_id: str, auth: TokenFactory) -> Clin
         "ana_hypo": _alert(conn, ids["ana"], "glucose_hypo", "open", 5),
         "ana_acknowledged": _alert(conn, ids["ana"], "missing_blood_pressure", "acknowledged", 3, **reviewed),
         "ben_device": _alert(conn, ids["ben"], "device_unreadable_records", "open", 1),
-        "ben_unreviewed": _alert(conn, ids["ben"], "glucose_level2_hypo", "resolved", 30, resolved_at=now(),
+        # Opened after Ana's crisis and already over: it comes after the crisis that is still going on.
+        "ben_unreviewed": _alert(conn, ids["ben"], "glucose_level2_hypo", "resolved", 8, resolved_at=now(),
                                  resolved_by="system"),
         "ben_resolved": _alert(conn, ids["ben"], "bp_hypotension", "resolved", 20, resolved_at=now(),
                                resolved_by="system"),
@@ -83,7 +84,7 @@ def _names(c: Clinic, body: dict[str, Any]) -> list[str]:
     return [by_id[a["id"]] for a in body["alerts"]]
 
 
-def test_what_needs_a_human_most_severe_first_then_newest(client: TestClient, clinic: Clinic) -> None:
+def test_what_needs_a_human_most_severe_first_then_ongoing_then_newest(client: TestClient, clinic: Clinic) -> None:
     body = _inbox(client, clinic.headers["nurse"])
     assert _names(clinic, body) == IN_ORDER
     assert body["total"] == 5 and body["next_before"] is None
@@ -94,6 +95,7 @@ def test_what_needs_a_human_most_severe_first_then_newest(client: TestClient, cl
                                                                                             True)
     first = body["alerts"][0]
     assert first["patient_display_name"] == "Ana Example" and first["assigned_to"] is None
+    assert first["rule_title"] == "Hypertensive crisis" and body["alerts"][3]["rule_title"] == "Level 1 hypoglycaemia"
     assert first["review_required"] is True and first["category"] == "clinical"
     assert body["alerts"][2]["category"] == "technical"
 

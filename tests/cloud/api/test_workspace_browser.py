@@ -312,7 +312,7 @@ def test_the_crisis_is_acknowledged_from_the_inbox_in_three_clicks_and_the_panel
     tab.screenshot(path=str(artifacts_dir / "workspace_flow_2_inbox.png"))  # type: ignore[attr-defined]
 
     card.get_by_role("button", name="Acknowledge").click()  # click 2
-    expect(tab.locator("#status")).to_contain_text(f"Alert acknowledged: Bp crisis, Patient {crisis}")  # type: ignore[attr-defined]
+    expect(tab.locator("#status")).to_contain_text(f"Alert acknowledged: Hypertensive crisis, Patient {crisis}")  # type: ignore[attr-defined]
     expect(tab.locator(f'#inbox-list li[data-patient-id="{crisis}"][data-status="open"]')).to_have_count(0)  # type: ignore[attr-defined]
     stored = _query(workspace.database_url, "SELECT status, acknowledged_by, review_state FROM alerts"
                     " WHERE patient_id = %s AND rule_id = 'bp_crisis'", crisis)
