@@ -440,7 +440,7 @@ def alerts_for_care_teams(conn: Any, care_teams: Sequence[str], *, statuses: Seq
     return _dicts(
         conn,
         f"""
-        SELECT a.*, (a.status = 'resolved' AND a.review_state = 'pending') AS needs_review FROM alerts a
+        SELECT {ALERT_COLUMNS} FROM alerts a
          WHERE a.patient_id IN (SELECT c.patient_id FROM consents c
                                  WHERE c.care_team_id = ANY(%(teams)s) AND 'alerts' = ANY(c.scopes) AND {_ACTIVE})
            AND (%(statuses)s::text[] IS NULL OR a.status = ANY(%(statuses)s))
