@@ -95,6 +95,19 @@ class CloudSettings(BaseSettings):
     """A gateway is online while its last message (status or readings) reached the cloud this recently and its
     last status did not say offline. Gateways send a status every 60 s by default: 300 s is five missed."""
 
+    # The patient's page (cloud/api/routes/patient_access.py): invite codes, first-time links
+    invite_attempts_max: int = Field(5, gt=0)
+    """Wrong invite codes a patient may enter within ``invite_attempts_window_s`` before further tries get 429."""
+    invite_attempts_window_s: int = Field(15 * 60, gt=0)
+    first_time_link_ttl_s: int = Field(24 * 3600, gt=0)
+    """How long a first-time sign-in link can be used (once) by default."""
+    first_time_token_ttl_s: int = Field(15 * 60, gt=0)
+    """Lifetime of the patient token a first-time link gives: long enough to look, not a standing session."""
+    first_time_key: str | None = Field(None, min_length=32)
+    """HS256 key with which the API signs (and only it verifies) the short patient tokens of first-time links
+    where an external issuer signs every other token; the same on every API instance. Unset: first-time
+    links work only on a development API (``RPM_JWT_DEV_KEY`` and no external issuer)."""
+
     # Live alert stream (cloud/api/routes/stream.py, cloud/api/alert_stream.py)
     stream_keepalive_s: float = Field(15.0, gt=0)
     """Seconds between ``: keep-alive`` comments on an idle ``/v1/stream`` (proxies close silent connections)."""
@@ -111,6 +124,50 @@ class CloudSettings(BaseSettings):
     oidc_scopes: str = "openid profile"
     """Scopes the page asks for (space-separated); add ``offline_access`` where the provider needs it for the
     refresh token that silent renewal uses."""
+
+    # Gateway fleet (issue 19: cloud/fleet, routes/bootstrap.py and routes/gateways.py)
+    gateway_broker_url: str | None = None
+    """The broker URL a provisioned gateway gets (``mqtts://broker.example.org:8883``); unset: claimed gateways
+    are told to wait (202) with a problem in the log, since they could not connect anywhere."""
+    gateway_broker_ca_file: Path | None = None
+    """CA certificate of the broker's TLS certificate, sent to gateways as ``ca_pem`` (a private CA)."""
+    gateway_credentials: Literal["password", "certificate"] = "password"
+    """What a gateway gets: a per-gateway user name and password (written to ``RPM_BROKER_PASSWORD_FILE``), or a
+    client certificate for its CSR signed with ``RPM_GATEWAY_CA_CERT`` / ``RPM_GATEWAY_CA_KEY``."""
+    broker_password_file: Path | None = None
+    """The mosquitto password file of the gateways' listener; the API rewrites it atomically (one line per gateway)."""
+    broker_reload_command: str | None = None
+    """Run (by the shell) after the password file changed, e.g. ``kill -HUP $(cat /run/mosquitto.pid)``."""
+    broker_pid_file: Path | None = None
+    """Instead of a command: SIGHUP the process whose pid this file holds."""
+    gateway_ca_cert: Path | None = None
+    gateway_ca_key: Path | None = None
+    gateway_cert_days: int = Field(365, gt=0, le=3650)
+    bootstrap_retry_after_s: float = Field(30.0, ge=1, le=3600)
+    """What an unclaimed gateway is told to wait before it polls again."""
+    bootstrap_clock_skew_s: float = Field(300.0, gt=0)
+    bootstrap_max_body_bytes: int = Field(64 * 1024, gt=0)
+    bootstrap_polls_per_s: float = Field(1.0, gt=0)
+    """Polls per second one gateway (id and key) may make, after a burst of ``bootstrap_poll_burst``; then 429."""
+    bootstrap_poll_burst: int = Field(10, gt=0)
+    claim_failures_max: int = Field(10, gt=0)
+    """Wrong claim codes one caller may enter in ``claim_failures_window_s`` before claims answer 429."""
+    claim_failures_window_s: float = Field(900.0, gt=0)
+
+    # FHIR Bulk Data export (issue 22 item 4: cloud/fhir_bulk, routes/fhir_bulk.py)
+    bulk_export_dir: Path | None = None
+    """Where export jobs write their NDJSON files (one folder per job; default: ``rpm-bulk-export`` in the temp dir).
+    Every API process that serves the files must see the same folder."""
+    bulk_export_ttl_s: int = Field(24 * 3600, gt=0)
+    """How long a finished export's files can be downloaded; then they are deleted and the job answers 404."""
+    bulk_export_workers: int = Field(1, ge=0, le=8)
+    """Export worker threads in each API process (0: this process only takes kick-offs and serves files)."""
+    bulk_export_lease_s: float = Field(60.0, gt=0)
+    """A running job's worker renews its claim this often; a job whose claim lapsed is taken again."""
+    bulk_export_max_attempts: int = Field(3, gt=0)
+    """Claims of one job (first run plus restarts after a worker died) before it fails."""
+    bulk_export_active_per_owner: int = Field(3, gt=0)
+    """Exports one caller may have queued or running at once; one more kick-off answers 429."""
 
     @field_validator("oidc_issuer")
     @classmethod

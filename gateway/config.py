@@ -124,8 +124,8 @@ class ProvisioningConfig(BaseModel):
     ca_file: Path | None = None
     """CA for the bootstrap endpoint's HTTPS certificate (a private CA); default: the system's CAs."""
     poll_interval_cap_s: float | None = Field(None, gt=0)
-    """Poll at least this often while unclaimed, whatever ``retry_after_s`` the cloud asks (an installer on
-    site, tests); None: as the cloud asks."""
+    """Poll at least this often while unclaimed, whatever ``retry_after_s`` the cloud asks, and re-poll after
+    refused credentials no later than this (an installer on site, tests); None: as the cloud asks."""
     request_timeout_s: float = Field(15.0, gt=0)
     config_apply_timeout_s: float = Field(30.0, gt=0)
     """A remote config whose restarted uplink is not connected within this is rolled back."""

@@ -344,7 +344,9 @@ class Candidate(ContractModel):
     the cloud's ``devices.confirmed`` in the gateway's config document)."""
 
     uid: DeviceUid
-    """The uid its readings would carry once confirmed (``ble:<address>``, ``usb:<vid>:<pid>:<serial>``)."""
+    """The uid its readings would carry once confirmed (``ble:<address>``, ``usb:<vid>:<pid>:<serial>``, or
+    ``usb:<vid>:<pid>:<port>`` for a USB meter whose serial is not known yet: its readings keep that uid on
+    any port once its first session has linked the serial it reports to it)."""
     transport: Transport
     profile: ProfileName
     type: CandidateText | None = None

@@ -605,8 +605,10 @@ class Gateway:
                                      on_waiting=waiting, cap_s=settings.poll_interval_cap_s)
             await self._provisioned(answer)
             need_poll = False
-            # A refusal during this wait is answered after it (the event stays set).
-            await asyncio.sleep(REPOLL_MIN_INTERVAL_S)
+            # A refusal during this wait is answered after it (the event stays set). An installer on site (or
+            # a test) who capped the poll interval wants the re-poll as soon, too.
+            cap = settings.poll_interval_cap_s
+            await asyncio.sleep(min(REPOLL_MIN_INTERVAL_S, cap) if cap else REPOLL_MIN_INTERVAL_S)
 
     def _bootstrap_problem(self, sentence: str | None) -> None:
         if sentence is None:

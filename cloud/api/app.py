@@ -36,15 +36,22 @@ from cloud.api.routes import (
     alert_links,
     alerts,
     audit,
+    bootstrap,
     care_teams,
     consents,
     devices,
     equipment,
     escalation,
     fhir,
+    fhir_bulk,
+    gateways,
     health,
     inbox,
+    me,
+    patient_access,
+    patient_gateways,
     patients,
+    programme,
     readings,
     stream,
     summaries,
@@ -161,6 +168,7 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         return response
 
     install_problem_handlers(app)
+    app.include_router(fhir_bulk.router)  # bulk $export: before fhir, whose Patient/{patient_id} takes $export
     for module in (health, patients, readings, trends, summaries, alerts, thresholds, devices, twin, consents,
                    audit, care_teams, fhir, ui):
         app.include_router(module.router)
@@ -170,4 +178,10 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
     app.include_router(inbox.router)  # alert inbox and assignment
     app.include_router(stream.router)  # live alert events (SSE)
     app.include_router(escalation.router)  # escalation set-up, on-call, patient contacts
+    app.include_router(me.router)  # who I am; the patient's overview in plain words
+    app.include_router(patient_access.router)  # the patient's access, invites, access log, closure, first-time links
+    app.include_router(programme.router)  # RPM programme: enrolment, clinician time, month-end report
+    app.include_router(bootstrap.router)  # the gateway's signed bootstrap poll (no bearer token)
+    app.include_router(gateways.router)  # claim, credentials, remote config, candidates, fleet view
+    app.include_router(patient_gateways.router)  # the gateways claimed for one patient (the patient page)
     return app

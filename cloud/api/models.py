@@ -109,6 +109,21 @@ class PanelAdherence(TypedDict):
     meets_16_day_rule: bool
 
 
+class PanelProgramme(TypedDict):
+    """"Needs ``needs_days`` more days with data in the next ``days_left`` days" (issue 25)."""
+
+    programme_id: str
+    period_start: date
+    period_end: date
+    days_with_data: int
+    target_days: int | None
+    """The days the fullest device-supply code needs (99454: 16)."""
+    needs_days: int | None
+    days_left: int
+    """Days left in the period, today included while it has no data yet."""
+    reachable: bool | None
+
+
 @documented
 class PanelPatient(TypedDict):
     """One row of the triage panel; what the caller's consent does not cover is null."""
@@ -130,6 +145,8 @@ class PanelPatient(TypedDict):
     latest: dict[str, PanelLatest] | None
     categories: dict[str, str] | None
     """Category names by kind: blood_pressure, glucose, bmi."""
+    programme: PanelProgramme | None
+    """The open programme episode's current 30-day period (null: not enrolled today, or no readings scope)."""
 
 
 @documented

@@ -218,7 +218,9 @@ SELECT (SELECT count(*) FROM matching), (SELECT counts FROM counts),
                                                                    'meets_16_day_rule', r.adherence_days >= 16) END,
            'last_reading_at', r.last_reading_at,
            'latest', CASE WHEN r.readings THEN coalesce(pp.latest, '{{}}'::json) END,
-           'categories', CASE WHEN r.readings THEN coalesce(pp.categories, '{{}}'::json) END)::text,
+           'categories', CASE WHEN r.readings THEN coalesce(pp.categories, '{{}}'::json) END,
+           -- Issue 25: the current 30-day period's days so far and the days still needed (page rows only).
+           'programme', CASE WHEN r.readings THEN programme_panel_status(r.patient_id) END)::text,
            ',' ORDER BY r.position)
   FROM ordered r LEFT JOIN patient_panel pp ON pp.patient_id = r.patient_id
 """
@@ -517,7 +519,8 @@ SELECT %(patient)s, %(metric)s, %(tz)s, (o.measured_at AT TIME ZONE %(tz)s)::dat
 
 
 def day_stats_maintained(conn: Any) -> bool:
-    """False where observations is a TimescaleDB hypertable (no transition-table triggers there)."""
+    """Whether the day-stale triggers exist (statement triggers of 0420 on plain PostgreSQL, row triggers of
+    0090/0425 on a TimescaleDB hypertable); without them daily trends come from the raw values."""
     return conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'observations_day_stale_insert'"
                         " AND tgrelid = 'observations'::regclass").fetchone() is not None
 

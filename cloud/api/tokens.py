@@ -105,6 +105,8 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         options = {"require": ["exp", "iat", "sub", "iss", "aud"]}
         try:
+            if self.settings.first_time_key and jwt.get_unverified_header(token).get("kid") == FIRST_TIME_KID:
+                return self._verify_first_time(token, options)
             jwks = self._issuer_keys()
             if jwks is not None:
                 key: Any = jwks.get_signing_key_from_jwt(token).key
@@ -119,6 +121,38 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from exc
         return principal_from_claims(claims)
+
+
+    def _verify_first_time(self, token: str, options: dict[str, Any]) -> Principal:
+        """A first-time link's token: the API's own key, its own issuer, a patient and nothing else (the key
+        id only picks the key; HS256 is the one algorithm accepted, so an asymmetric key cannot be misused)."""
+        assert self.settings.first_time_key
+        claims = jwt.decode(token, self.settings.first_time_key, algorithms=["HS256"],
+                            audience=self.settings.jwt_audience, issuer=FIRST_TIME_ISSUER,
+                            leeway=self.settings.jwt_leeway_s, options=options)
+        if claims.get("role") != "patient" or not claims.get("patient"):
+            raise TokenError("a first-time token is a patient's token only")
+        return principal_from_claims(claims)
+
+
+FIRST_TIME_KID = "rpm-first-time"
+FIRST_TIME_ISSUER = "rpm-api:first-time-link"
+
+
+def can_sign_first_time_tokens(settings: CloudSettings) -> bool:
+    """With its own first-time key, or as a development API that verifies its development key (no external issuer)."""
+    development = bool(settings.jwt_dev_key) and not settings.jwt_jwks_url and not settings.oidc_issuer
+    return bool(settings.first_time_key) or development
+
+
+def mint_first_time_token(settings: CloudSettings, patient_id: str, ttl_s: int) -> str:
+    """The short patient token a first-time link gives (:func:`can_sign_first_time_tokens` must hold)."""
+    if not settings.first_time_key:
+        return mint_token(settings, role="patient", sub=patient_id, patient=patient_id, ttl_s=ttl_s)
+    issued = int(time.time())
+    claims = {"sub": patient_id, "role": "patient", "patient": patient_id, "iss": FIRST_TIME_ISSUER,
+              "aud": settings.jwt_audience, "iat": issued, "exp": issued + int(ttl_s), "first_time": True}
+    return jwt.encode(claims, settings.first_time_key, algorithm="HS256", headers={"kid": FIRST_TIME_KID})
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

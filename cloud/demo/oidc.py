@@ -11,11 +11,15 @@ a thread, on 127.0.0.1 only:
   ``prompt=none`` answers ``login_required`` once that session has ended;
 - ``/token``: code for tokens (public client, no secret; the code once only) and refresh-token rotation
   (a refresh token works once); answers CORS for the page's origin, since the page calls it itself;
-- ``/logout``: RP-initiated logout 1.0, ends the provider session and returns to a registered address.
+- ``/logout``: RP-initiated logout 1.0, ends the provider session and returns to a registered address;
+- ``/login?login_hint=<sub>&return_to=<registered redirect URI>``: starts a provider session for that user
+  and goes to the page, so a sign-in link can name who signs in (the demo's patient: the page's own
+  ``/authorize`` then finds that session) where the page sends no ``login_hint`` itself.
 
 Access tokens are RS256 JWTs the API verifies like any issuer's: ``iss`` = this provider, ``aud`` = the
-API's audience, ``sub``, ``role``, ``care_teams``. Everything is held in memory: a restart signs everyone
-out. Never a production identity provider: it authenticates nobody.
+API's audience, ``sub``, ``role``, ``care_teams``, ``patient`` (a patient's record) and ``name``. Everything
+is held in memory: a restart signs everyone out. Never a production identity provider: it authenticates
+nobody.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from http import cookies
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jwt
 from authlib.oauth2 import AuthorizationServer, OAuth2Error
@@ -49,12 +53,14 @@ SESSION_COOKIE = "dev_op_session"
 
 @dataclass(frozen=True, slots=True)
 class DevUser:
-    """Who the provider signs in: the claims the API reads (``role``, ``care_teams``) and a name to show."""
+    """Who the provider signs in: the claims the API reads (``role``, ``care_teams``, ``patient``: the record a
+    patient token owns) and a name to show."""
 
     sub: str
     role: str = "clinician"
     care_teams: tuple[str, ...] = ()
     name: str = ""
+    patient: str | None = None
 
 
 @dataclass(slots=True)
@@ -275,6 +281,10 @@ class DevOpenIdProvider:
                                   "scope": scope, "client_id": self.client.client_id, "jti": uuid.uuid4().hex}
         if user.care_teams:
             claims["care_teams"] = list(user.care_teams)
+        if user.patient:
+            claims["patient"] = user.patient
+        if user.name:
+            claims["name"] = user.name  # /v1/me greets by name; the API reads no other profile claim
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
     def _generate_token(self, grant_type: str, client: _Client, user: DevUser | None = None,
@@ -305,7 +315,7 @@ class DevOpenIdProvider:
             "token_endpoint_auth_methods_supported": ["none"],
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": ["openid", "profile", "offline_access"],
-            "claims_supported": ["sub", "name", "role", "care_teams"],
+            "claims_supported": ["sub", "name", "role", "care_teams", "patient"],
         }
 
     # --- authlib's server ------------------------------------------------------------------------------
@@ -392,6 +402,8 @@ class DevOpenIdProvider:
 
             def generate_user_info(self, user: DevUser, scope: str) -> UserInfo:
                 info = UserInfo(sub=user.sub, role=user.role, care_teams=list(user.care_teams))
+                if user.patient:
+                    info["patient"] = user.patient
                 if "profile" in scope.split():
                     info["name"] = user.name or user.sub
                 return info
@@ -438,7 +450,8 @@ class DevOpenIdProvider:
                   ("GET", "/jwks.json"): lambda: (200, self.jwks(), []),
                   ("GET", "/authorize"): lambda: self._authorize(request, handler),
                   ("POST", "/token"): lambda: self._server.create_token_response(request),
-                  ("GET", "/logout"): lambda: self._logout(request, handler)}
+                  ("GET", "/logout"): lambda: self._logout(request, handler),
+                  ("GET", "/login"): lambda: self._login(request)}
         if method == "OPTIONS":
             return self._send(handler, 204, None, cors_origin=handler.headers.get("Origin") if cors else None,
                               extra=[("Access-Control-Allow-Methods", "GET, POST"),
@@ -473,6 +486,23 @@ class DevOpenIdProvider:
         status, body, grant_headers = self._server.create_authorization_response(request, grant_user=user,
                                                                                   grant=grant)
         return status, body, [*grant_headers, *headers]
+
+    def login_url(self, sub: str, return_to: str) -> str:
+        """A link that signs ``sub`` in at this provider and opens ``return_to`` (a registered redirect URI)."""
+        return f"{self.issuer}/login?{urlencode({'login_hint': sub, 'return_to': return_to})}"
+
+    def _login(self, request: _Request) -> tuple[int, Any, list[tuple[str, str]]]:
+        data = request.payload.data
+        user = self.users.get(data.get("login_hint", ""))
+        back = data.get("return_to", "")
+        if user is None:
+            return 400, {"error": "invalid_request", "error_description": "login_hint names no user"}, []
+        if back not in self.client.redirect_uris:  # never an open redirect, even in development
+            return 400, {"error": "invalid_request", "error_description": "return_to is not a registered page"}, []
+        sid = secrets.token_urlsafe(24)
+        with self._lock:
+            self._sessions[sid] = user
+        return 302, "", [("Location", back), ("Set-Cookie", f"{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Lax")]
 
     def _logout(self, request: _Request, handler: BaseHTTPRequestHandler) -> tuple[int, Any, list[tuple[str, str]]]:
         sid, _ = self._session_user(handler)

@@ -5,8 +5,8 @@ services ``RPM_DATABASE_URL`` / ``RPM_MQTT_URL`` name — then migrations, ``rpm
 ``rpm-cloud scheduler``, ``rpm-cloud api`` and ``rpm-gateway run`` as child processes, and simulated
 devices on both transports: BLE through the bleak simulator backend inside the gateway process, USB
 through pseudo-terminals the gateway opens like real ports. A compressed week plays out; then the API
-stays up (with a sign-in link and a clinician token printed) until Ctrl-C, or ``--duration`` ends the run with one JSON
-summary line.
+stays up (with sign-in links for the clinician and a patient, and a clinician token printed) until
+Ctrl-C, or ``--duration`` ends the run with one JSON summary line.
 
 This module orchestrates whole processes; the cloud services it starts import nothing of the gateway
 but its contract, and the gateway runs as its own process.
@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from cloud.api.patient_queries import name_member
 from cloud.db.migrate import apply_migrations
 from cloud.demo import queries, story
 from cloud.demo.devices import DemoWorld
@@ -121,15 +122,21 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
         stack.callback(world.close)
         with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
             queries.seed(conn, story.devices(), since=world.first_day_utc)
+            name_member(conn, story.CARE_TEAM[0], story.CLINICIAN, "Dr Demo")  # what the patient reads in "who looked"
 
         api_port = args.api_port or free_port()
         api = f"http://127.0.0.1:{api_port}"
         # Sign-in for the page: the development OpenID provider, signing the demo clinician in without a form.
         clinician = DevUser(story.CLINICIAN, role="clinician", care_teams=(story.CARE_TEAM[0],), name="Dr Demo")
-        provider = stack.enter_context(DevOpenIdProvider([clinician], audience=CloudSettings().jwt_audience,
-                                                         redirect_uris=(f"{api}/ui",)))
+        # The patient's page (/ui/me) signs Ana in: her sign-in link names her, the page itself sends no hint.
+        ana = story.PATIENTS[0]
+        patient = DevUser(ana.id, role="patient", patient=ana.id, name=ana.name)
+        provider = stack.enter_context(DevOpenIdProvider([clinician, patient], audience=CloudSettings().jwt_audience,
+                                                         redirect_uris=(f"{api}/ui", f"{api}/ui/me")))
         env = {"RPM_DATABASE_URL": endpoints.database_url, "RPM_MQTT_URL": endpoints.mqtt_url,
-               "RPM_JWT_DEV_KEY": dev_key(data_dir), "RPM_OIDC_ISSUER": provider.issuer}
+               "RPM_JWT_DEV_KEY": dev_key(data_dir), "RPM_OIDC_ISSUER": provider.issuer,
+               # First-time links (a patient without an account) beside the provider's sign-in.
+               "RPM_FIRST_TIME_KEY": dev_key(data_dir, "first_time_key")}
         children = Children(data_dir / "logs", env)
         stack.callback(children.stop)
         children.start("ingest", "rpm-cloud", "ingest", "--workers", "1")
@@ -165,6 +172,8 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
                   f"API:        {api}\nOpenAPI:    {api}/docs\n"
                   f"Clinician page: {api}/ui   (signs you in as {story.CLINICIAN} through the demo's OpenID "
                   f"provider, {provider.issuer})\n"
+                  f"Patient page:   {provider.login_url(patient.sub, f'{api}/ui/me')}\n"
+                  f"                (signs you in as {ana.name}, {ana.id}: her readings in words, who sees them)\n"
                   f"Clinician token for curl (care team {story.CARE_TEAM[0]}, 12 h):\n{token}\n\n"
                   f"Try: curl -H 'Authorization: Bearer <token>' {api}/v1/patients\nCtrl-C to stop.")
             runner.idle(None)

@@ -33,9 +33,9 @@ class Endpoints:
     broker_kind: str
 
 
-def dev_key(data_dir: Path) -> str:
-    """The development JWT key of this data directory, made once, so tokens survive a restart."""
-    path = data_dir / "dev_jwt_key"
+def dev_key(data_dir: Path, name: str = "dev_jwt_key") -> str:
+    """A development signing key of this data directory, made once, so tokens survive a restart."""
+    path = data_dir / name
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)

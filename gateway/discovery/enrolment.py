@@ -8,6 +8,13 @@ gateway's config document, applied by :meth:`EnrolmentStore.apply_decisions`). O
 (enrolled) device is read. Unpair forgets a device here; the readings it gave stay in the record.
 Devices listed in the TOML (``[[ble.enrolled]]``) are enrolled while listed.
 
+A USB meter that tells its own serial number only in a session (ASTM, TaiDoc) and whose USB descriptor
+has none is proposed under its port (``usb:<vid>:<pid>:<port>``). Its first session after confirmation
+links the serial it reports to that uid (:meth:`EnrolmentStore.admit`), and from then on its readings
+carry the confirmed uid on any port, so the cloud, which bound and assigned the confirmed uid, files
+them for the patient; a second meter of the same model reports another serial and is a candidate of
+its own.
+
 The store is SQLite in the service's data dir, every change committed before a call returns (an
 enrolment survives a restart or power loss); reads go to the file, so ``rpm-gateway pair`` in a
 terminal and the running service see each other's decisions at once. Every decision is also written
@@ -51,7 +58,16 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS decisions (
     at TEXT NOT NULL, uid TEXT NOT NULL, decision TEXT NOT NULL, source TEXT NOT NULL, user_index INTEGER);
 CREATE TABLE IF NOT EXISTS applied_config (id INTEGER PRIMARY KEY CHECK (id = 1), document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identities (
+    device_uid TEXT PRIMARY KEY, confirmed_uid TEXT NOT NULL, profile TEXT, serial TEXT, model TEXT,
+    learned_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS identities_confirmed ON identities (confirmed_uid);
 """
+# identities (issue 19): a USB meter is found by its port's USB facts (``usb:<vid>:<pid>:<port>`` when the
+# descriptor has no serial number) but tells its own serial number only once a session talks to it. Each
+# row says: the meter that reported ``device_uid`` (``usb:<vid>:<pid>:<its serial>``) is the device
+# confirmed as ``confirmed_uid``, and its readings carry that uid, on whichever port it is plugged into.
+# A row whose two uids are equal is a meter proposed (or confirmed) under its own serial.
 _COLUMNS = ("uid, state, transport, profile, make, model, name, rssi, user_index, user_slots, first_heard, "
             "last_heard, source, decided_at")
 
@@ -124,6 +140,29 @@ class HeardDevice:
     rssi: int | None = None
     user_index: int | None = None
     user_slots: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedIdentity:
+    """A meter's own identity and the uid it was confirmed under (see ``identities`` above)."""
+
+    device_uid: str
+    confirmed_uid: str
+    profile: str | None
+    serial: str | None
+    model: str | None
+    learned_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What :meth:`EnrolmentStore.admit` decided about a device that reported who it is."""
+
+    uid: str | None
+    """The uid its readings carry; None: it is not read."""
+    reason: str
+    """``enrolled`` (confirmed under its own identity), ``linked`` (a meter confirmed earlier under another
+    uid), ``learned`` (first session on the confirmed port: now linked), ``ignored``, ``candidate``."""
 
 
 @dataclass
@@ -252,6 +291,8 @@ class EnrolmentStore:
             cursor = self._db.execute("DELETE FROM devices WHERE uid = ?", (uid,))
             if cursor.rowcount:
                 self._record(uid, "forgotten", source, None, _now().isoformat())
+                # An unpaired device's meter, plugged in again, is proposed again (not read as before).
+                self._db.execute("DELETE FROM identities WHERE confirmed_uid = ? OR device_uid = ?", (uid, uid))
             self._db.execute("COMMIT")
         self._heard_written.pop(uid, None)
         if cursor.rowcount:
@@ -329,7 +370,8 @@ class EnrolmentStore:
                          (at, uid, decision, source, user_index))
 
     def history(self, key: str | None = None) -> list[tuple[datetime, str, str, str]]:
-        """Decisions, oldest first: (at, uid, ``confirmed``/``ignored``/``forgotten``, source)."""
+        """Decisions, oldest first: (at, uid, ``confirmed``/``ignored``/``forgotten``, source); also
+        ``identified`` (source ``session``) when a confirmed port's meter first told its serial number."""
         query = "SELECT at, uid, decision, source FROM decisions"
         args: tuple[str, ...] = ()
         if key is not None:
@@ -337,6 +379,115 @@ class EnrolmentStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY rowid", args).fetchall()
         return [(datetime.fromisoformat(at), uid, decision, source) for at, uid, decision, source in rows]
+
+    # ------------------------------------------------------------------------------- identities
+
+    def _state(self, uid: str) -> str | None:
+        if uid in self._configured:
+            return "enrolled"
+        row = self._db.execute("SELECT state FROM devices WHERE uid = ?", (uid,)).fetchone()
+        return row[0] if row else None
+
+    def admit(self, reported: str, *, via: str | None, profile: str, serial: str | None = None,
+              model: str | None = None) -> Admission:
+        """A device reported its own identity (``usb:<vid>:<pid>:<its serial>``) mid-session on a port whose
+        uid is ``via``: under which uid are its readings filed, if at all? In this order: an ignored meter
+        (or one linked to an ignored device) is never read; one confirmed under its own uid carries it;
+        one linked earlier carries the uid it was confirmed under, whichever port it is on now; a meter on
+        a confirmed port that has no meter linked yet is that port's device (linked now, durably, before
+        any reading is taken); anything else is a candidate of its own (a second identical meter, or
+        another meter on a confirmed port) and is not read until someone confirms it."""
+        uid = normalise_uid(reported)
+        port = normalise_uid(via) if via is not None else None
+        now = _now().isoformat()
+        with self._lock:
+            own = self._state(uid)
+            if own == "ignored":
+                return Admission(None, "ignored")
+            if own == "enrolled":
+                self._db.execute(
+                    "INSERT INTO identities (device_uid, confirmed_uid, profile, serial, model, learned_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_uid) DO UPDATE SET"
+                    " confirmed_uid = excluded.confirmed_uid, serial = excluded.serial,"
+                    " model = coalesce(excluded.model, identities.model)",
+                    (uid, uid, profile, serial, model, now))
+                return Admission(uid, "enrolled")
+            link = self._db.execute("SELECT confirmed_uid FROM identities WHERE device_uid = ?", (uid,)).fetchone()
+            if link is not None and link[0] != uid:
+                linked = self._state(link[0])
+                if linked == "enrolled":
+                    return Admission(link[0], "linked")
+                if linked == "ignored":
+                    return Admission(None, "ignored")
+            if port is not None and port != uid and self._state(port) == "enrolled":
+                # Checked and linked in one write transaction: `rpm-gateway pair` shares the file.
+                self._db.execute("BEGIN IMMEDIATE")
+                taken = self._db.execute("SELECT 1 FROM identities WHERE confirmed_uid = ? AND device_uid <> ?",
+                                         (port, port)).fetchone()
+                if taken is None:
+                    self._db.execute(
+                        "INSERT INTO identities (device_uid, confirmed_uid, profile, serial, model, learned_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_uid) DO UPDATE SET"
+                        " confirmed_uid = excluded.confirmed_uid, profile = excluded.profile,"
+                        " serial = excluded.serial, model = excluded.model, learned_at = excluded.learned_at",
+                        (uid, port, profile, serial, model, now))
+                    # Proposed on its own earlier (found on another port): it is the confirmed one now.
+                    self._db.execute("DELETE FROM devices WHERE uid = ? AND state = 'candidate'", (uid,))
+                    self._record(port, "identified", "session", None, now)
+                self._db.execute("COMMIT")
+                if taken is None:
+                    log.info("%s is the meter confirmed as %s; its readings carry %s on any port", uid, port, port)
+                    self._changed()
+                    return Admission(port, "learned")
+            # Kept so a second meter of a kind, once confirmed under its own uid, is recognised on any port.
+            self._db.execute(
+                "INSERT INTO identities (device_uid, confirmed_uid, profile, serial, model, learned_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_uid) DO NOTHING",
+                (uid, uid, profile, serial, model, now))
+        return Admission(None, "candidate")
+
+    def withdraw_candidate(self, key: str) -> bool:
+        """Drop a candidate nobody decided about (a port proposed before its meter said who it is, now
+        proposed under its own serial or known as a confirmed one): one device, one entry to decide."""
+        uid = normalise_uid(key)
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM devices WHERE uid = ? AND state = 'candidate'", (uid,))
+        self._heard_written.pop(uid, None)
+        self._heard_pending.pop(uid, None)
+        if cursor.rowcount:
+            self._changed()
+        return cursor.rowcount == 1
+
+    def admits(self, key: str) -> bool:
+        """Would a device reporting (or confirmed as) ``key`` be read: enrolled, or linked to an enrolled uid?"""
+        uid = normalise_uid(key)
+        with self._lock:
+            state = self._state(uid)
+            if state is not None and state != "candidate":
+                return state == "enrolled"
+            link = self._db.execute("SELECT confirmed_uid FROM identities WHERE device_uid = ?", (uid,)).fetchone()
+            return link is not None and self._state(link[0]) == "enrolled"
+
+    def knows_meters_like(self, port_uid: str, profile: str) -> bool:
+        """Is a confirmed device of this kind (same ``usb:<vid>:<pid>:`` and profile) known by its own serial?
+        Then a port of that kind not confirmed itself may be the same meter plugged in elsewhere: the USB
+        manager opens it to let the meter say who it is (nothing is read unless :meth:`admit` says so)."""
+        prefix = ":".join(normalise_uid(port_uid).split(":")[:3]) + ":"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT confirmed_uid FROM identities WHERE substr(device_uid, 1, ?) = ? AND profile = ?",
+                (len(prefix), prefix, profile)).fetchall()
+            return any(self._state(confirmed) == "enrolled" for (confirmed,) in rows)
+
+    def identities(self, confirmed: str | None = None) -> list[LearnedIdentity]:
+        """Meters known by their own serial, with the uid each one's readings carry (oldest first)."""
+        query = "SELECT device_uid, confirmed_uid, profile, serial, model, learned_at FROM identities"
+        args: tuple[str, ...] = ()
+        if confirmed is not None:
+            query, args = query + " WHERE confirmed_uid = ?", (normalise_uid(confirmed),)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY learned_at, device_uid", args).fetchall()
+        return [LearnedIdentity(d, c, p, s, m, datetime.fromisoformat(t)) for d, c, p, s, m, t in rows]
 
     # ------------------------------------------------------------------------------- candidates
 

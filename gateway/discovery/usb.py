@@ -8,8 +8,17 @@ session that ends because the cable was pulled is an unplug, not an error, and t
 starts a new session. A port the table's built-in products match is a *candidate* (in the enrolment
 store, with its USB maker and product strings) and is not opened until someone confirms the device;
 ``[[usb.devices]]`` entries are the installer's decision and read at once unless they set
-``needs_confirmation``. A session that ends normally (a meter finished its upload) is not restarted
-until the device is plugged in again; one that failed is retried after ``retry_after_error_s``.
+``needs_confirmation``.
+
+A meter that tells its serial number in the session (ASTM, TaiDoc) files its readings under the uid it
+was confirmed under (issue 19; :meth:`gateway.discovery.enrolment.EnrolmentStore.admit`): the port's
+uid, when the meter was proposed before its serial was known. Once a confirmed meter of a kind is
+known by its serial, a port of that kind that is not confirmed itself is opened to let the device say
+who it is: the same meter on another port is read under its confirmed uid; another meter (a second
+one of the same model) stops before any record is taken and is proposed under its own serial.
+
+A session that ends normally (a meter finished its upload) is not restarted until the device is
+plugged in again; one that failed is retried after ``retry_after_error_s``.
 
 ``on_status(uid, **fields)`` hears ``last_seen``, ``clock_offset_s``, ``battery``, ``error`` (None
 when a session ended well) and ``state`` (``connected``, ``done``, ``unplugged``, ``failed``).
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -35,6 +45,7 @@ from gateway.drivers.base import (
     ClockCheck,
     DeviceDisconnectedError,
     DeviceInfo,
+    DeviceNotAdmittedError,
     DriverError,
     MeasurementSink,
     SerialContext,
@@ -144,9 +155,12 @@ def propose_plugged_in(config: UsbConfig, enrolment: EnrolmentStore, ports: list
         if entry is None or not entry.needs_confirmation:
             continue
         heard = heard_usb_device(facts, entry)
-        if not enrolment.is_enrolled(heard.uid):
-            enrolment.heard(heard)
-            waiting += 1
+        if enrolment.is_enrolled(heard.uid):
+            continue
+        if not enrolment.is_ignored(heard.uid) and enrolment.knows_meters_like(heard.uid, entry.profile):
+            continue  # maybe a confirmed meter on another port: the running service lets it say who it is
+        enrolment.heard(heard)
+        waiting += 1
     return waiting
 
 
@@ -165,6 +179,13 @@ class _Port:
     removed: bool = False
     problem: str | None = None
     """The plain-words failure last said for this port (issue 19): the same one again is not repeated."""
+    probing: bool = False
+    """Opened though the port is not confirmed itself, to let a meter of a known kind say who it is."""
+    admitted: str | None = None
+    """The uid the running session's records carry, once the device said who it is."""
+    refused: str | None = None
+    """The identity a device here reported that may not be read (a candidate, or ignored): the port is
+    opened again once that identity is confirmed."""
 
 
 def _node_identity(path: str) -> tuple[int, int] | None:
@@ -265,9 +286,13 @@ class UsbManager:
                     continue
                 port = self._ports[path] = _Port(facts, entry, node)
             if port.task is not None:
-                if not port.task.done() and not self._confirmed(port):
+                if not port.task.done() and not self._still_allowed(port):
                     port.task.cancel()  # unpaired while its session runs: stop reading it now
                 continue
+            if port.refused is not None and self._admits(port.refused):
+                # The meter it found was confirmed since: open it again (a meter that pushes its memory
+                # once per plug-in may need its transfer started again; the session waits for it).
+                port.finished, port.refused = False, None
             if port.finished or not self._confirmed(port):
                 continue
             if port.retry_at is not None and now < port.retry_at:
@@ -276,14 +301,57 @@ class UsbManager:
             port.task = asyncio.create_task(self._session(port), name=f"usb session {path}")
 
     def _confirmed(self, port: _Port) -> bool:
-        """May this port be read? A device that needs confirmation and has none is offered as a candidate."""
+        """May this port be opened? A device that needs confirmation and has none is offered as a candidate,
+        unless it may be a confirmed meter on another port (then it is opened to say who it is)."""
         if self.enrolment is None or not port.entry.needs_confirmation:
             return True
         heard = heard_usb_device(port.facts, port.entry)
         if self.enrolment.is_enrolled(heard.uid):
+            port.probing = False
+            return True
+        if port.refused is not None:
+            return False  # the device here said who it is and nobody confirmed that yet
+        if not self.enrolment.is_ignored(heard.uid) and self.enrolment.knows_meters_like(heard.uid, port.entry.profile):
+            port.probing = True
             return True
         self.enrolment.heard(heard)
         return False
+
+    def _admits(self, uid: str) -> bool:
+        return self.enrolment is None or self.enrolment.admits(uid)
+
+    def _still_allowed(self, port: _Port) -> bool:
+        if port.refused is not None:
+            return True  # the session refused its device itself and is ending (an ASTM meter gets its EOT)
+        if port.admitted is not None and port.entry.needs_confirmation:
+            return self._admits(port.admitted)
+        return self._confirmed(port)
+
+    def _check_identity(self, port: _Port, reported: DeviceInfo) -> DeviceInfo:
+        """The device the session's records are filed under, once the meter reported ``reported`` (its own
+        serial); DeviceNotAdmittedError before any record of a meter nobody confirmed is taken."""
+        if self.enrolment is None or not port.entry.needs_confirmation:
+            return reported  # an installer's [[usb.devices]] entry: read under the meter's own uid
+        port_uid = heard_usb_device(port.facts, port.entry).uid
+        admission = self.enrolment.admit(reported.uid, via=port_uid, profile=reported.profile,
+                                         serial=reported.serial, model=reported.model)
+        if port.probing and admission.uid != port_uid:
+            # Proposed under its port before a meter of its kind was known by serial: now it is known.
+            self.enrolment.withdraw_candidate(port_uid)
+        if admission.uid is not None:
+            port.admitted = admission.uid
+            if admission.uid != reported.uid:
+                log.info("%s: the meter on %s reports %s; its readings carry the uid it was confirmed under",
+                         admission.uid, port.facts.device, reported.uid)
+            return dataclasses.replace(reported, uid=admission.uid)
+        port.refused = reported.uid
+        if admission.reason == "candidate":
+            self.enrolment.heard(HeardDevice(
+                uid=reported.uid, transport="usb", profile=reported.profile, type=device_type(reported.profile),
+                make=reported.manufacturer, model=reported.model, name=port.entry.name))
+        raise DeviceNotAdmittedError(
+            f"{port.facts.device}: {reported.uid} is {'ignored' if admission.reason == 'ignored' else 'not confirmed'}"
+            "; nothing read from it", uid=reported.uid, reason=admission.reason)
 
     def _device_for(self, port: _Port) -> DeviceInfo:
         return device_for(port.facts, port.entry)
@@ -300,16 +368,25 @@ class UsbManager:
         return SerialContext(
             port_path=port.facts.device,
             device=device,
-            sink=self._sink_for(),
+            sink=self._sink_for(port),
             state=self.state,
             baudrate=port.entry.baudrate,
             local_tz=self.local_tz,
             options=options,
             announce=announce,
+            check_identity=lambda reported: self._check_identity(port, reported),
         )
 
-    def _sink_for(self) -> MeasurementSink:
+    def _sink_for(self, port: _Port) -> MeasurementSink:
         async def sink(device: DeviceInfo, measurement: Measurement, clock: ClockCheck | None, **position: int) -> None:
+            if port.probing and port.admitted is None:
+                # A port opened only to learn who is there: a record before the meter said so (a header
+                # without a serial number) is not taken; the meter keeps it, and the port is proposed.
+                port.refused = device.uid
+                if self.enrolment is not None:
+                    self.enrolment.heard(heard_usb_device(port.facts, port.entry))
+                raise DeviceNotAdmittedError(f"{port.facts.device}: the device did not say who it is; nothing read",
+                                             uid=device.uid, reason="unidentified")
             await self.sink(device, measurement, clock, **position)
             await self._status(device.uid, profile=device.profile, last_seen=datetime.now(UTC), error=None)
 
@@ -318,6 +395,7 @@ class UsbManager:
     async def _session(self, port: _Port) -> None:
         device = self._device_for(port)
         path = port.facts.device
+        port.admitted = None
         self.sessions_started += 1
         ctx = self._context_for(port, device)
         try:
@@ -328,31 +406,37 @@ class UsbManager:
             if port.removed:
                 uid = ctx.device.uid
                 log.info("%s: unplugged from %s", uid, path)
-                await self._status(uid, profile=device.profile, state="unplugged", error=None)
+                await self._port_status(port, uid, profile=device.profile, state="unplugged", error=None)
             raise
+        except DeviceNotAdmittedError as err:
+            # Not a failure: a candidate (or an ignored meter) is not read; it waits for a person, or for
+            # its confirmation (then the port is opened again), not for a retry timer.
+            log.info("%s", err)
+            port.finished = True
         except DeviceDisconnectedError as err:
             uid = ctx.device.uid
             port.ending = True
             if await self._vanished(path, port.node):
                 log.info("%s: unplugged from %s", uid, path)
-                await self._status(uid, profile=device.profile, state="unplugged", error=None)
+                await self._port_status(port, uid, profile=device.profile, state="unplugged", error=None)
                 port.finished = True
             else:
                 self._failed(port, uid, err)
-                await self._status(uid, profile=device.profile, state="failed", error=str(err))
+                await self._port_status(port, uid, profile=device.profile, state="failed", error=str(err))
             port.ending = False
         except (DriverError, OutboxError) as err:
             # OutboxError: storage full or unwritable; the record stays on the device, the storage
             # state is in the status, and the session is tried again later: no traceback.
             uid = ctx.device.uid
             self._failed(port, uid, err)
-            await self._status(uid, profile=device.profile, state="failed",
+            await self._port_status(port, uid, profile=device.profile, state="failed",
                                error=plain_words(err) or f"{type(err).__name__}: {err}")
         except Exception as err:  # a driver bug or a bad table entry: report it, keep the other ports going
             uid = ctx.device.uid
             log.exception("%s: session on %s crashed", uid, path)
             self._failed(port, uid, err)
-            await self._status(uid, profile=device.profile, state="failed", error=f"{type(err).__name__}: {err}")
+            await self._port_status(port, uid, profile=device.profile, state="failed",
+                                    error=f"{type(err).__name__}: {err}")
         else:
             uid = ctx.device.uid
             offset = result.clock.offset if result.clock is not None else None
@@ -397,3 +481,10 @@ class UsbManager:
 
     async def _status(self, uid: str, **fields: Any) -> None:
         await report_status(self.on_status, uid, **fields)
+
+    async def _port_status(self, port: _Port, uid: str, **fields: Any) -> None:
+        # A port opened only to learn who is there shows nothing until its meter is admitted: a candidate
+        # is on the candidates list, and a meter nobody confirmed is no device of this gateway's status.
+        if port.probing and port.admitted is None:
+            return
+        await self._status(uid, **fields)

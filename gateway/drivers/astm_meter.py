@@ -36,6 +36,7 @@ from gateway.codecs.common import DecodeError, NoReadingError
 from gateway.drivers.base import (
     EARLIEST_PLAUSIBLE,
     ClockCheck,
+    DeviceNotAdmittedError,
     DeviceTimeoutError,
     SessionResult,
     gateway_now,
@@ -111,7 +112,13 @@ class AstmMeterDriver(SerialDriver):
                 if record.kind == "H":
                     delimiters = header.delimiters
                     clock = self._clock_from(header.device_time)
-                    self.identify(header.serial, model=header.sender_name)
+                    try:
+                        self.identify(header.serial, model=header.sender_name)
+                    except DeviceNotAdmittedError:
+                        # E1381 §6.3.5 receiver interrupt: EOT in place of the ACK asks the meter to stop
+                        # (it keeps its memory). Nothing of a meter nobody confirmed is taken.
+                        await link.write(bytes([EOT]))
+                        raise
                     continue
                 outcome = await self._deliver(record, delimiters, clock, frame.number)
                 sent += outcome

@@ -38,6 +38,23 @@ class DeviceDisconnectedError(DriverError):
     """The link (radio or cable) went away mid-session."""
 
 
+class DeviceNotAdmittedError(DriverError):
+    """The device told who it is and this gateway may not read it (not confirmed, or ignored): the session
+    stops before any of its records is taken. ``uid`` is the identity it reported; ``reason`` is
+    ``candidate`` (proposed, waiting for a person), ``ignored``, or ``unidentified`` (a port opened only
+    to learn who is there sent a record before saying so)."""
+
+    def __init__(self, message: str, *, uid: str, reason: str) -> None:
+        super().__init__(message)
+        self.uid = uid
+        self.reason = reason
+
+
+IdentityCheck = Callable[["DeviceInfo"], "DeviceInfo"]
+"""Given the identity a device reported mid-session (``usb:<vid>:<pid>:<its serial>``), the device its
+records are filed under (the confirmed uid); raises :class:`DeviceNotAdmittedError` for one not to read."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     uid: str
@@ -154,11 +171,15 @@ class SerialContext:
     announce: Callable[[DeviceInfo], Awaitable[None]] | None = None
     """Called as the session starts with a device whose uid is already final; not called for a device
     that identifies itself (its status would otherwise appear under the port's uid too)."""
+    check_identity: IdentityCheck | None = None
+    """For a device that identifies itself: called once it has, before any record is taken (issue 19:
+    the uid its readings carry is the one it was confirmed under, wherever it is plugged in)."""
 
 
 class _SerialDriver(Protocol):
     device: DeviceInfo
     identifies_itself: bool
+    check_identity: IdentityCheck | None
 
     async def run(self) -> SessionResult: ...
 
@@ -197,6 +218,8 @@ class SerialSession:
             local_tz=ctx.local_tz,
             options=ctx.options,
         )
+        # Set after construction: a config-named driver class with its own __init__ keeps working.
+        driver.check_identity = ctx.check_identity
         try:
             if not driver.identifies_itself and ctx.announce is not None:
                 await ctx.announce(driver.device)

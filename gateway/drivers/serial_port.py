@@ -26,6 +26,7 @@ from gateway.drivers.base import (
     DeviceInfo,
     DeviceTimeoutError,
     DriverError,
+    IdentityCheck,
     MeasurementSink,
     SessionResult,
 )
@@ -255,6 +256,9 @@ class SerialDriver(ABC):
     identifies_itself: ClassVar[bool] = False
     """The session learns the device's serial and calls :meth:`identify` (its uid changes): the USB
     manager then reports status under the final uid only, never under the provisional port uid."""
+    check_identity: IdentityCheck | None = None
+    """Set by the session (:class:`~gateway.drivers.base.SerialSession`): turns the identity the device
+    reported into the device its records are filed under, or refuses it (see :meth:`identify`)."""
 
     def __init__(
         self,
@@ -282,15 +286,20 @@ class SerialDriver(ABC):
         self.link: SerialLink | None = None
 
     def identify(self, serial_number: str | None, *, model: str | None = None) -> None:
-        """Adopt the serial number the device reported: the uid becomes ``usb:<vid>:<pid>:<serial>``.
+        """Adopt the serial number the device reported: the uid becomes ``usb:<vid>:<pid>:<serial>``, or
+        the uid ``check_identity`` maps it to (the one it was confirmed under); ``check_identity`` may
+        raise :class:`~gateway.drivers.base.DeviceNotAdmittedError`, and then no record may be taken.
         Both strings are cleaned first (they come from the device's own header, NULs and all)."""
         serial_number, model = clean_device_string(serial_number), clean_device_string(model)
         if not serial_number:
             return
         prefix = ":".join(self.device.uid.split(":")[:3]) if self.device.uid.startswith("usb:") else "usb:0000:0000"
-        self.device = dataclasses.replace(
+        reported = dataclasses.replace(
             self.device, uid=f"{prefix}:{serial_number}", serial=serial_number, model=model or self.device.model
         )
+        # Issue 19: the uid the records carry is the one a person confirmed (maybe the port's, before the
+        # serial was known); the check raises DeviceNotAdmittedError for a meter nobody confirmed.
+        self.device = reported if self.check_identity is None else self.check_identity(reported)
 
     async def run(self) -> SessionResult:
         """Open the port, run the session, close the port (also on error or cancellation)."""

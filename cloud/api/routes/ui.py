@@ -74,6 +74,19 @@ def page(request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type=_MEDIA_TYPES[".html"], headers=_headers(request))
 
 
+@router.get("/me")
+def patient_page(request: Request) -> FileResponse:
+    """The patient's own page (issue 20): a shell like ``/ui``, no patient data in it; ``me.js`` asks ``/v1/me``
+    whose record the token owns. The sign-in callback (``/ui/me?code=...``) lands here too."""
+    return FileResponse(STATIC_DIR / "me.html", media_type=_MEDIA_TYPES[".html"], headers=_headers(request))
+
+
+@router.get("/report")
+def report_page(request: Request) -> FileResponse:
+    """The printable month-end RPM report (static shell; its data comes from /v1 with the page's token)."""
+    return FileResponse(STATIC_DIR / "report.html", media_type=_MEDIA_TYPES[".html"], headers=_headers(request))
+
+
 @router.get("/")
 def page_with_slash() -> RedirectResponse:
     # Relative links in the page resolve against /ui; one address keeps them (and the fragment) simple.

@@ -140,8 +140,15 @@
     return document;
   }
 
+  // The page signs in back to itself: /ui (the workspace) unless its <script> tag names another page of /ui
+  // (data-return-path="/ui/me": the patient's page). Read from the page's own markup, never from the address.
+  const RETURN_PATH = (() => {
+    const named = document.currentScript && document.currentScript.dataset.returnPath;
+    return named && /^\/ui\/[a-z]+$/.test(named) ? named : "/ui";
+  })();
+
   function redirectUri() {
-    return `${location.origin}/ui`;
+    return `${location.origin}${RETURN_PATH}`;
   }
 
   async function tokenRequest(form) {

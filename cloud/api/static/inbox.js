@@ -19,7 +19,9 @@ export function showInboxCount(total) {
   const badge = $("inbox-count");
   badge.textContent = total > 0 ? String(total) : "";
   badge.hidden = !(total > 0);
-  $("nav-inbox").setAttribute("aria-label", `Inbox, ${plural(total, "alert")} needing a person`);
+  // Words for screen readers after the visible count, not an aria-label: a name that hides the visible text
+  // ("Inbox 2") fails WCAG 2.5.3 (label in name) for those who speak to their browser.
+  $("inbox-count-words").textContent = total > 0 ? ` ${total === 1 ? "alert" : "alerts"} needing a person` : "";
 }
 
 export async function refreshInboxCount() {

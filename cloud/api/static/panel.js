@@ -78,12 +78,32 @@ function vitalCell(label, latest, metrics, separator = "/") {
     timeElement(latest[present[0]].measured_at));
 }
 
-function adherenceCell(adherence) {
+/** The programme's current 30-day period (issue 25): what it still needs, in words, or null when not enrolled. */
+export function programmeNote(programme) {
+  if (!programme) return null;
+  const target = programme.target_days;
+  const title = `${programme.programme_id}: period ${programme.period_start} to ${programme.period_end},`
+    + ` ${programme.days_with_data} of ${target} days with data so far`;
+  if (programme.needs_days === 0) {
+    return el("small", { class: "programme-met", title, dataset: { programme: "met" } }, `✓ ${target}-day rule met this period`);
+  }
+  const need = `${programme.needs_days} ${programme.needs_days === 1 ? "reading" : "readings"}`;
+  const left = `${programme.days_left} ${programme.days_left === 1 ? "day" : "days"}`;
+  if (!programme.reachable) {
+    return el("small", { class: "programme-missed", title, dataset: { programme: "unreachable" } },
+      el("span", { class: "icon", "aria-hidden": "true" }, "✗"), ` ${target}-day rule out of reach this period`,
+      ` (needs ${need}, ${left} left)`);
+  }
+  return el("small", { class: "programme-needs", title, dataset: { programme: "needs" } },
+    el("span", { class: "icon", "aria-hidden": "true" }, "!"), ` needs ${need} in the next ${left}`);
+}
+
+function adherenceCell(adherence, programme) {
   if (!adherence) return el("td", { class: "none", dataset: { label: "Adherence" } }, "not shared");
   const met = adherence.meets_16_day_rule;
   return el("td", { dataset: { label: "Adherence" } }, el("span", { class: "value" }, `${adherence.days_with_readings} of 30 days`),
     el("small", { class: met ? "adherence-met" : "adherence-short" },
-      met ? "✓ meets the 16-day rule" : "below the 16-day rule"));
+      met ? "✓ meets the 16-day rule" : "below the 16-day rule"), programmeNote(programme));
 }
 
 function row(p) {
@@ -97,7 +117,7 @@ function row(p) {
     vitalCell("Glucose", p.latest, ["glucose"]),
     vitalCell("Weight", p.latest, ["body_weight"]),
     vitalCell("Heart rate", p.latest, heart),
-    adherenceCell(p.adherence));
+    adherenceCell(p.adherence, p.programme));
 }
 
 function renderChips(state, counts) {

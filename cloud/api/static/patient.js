@@ -5,6 +5,8 @@
 import { alertCard, needsHuman } from "./alerts.js";
 import { ApiError, api } from "./api.js";
 import { drawAgp, drawChart, rangesBar } from "./charts.js";
+import { renderPatientGateways } from "./fleet.js";
+import { renderProgrammeTime } from "./programme_time.js";
 import {
   $, SEVERITY_ORDER, el, formatDate, formatNumber, formatTime, humanise, plural, signed, status, timeElement, unitLabel,
   zoneParts, zonedInstant,
@@ -462,6 +464,8 @@ export async function showPatient(patientId, search) {
     renderAlerts(detail, period, zone, focusId, isCurrent),
     renderCharts(detail, period, zone, base, isCurrent),
     renderEquipment(detail, zone, base, isCurrent),
+    renderPatientGateways(detail, zone, isCurrent),
+    renderProgrammeTime(detail, zone, base, isCurrent),
   ]);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) throw failed.reason;

@@ -3,6 +3,7 @@
 // #/alerts/ID?link=TOKEN), so back and forward work and a link opens the same view.
 
 import { ApiError, api, auth, chooseAuth, takeTokenFromUrl, token, usePastedToken, whenUnauthorised } from "./api.js";
+import { showFleet, showGateway } from "./fleet.js";
 import { $, status } from "./format.js";
 import { refreshInboxCount, showInbox } from "./inbox.js";
 import { alertMeEnabled, onAlertEvent, setAlertMe, startLive, stopLive } from "./live.js";
@@ -10,7 +11,7 @@ import { showPanel, useCatalogue } from "./panel.js";
 import { refreshPatientAlerts, showPatient } from "./patient.js";
 
 const RETURN_KEY = "rpm.return-to"; // where a deep link pointed before the sign-in round trip
-const VIEWS = ["sign-in", "panel", "inbox", "patient"];
+const VIEWS = ["sign-in", "panel", "inbox", "patient", "fleet", "gateway"];
 const scrolls = new Map(); // panel address -> scroll position, so going back lands where the user was
 let shownPanel = null;
 
@@ -22,6 +23,8 @@ function show(view) {
   $("nav-inbox").toggleAttribute("aria-current", view === "inbox");
   if (view === "panel") $("nav-panel").setAttribute("aria-current", "page");
   if (view === "inbox") $("nav-inbox").setAttribute("aria-current", "page");
+  $("nav-gateways").toggleAttribute("aria-current", view === "fleet" || view === "gateway");
+  if (view === "fleet") $("nav-gateways").setAttribute("aria-current", "page");
 }
 
 function showSignIn(message = "") {
@@ -69,6 +72,7 @@ async function route() {
   const { path, search } = parseHash();
   const patient = path.match(/^\/patients\/(.+)$/);
   const alert = path.match(/^\/alerts\/(\d+)$/);
+  const gateway = path.match(/^\/gateways\/(.+)$/);
   document.body.dataset.view = "loading";
   try {
     if (alert) {
@@ -80,6 +84,16 @@ async function route() {
       window.scrollTo(0, 0);
       await showPatient(decodeURIComponent(patient[1]), search);
       document.body.dataset.view = "patient";
+    } else if (gateway) {
+      show("gateway");
+      window.scrollTo(0, 0);
+      await showGateway(decodeURIComponent(gateway[1]));
+      document.body.dataset.view = "gateway";
+    } else if (path === "/gateways") {
+      show("fleet");
+      window.scrollTo(0, 0);
+      await showFleet(search);
+      document.body.dataset.view = "fleet";
     } else if (path === "/inbox") {
       show("inbox");
       window.scrollTo(0, 0);
@@ -96,7 +110,7 @@ async function route() {
   } catch (error) {
     if (error.status === 401) return; // already back at sign-in, with the reason
     document.body.dataset.view = "error";
-    status(error.status === 404 ? "No such patient or alert, or not shared with your care team." : `Error: ${error.message}`,
+    status(error.status === 404 ? "No such patient, alert or gateway, or not shared with your care team." : `Error: ${error.message}`,
       true);
   }
 }

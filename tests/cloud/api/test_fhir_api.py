@@ -88,7 +88,8 @@ def test_everything_holds_patient_devices_observations_and_flags(client: TestCli
     bundle = Bundle.model_validate(body)
     kinds = [e.resource.__resource_type__ for e in bundle.entry]
     assert kinds[0] == "Patient"
-    assert kinds.count("Device") == 3  # cuff, scale and meter (bound to no gateway here)
+    # Cuff, scale and meter, and the gateway that relayed their readings (each Observation's gatewayDevice).
+    assert kinds.count("Device") == 4
     assert kinds.count("Observation") == 7 * 2 + 6 + 6  # panel + pulse per cuff reading, weights, glucose
     flags = [e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Flag"]
     assert len(flags) == 1 and Flag.model_validate(flags[0]).status == "active"

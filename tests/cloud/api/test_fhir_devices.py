@@ -3,6 +3,7 @@ and from each other, readable like the readings they made, validated with fhir.r
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -40,8 +41,13 @@ def test_an_observation_leads_to_its_device_and_the_gateway(
     conn.execute(
         "UPDATE devices SET bound_gateway_id = %s WHERE uid = %s", (bound, world.devices["consented"]["blood_pressure"])
     )
+    # Ingest records every gateway that sends (cloud/ingest/queries.py UPSERT_GATEWAYS) with its last status;
+    # the test's ingest writes readings only, so the row is written here.
+    conn.execute("INSERT INTO gateways (id, status) VALUES ('gw-test', %s) ON CONFLICT (id) DO UPDATE"
+                 " SET status = excluded.status", (json.dumps({"version": "rpm-gateway 1.4.2"}),))
     search = _get(client, world, "/fhir/Observation", patient=f"Patient/{patient}", code="85354-9").json()
-    observation = Observation.model_validate(search["entry"][0]["resource"])
+    resource = search["entry"][0]["resource"]
+    observation = Observation.model_validate(resource)
     uid = world.devices["consented"]["blood_pressure"]
     assert observation.device.identifier.value == uid
     device = _read(client, world, observation.device.reference)
@@ -51,10 +57,20 @@ def test_an_observation_leads_to_its_device_and_the_gateway(
     }
     assert device["patient"] == {"reference": f"Patient/{patient}"}
     assert device["type"]["coding"][0]["code"] == "ble.blood_pressure"
+    assert {"system": fhir.MDC, "code": "65573", "display": "MDC_MOC_VMS_MDS_SIMP"} in device["type"]["coding"]
+    assert device["specialization"][0]["systemType"]["coding"][0]["code"] == "528391"
+    assert "parent" not in device  # PhdDevice forbids one: the Observation names its gateway
     assert device["property"][0]["valueQuantity"][0] == {"value": 80, "unit": "%", "system": fhir.UCUM, "code": "%"}
-    gateway = _read(client, world, device["parent"]["reference"])
-    assert gateway["identifier"] == [{"system": fhir.GATEWAY_SYSTEM, "value": bound}]
-    assert gateway["type"]["text"] == "personal health gateway"
+    # The PHD IG's gatewayDevice extension: the gateway that relayed this reading (the test ingest's "gw-test").
+    (gateway_ref,) = [e["valueReference"]["reference"] for e in resource["extension"]
+                      if e["url"] == fhir.GATEWAY_EXTENSION]
+    gateway = _read(client, world, gateway_ref)
+    assert gateway["identifier"] == [{"system": fhir.GATEWAY_SYSTEM, "value": "gw-test"}]
+    assert gateway["type"]["text"] == "personal health gateway" and gateway["type"]["coding"][0]["code"] == "531981"
+    assert gateway["meta"]["profile"] == [fhir.PHG_DEVICE_PROFILE]  # its software version is known
+    assert gateway["version"][0]["value"] == "rpm-gateway 1.4.2"
+    # The gateway the device is bound to now is readable too.
+    assert _read(client, world, f"Device/{fhir.gateway_device_id(bound)}")["identifier"][0]["value"] == bound
 
 
 def test_serial_manufacturer_and_model_are_carried(client: TestClient, world: World, conn: psycopg.Connection) -> None:
