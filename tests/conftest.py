@@ -65,6 +65,8 @@ def pg_admin_url() -> Iterator[str]:
 
 
 def _create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    import time
+
     import psycopg
     from psycopg import sql
 
@@ -72,8 +74,37 @@ def _create_database(admin_url: str, name: str, template: str | None = None) -> 
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template:
             statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-        conn.execute(statement)
+        for attempt in range(50):
+            try:
+                conn.execute(statement)
+                break
+            except psycopg.errors.ObjectInUse:
+                # CREATE DATABASE ... TEMPLATE needs the template to have no other session. Closing the
+                # template to connections (_seal_template) keeps TimescaleDB's per-database scheduler
+                # out; this covers a session that was already in when it was sealed.
+                if not template or attempt == 49:
+                    raise
+                _close_sessions(conn, template)
+                time.sleep(0.05 * (attempt + 1))
     return _with_database(admin_url, name)
+
+
+def _close_sessions(conn: object, database: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"  # type: ignore[attr-defined]
+                 " WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+
+
+def _seal_template(admin_url: str, name: str) -> None:
+    """Let nobody connect to the migrated template any more. TimescaleDB starts a background scheduler in
+    every database that allows connections; while it is connected, ``CREATE DATABASE ... TEMPLATE``
+    fails with ObjectInUse (the clone needs the template to itself). Its launcher skips databases that
+    do not allow connections, as it skips template0; on plain PostgreSQL this changes nothing."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        _close_sessions(conn, name)
 
 
 def _drop_database(admin_url: str, name: str) -> None:
@@ -91,6 +122,7 @@ def _migrated_template(pg_admin_url: str) -> Iterator[str]:
     name = f"rpm_test_tmpl_{uuid.uuid4().hex[:10]}"
     url = _create_database(pg_admin_url, name)
     apply_migrations(url)
+    _seal_template(pg_admin_url, name)
     try:
         yield name
     finally:

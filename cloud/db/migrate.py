@@ -5,7 +5,9 @@ advisory lock serialises them). Each migration runs in its own transaction.
 
 A file whose first line is ``-- requires: timescaledb`` runs only where that extension is available;
 the schema is complete without it. Storage policy from the settings reaches the SQL as session
-settings ``rpm.retention_days`` and ``rpm.compress_after_days`` (read with ``current_setting``).
+settings ``rpm.retention_days`` and ``rpm.compress_after_days`` (read with ``current_setting``), and
+after the migrations every run makes the TimescaleDB policy jobs match them (cloud.db.storage), so a
+changed ``RPM_RETENTION_DAYS`` / ``RPM_COMPRESS_AFTER_DAYS`` takes effect on the next ``migrate``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from cloud.db.storage import PolicyChange, apply_policies
 from cloud.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,10 @@ def apply_migrations(
     *,
     retention_days: int | None = None,
     compress_after_days: int = 7,
+    policy_changes: list[PolicyChange] | None = None,
 ) -> list[str]:
-    """Apply what is pending; return the versions applied by this call."""
+    """Apply what is pending, then the storage policy; return the versions applied by this call (and, in
+    ``policy_changes`` when given, the policies it changed)."""
     applied_now: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT set_config('rpm.retention_days', %s, false)",
@@ -91,6 +96,12 @@ def apply_migrations(
                     )
                 log.info("applied migration %s_%s", migration.version, migration.name)
                 applied_now.append(migration.version)
+            # Under the same lock: two migrating processes never add the same policy twice.
+            changes = apply_policies(conn, retention_days=retention_days, compress_after_days=compress_after_days)
+            for change in changes:
+                log.info("storage policy %s: %s -> %s days", change.policy, change.before_days, change.after_days)
+            if policy_changes is not None:
+                policy_changes.extend(changes)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
     return applied_now
@@ -103,11 +114,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = get_settings()
     url = args.database_url or settings.database_url
+    changes: list[PolicyChange] = []
     try:
         applied = apply_migrations(url, retention_days=settings.retention_days,
-                                   compress_after_days=settings.compress_after_days)
+                                   compress_after_days=settings.compress_after_days, policy_changes=changes)
     except psycopg.OperationalError as err:
         print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
         return 2
+    except ValueError as err:  # a policy setting out of range (cloud.db.storage)
+        print(f"error: settings: {err}")
+        return 2
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    for change in changes:
+        print(f"storage policy {change.policy}: "
+              f"{'none' if change.before_days is None else f'{change.before_days:g} days'} -> "
+              f"{'none' if change.after_days is None else f'{change.after_days:g} days'}")
     return 0

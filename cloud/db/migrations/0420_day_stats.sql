@@ -4,8 +4,9 @@
 -- and the API recomputes the stale days (and their neighbours, for time zones) when it next reads them.
 -- Exact, not approximate: each day is computed from all its values (cloud/api/queries.py).
 --
--- TimescaleDB does not allow transition tables on hypertables; where observations is one, the
--- triggers are not created and the API computes daily trends from the raw values (it checks).
+-- TimescaleDB does not allow transition tables on hypertables; where observations is one, these
+-- triggers are not created here and 0425 creates row-level ones instead (0090 swaps them on a plain
+-- database that turns TimescaleDB on later).
 
 CREATE TABLE observation_day_stats (
     patient_id  text NOT NULL,
