@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
-
-from cloud.api.queries import _ACTIVE, _DIGEST
+from cloud.api.queries import _ACTIVE, _DIGEST, _dicts
 
 _READING = """
 SELECT r.id, r.patient_id, r.device_uid, r.gateway_id, r.kind, r.measured_at, r.received_at, r.device_time,
@@ -25,11 +23,6 @@ SELECT r.id, r.patient_id, r.device_uid, r.gateway_id, r.kind, r.measured_at, r.
                    FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{}') AS values
   FROM readings r
 """
-
-
-def _dicts(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql, params).fetchall()
 
 
 def reading_page(conn: Any, patient_id: str, *, metrics: Sequence[str] | None, kinds: Sequence[str] | None,

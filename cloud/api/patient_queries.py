@@ -11,22 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from cloud.api import queries
-
-_ACTIVE = "c.revoked_at IS NULL AND c.granted_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
-
-
-def _dicts(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql, params).fetchall()
-
-
-def _dict(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> dict[str, Any] | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(sql, params).fetchone()
-
+from cloud.api.queries import _ACTIVE, _dict, _dicts
 
 # --- the overview --------------------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ EXCLUDED = sorted(EXCLUDED_FLAGS)
 """Flags that make a value not the patient's (failed measurement, control solution): left out of maths."""
 SCOPES = ("readings", "alerts", "twin")
 _ACTIVE = "c.revoked_at IS NULL AND c.granted_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now())"
+# _ACTIVE, _dicts and _dict serve every SQL module of the API (patient_queries, fhir_queries) and fhir_bulk:
+# one definition of "consent in force" and of a dict row.
 
 
 def _dicts(conn: Any, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[dict[str, Any]]:
@@ -309,37 +311,6 @@ def readings_page(conn: Any, patient_id: str, *, kinds: Sequence[str] | None, me
         {"patient": patient_id, "kinds": list(kinds) if kinds else None, "since": since, "until": until,
          "metric": metric, "after_t": after[0] if after else None, "after_id": after[1] if after else None,
          "limit": limit},
-    )
-
-
-def readings_with_values(conn: Any, patient_id: str, *, metrics: Sequence[str] | None, kinds: Sequence[str] | None,
-                         ranges: Sequence[tuple[str, datetime]], limit: int) -> list[dict[str, Any]]:
-    """Readings in the shape :func:`cloud.twin.fhir.observations_from_row` takes (values by metric)."""
-    conditions = ["r.patient_id = %s"]
-    params: list[Any] = [patient_id]
-    if kinds is not None or metrics is not None:
-        # Either: a panel code names a kind of reading, a value code the metric it holds.
-        conditions.append("(r.kind = ANY(%s) OR EXISTS (SELECT 1 FROM observations o"
-                          " WHERE o.reading_id = r.id AND o.metric = ANY(%s)))")
-        params += [list(kinds or ()), list(metrics or ())]
-    for op, instant in ranges:
-        # op comes from a fixed set (FHIR date prefixes mapped in the route), never from the caller's text.
-        assert op in ("<", "<=", ">", ">=")
-        conditions.append(f"r.measured_at {op} %s")
-        params.append(instant)
-    params.append(limit)
-    return _dicts(
-        conn,
-        f"""
-        SELECT r.id, r.patient_id, r.device_uid, r.kind, r.measured_at, r.flags, r.body_site,
-               coalesce((SELECT json_object_agg(o.metric, json_build_object('value', o.value, 'unit', o.unit))
-                           FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{{}}') AS values
-          FROM readings r
-         WHERE {' AND '.join(conditions)}
-         ORDER BY r.measured_at DESC, r.id DESC
-         LIMIT %s
-        """,
-        params,
     )
 
 

@@ -16,7 +16,8 @@ from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 from tests.a11y.axe import audit, axe_source  # noqa: F401  (axe_source is a fixture)
-from tests.cloud.api.test_ui_browser import BROWSER_ZONE, CHROMIUM, CHROMIUM_ARGS, DEV_KEY
+from tests.chromium import launched_chromium
+from tests.cloud.api.test_ui_browser import BROWSER_ZONE, DEV_KEY
 from tests.cloud.api.ui_live_server import LiveServer, Ward, seed_ward
 
 pytestmark = pytest.mark.integration
@@ -31,15 +32,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the audit needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium("the audit")
 
 
 @pytest.fixture

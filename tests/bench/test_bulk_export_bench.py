@@ -19,18 +19,17 @@ import shutil
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 from tests.cloud.api.bulk_seed import add_team_patients, load_glucose
+from tests.conftest import _own_database
 from tests.e2e.processes import command, running, wait_for
 
 pytestmark = pytest.mark.bench
@@ -44,16 +43,9 @@ _PROGRESS = re.compile(r"^Observation (\d+)%")
 
 @pytest.fixture(scope="module")
 def bench_db(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
-    name = f"rpm_bench_bulk_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                      sql.Identifier(_migrated_template)))
-    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    """One migrated database for the module's measurements (the session's clone, made and dropped once)."""
+    with _own_database(pg_admin_url, _migrated_template) as url:
         yield url
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _free_port() -> int:

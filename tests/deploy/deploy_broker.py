@@ -16,6 +16,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -60,7 +61,59 @@ def config_file_name(path: str) -> str:
     return path[len(CONTAINER_CONFIG):]
 
 
-class DeployMosquitto:
+class MosquittoProcess:
+    """The running part every private mosquitto of the tests shares: ``start()`` from ``self.config`` (waiting
+    until every one of ``self.ports`` listens), ``stop()``, the log. Subclasses write the config and set
+    ``binary``, ``host``, ``workdir``, ``ports`` (deploy port -> test port), ``config`` and ``log``."""
+
+    what = "deploy config"
+    """What the config is, for the messages of a failed start."""
+    binary: str
+    host: str
+    workdir: Path
+    ports: dict[int, int]
+    config: Path
+    log: Path
+    _process: subprocess.Popen[bytes] | None
+
+    @property
+    def external_port(self) -> int:
+        return self.ports[EXTERNAL_PORT]
+
+    @property
+    def internal_port(self) -> int:
+        return self.ports[INTERNAL_PORT]
+
+    def url(self, port: int) -> str:
+        return f"mqtt://{self.host}:{port}"
+
+    def start(self) -> Self:
+        self._process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+        try:
+            for port in self.ports.values():
+                wait_for_port(self.host, port, 10, f"mosquitto ({self.what})")
+        except Exception:
+            self._process.kill()
+            _, err = self._process.communicate(5)
+            raise AssertionError(f"mosquitto refused the {self.what}: {err.decode(errors='replace')}") from None
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+            self._process = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class DeployMosquitto(MosquittoProcess):
     """``start()``, ``kill()`` (SIGKILL, like a crash), ``start()`` again on the same ports and data."""
 
     def __init__(self, workdir: Path, *, external: dict[str, str], internal: dict[str, str],
@@ -123,29 +176,6 @@ class DeployMosquitto:
             "RPM_TEST_MOSQUITTO_DEBUG") else "log_type information"]
         return "\n".join(lines) + "\n"
 
-    @property
-    def external_port(self) -> int:
-        return self.ports[EXTERNAL_PORT]
-
-    @property
-    def internal_port(self) -> int:
-        return self.ports[INTERNAL_PORT]
-
-    def url(self, port: int) -> str:
-        return f"mqtt://{self.host}:{port}"
-
-    def start(self) -> DeployMosquitto:
-        self._process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
-        try:
-            for port in self.ports.values():
-                wait_for_port(self.host, port, 10, "mosquitto (deploy config)")
-        except Exception:
-            self._process.kill()
-            _, err = self._process.communicate(5)
-            raise AssertionError(f"mosquitto refused the deploy config: {err.decode(errors='replace')}") from None
-        return self
-
     def kill(self) -> None:
         """SIGKILL: no goodbye to clients and no final save (only the last autosave survives)."""
         if self._process is not None:
@@ -156,19 +186,6 @@ class DeployMosquitto:
             for _ in range(100):
                 if not port_open(self.host, port, 0.05):
                     break
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-            self._process = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def connected_clients(log: str) -> list[tuple[str, str]]:

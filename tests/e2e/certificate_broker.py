@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from cloud.embedded import free_port, mosquitto_binary, wait_for_port
+from cloud.embedded import free_port, mosquitto_binary
 from tests.deploy.deploy_broker import (
     CONTAINER_CONFIG,
     DEPLOY_MOSQUITTO,
     EXTERNAL_PORT,
     INTERNAL_PORT,
     TLS_OPTIONS,
+    MosquittoProcess,
     config_file_name,
     parse_listeners,
 )
@@ -28,7 +29,9 @@ from tests.deploy.deploy_broker import (
 VARIANT = DEPLOY_MOSQUITTO / "mosquitto.certificates.conf"
 
 
-class CertificateMosquitto:
+class CertificateMosquitto(MosquittoProcess):
+    what = "certificate variant"
+
     def __init__(self, workdir: Path, *, internal: dict[str, str]) -> None:
         binary, passwd_tool = mosquitto_binary(), shutil.which("mosquitto_passwd")
         if binary is None or passwd_tool is None:
@@ -86,45 +89,9 @@ class CertificateMosquitto:
         return "\n".join(lines) + "\n"
 
     @property
-    def external_port(self) -> int:
-        return self.ports[EXTERNAL_PORT]
-
-    @property
-    def internal_port(self) -> int:
-        return self.ports[INTERNAL_PORT]
-
-    @property
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
 
-    def url(self, port: int) -> str:
-        return f"mqtt://{self.host}:{port}"
-
     def gateway_url(self) -> str:
         return f"mqtts://{self.host}:{self.external_port}"
-
-    def start(self) -> CertificateMosquitto:
-        self._process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
-        try:
-            for port in self.ports.values():
-                wait_for_port(self.host, port, 10, "mosquitto (certificate variant)")
-        except Exception:
-            self._process.kill()
-            _, err = self._process.communicate(5)
-            raise AssertionError(f"mosquitto refused the variant config: {err.decode(errors='replace')}") from None
-        return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-            self._process = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""

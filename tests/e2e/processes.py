@@ -21,6 +21,15 @@ def command(name: str) -> list[str]:
     return [str(BIN / name)]
 
 
+def identity_of(data_dir: Path) -> tuple[str, str]:
+    """(gateway id, claim code) as ``rpm-gateway identity`` prints them for the label on the box."""
+    done = subprocess.run([*command("rpm-gateway"), "identity"], env={**os.environ, "RPM_GATEWAY_DATA": str(data_dir)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
+    return lines["gateway id"], lines["claim code"]
+
+
 @contextmanager
 def running(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process whose output goes to ``log_path``; SIGTERM (then SIGKILL) when the block ends."""

@@ -12,9 +12,7 @@ broker port) is rolled back by the gateway, and the rejection shows in ``GET /v1
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,13 @@ from cloud.settings import CloudSettings
 from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
 from tests.deploy.deploy_broker import DeployMosquitto, connected_clients
 from tests.e2e.certificate_broker import CertificateMosquitto
-from tests.e2e.processes import command, running, wait_for
+from tests.e2e.processes import command, identity_of, running, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.mosquitto]
 
 CUFF = "C0:FF:EE:19:00:01"
 PATIENT = "p-onboarding"
 TEAM = "t-onboarding"
-
-
-def identity_of(data_dir: Path) -> tuple[str, str]:
-    """(gateway id, claim code) as ``rpm-gateway identity`` prints them for the label on the box."""
-    done = subprocess.run([*command("rpm-gateway"), "identity"], env={**os.environ, "RPM_GATEWAY_DATA": str(data_dir)},
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
-    return lines["gateway id"], lines["claim code"]
 
 
 class Api:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,15 +22,13 @@ from firmware_sims.ble.peripherals import BloodPressureCuff, BpRecord, WeightSca
 from gateway.config import parse_config
 from gateway.provisioning.identity import load_or_create_identity
 from gateway.runtime import Gateway
+from tests.chromium import launched_chromium
 from tests.gateway.ble_support import empty_air  # noqa: F401 (empty_air is an autouse fixture)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def free_port() -> int:
@@ -147,15 +144,7 @@ def test_hostile_requests_get_clear_4xx_and_the_gateway_carries_on(running: Runn
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 def test_on_a_phone_a_person_confirms_their_cuff_and_not_the_neighbours_scale(running: RunningGateway,

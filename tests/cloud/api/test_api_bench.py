@@ -27,6 +27,7 @@ from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 from cloud.twin.state import apply_events, empty_state
 from tests.cloud.api.conftest import DEV_KEY
+from tests.conftest import _own_database
 
 pytestmark = pytest.mark.bench
 YEAR_OF_5_MINUTES = 365 * 288  # 105 120
@@ -36,20 +37,9 @@ RUNS = 25
 
 @pytest.fixture(scope="module")
 def bench_db(pg_admin_url: str, _migrated_template: str) -> Iterator[str]:
-    import uuid
-
-    from psycopg import sql
-
-    name = f"rpm_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                      sql.Identifier(_migrated_template)))
-    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    """One migrated database for the module's measurements (the session's clone, made and dropped once)."""
+    with _own_database(pg_admin_url, _migrated_template) as url:
         yield url
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module")

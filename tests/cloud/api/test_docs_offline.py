@@ -6,7 +6,6 @@ host is blocked. ``/`` sends a person to the workspace. Screenshots: ``tests/art
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,11 +16,9 @@ from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
 from cloud.settings import CloudSettings
+from tests.chromium import launched_chromium
 from tests.cloud.api.ui_live_server import LiveServer
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 REFERENCE_ATTRIBUTES = {"src", "href", "spec-url", "data-openapi"}
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
@@ -102,15 +99,7 @@ def test_the_root_address_leads_to_the_workspace(shell: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.ingest.queries import UPSERT_GATEWAY_STATUS
 from cloud.settings import CloudSettings
-from tests.cloud.api.test_ui_browser import BROWSER_ZONE, CHROMIUM, CHROMIUM_ARGS, DEV_KEY
+from tests.chromium import launched_chromium
+from tests.cloud.api.test_ui_browser import BROWSER_ZONE, DEV_KEY
 from tests.cloud.api.ui_live_server import LiveServer
 from tests.cloud.fleet.signed_polls import FakeGateway
 
@@ -108,15 +109,7 @@ def fleet(fresh_database_url: str, unique_id: str, mqtt_broker: Any, tmp_path: P
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 def _tab(browser: Any, fleet: Fleet, **options: Any) -> tuple[Any, Any]:

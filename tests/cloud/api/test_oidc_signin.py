@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,12 +29,10 @@ from cloud.api.app import create_app
 from cloud.api.tokens import TokenError, TokenVerifier, mint_token
 from cloud.demo.oidc import DevOpenIdProvider, DevUser
 from cloud.settings import CloudSettings
+from tests.chromium import launched_chromium
 from tests.cloud.api.ui_live_server import LiveServer, Ward, seed_ward
 from tests.waiting import wait_until
 
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 REDIRECT = "http://127.0.0.1:9/ui"  # the API's page, for the tests that need no API running
 # auth.js renews a minute before expiry: a 72 s token is renewed about 12 s after sign-in.
 SHORT_TTL_S = 72
@@ -150,15 +147,7 @@ def test_the_provider_enforces_pkce_s256_and_single_use_codes(provider: DevOpenI
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 @dataclass

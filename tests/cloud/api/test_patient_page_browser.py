@@ -34,8 +34,9 @@ from cloud.api.tokens import mint_token
 from cloud.demo.oidc import DevOpenIdProvider, DevUser
 from cloud.settings import CloudSettings
 from tests.a11y.axe import audit, axe_source  # noqa: F401  (axe_source is a fixture)
+from tests.chromium import launched_chromium
 from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, now, weight
-from tests.cloud.api.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, DEV_KEY
+from tests.cloud.api.test_ui_browser import DEV_KEY
 from tests.cloud.api.ui_live_server import LiveServer
 
 PHONE = {"width": 390, "height": 844}
@@ -101,15 +102,7 @@ def world(fresh_database_url: str, unique_id: str) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 @pytest.fixture

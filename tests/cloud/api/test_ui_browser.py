@@ -9,7 +9,6 @@ browser.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
+from tests.chromium import launched_chromium
 from tests.cloud.api.ui_live_server import (
     LiveServer,
     Ward,
@@ -35,9 +35,6 @@ from tests.waiting import wait_until
 DEV_KEY = "ui-test-dev-key-not-secret-0123456789"
 BROWSER_ZONE = "Asia/Kathmandu"  # UTC+05:45: a shifted hour *and* minute show the page converts, not copies
 PATIENT_ZONE = "America/Denver"  # the crisis patient's own zone: the patient page shows times in it
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 # --- the shell's route, no browser ---------------------------------------------------------------------
@@ -92,15 +89,7 @@ def test_ui_routes_stay_out_of_the_openapi_document(shell: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 @dataclass

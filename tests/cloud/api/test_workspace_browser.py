@@ -26,8 +26,9 @@ from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
 from cloud.twin.state import apply_events, empty_state
+from tests.chromium import launched_chromium
 from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, make_reading, now
-from tests.cloud.api.test_ui_browser import BROWSER_ZONE, CHROMIUM, CHROMIUM_ARGS, DEV_KEY
+from tests.cloud.api.test_ui_browser import BROWSER_ZONE, DEV_KEY
 from tests.cloud.api.ui_live_server import LiveServer, Ward, seed_ward
 from tests.waiting import wait_until
 
@@ -144,15 +145,7 @@ def workspace(fresh_database_url: str, unique_id: str) -> Iterator[Workspace]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) drives Chromium")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from launched_chromium()
 
 
 def _tab(browser: object, workspace: Workspace, **options: object) -> tuple[object, object]:

@@ -15,8 +15,9 @@ import pytest
 from cloud.api.app import create_app
 from cloud.api.tokens import mint_token
 from cloud.settings import CloudSettings
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.cloud.alerts.scripted_patient import add_patient, bp, insert_readings
-from tests.cloud.api.test_ui_browser import BROWSER_ZONE, CHROMIUM, CHROMIUM_ARGS, DEV_KEY
+from tests.cloud.api.test_ui_browser import BROWSER_ZONE, DEV_KEY
 from tests.cloud.api.ui_live_server import LiveServer
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ import pytest
 
 from firmware_sims.serial.astm_meter import GlucoseMeter, GlucoseResult, PtyAstmMeter
 from tests.deploy.deploy_broker import DeployMosquitto
-from tests.e2e.processes import command, running, wait_for
-from tests.e2e.test_onboarding_e2e import PATIENT, Api, identity_of, seed
+from tests.e2e.processes import command, identity_of, running, wait_for
+from tests.e2e.test_onboarding_e2e import PATIENT, Api, seed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.mosquitto]
 

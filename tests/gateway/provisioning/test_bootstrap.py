@@ -5,10 +5,8 @@ ACLs and password file, a real HTTP server that checks the poll as the contract 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import stat
-import subprocess
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -18,19 +16,10 @@ from cryptography.x509.oid import NameOID
 
 from gateway.contract import GatewayStatus, status_topic
 from tests.deploy.deploy_broker import DeployMosquitto, connected_clients
-from tests.e2e.processes import command, running, wait_for
+from tests.e2e.processes import command, identity_of, running, wait_for
 from tests.gateway.provisioning.bootstrap_server import BootstrapServer, code_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.mosquitto]
-
-
-def identity_of(data_dir: Path) -> tuple[str, str]:
-    """(gateway id, claim code) as ``rpm-gateway identity`` prints them for the label on the box."""
-    done = subprocess.run([*command("rpm-gateway"), "identity"], env={**os.environ, "RPM_GATEWAY_DATA": str(data_dir)},
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    lines = dict(line.split(": ", 1) for line in done.stdout.strip().splitlines())
-    return lines["gateway id"], lines["claim code"]
 
 
 class StatusWatcher:
