@@ -331,11 +331,12 @@ def load_config_document(path: str | Path) -> dict[str, Any]:
 
 REMOTE_ONLY_LOCAL: tuple[tuple[str, ...], ...] = (
     ("gateway_id",), ("data_dir",), ("provisioning",), ("ble", "backend"), ("usb", "devices", "*", "driver"),
-    ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"),
+    ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"), ("local_page",),
 )
 """Keys a remote config document may not set: who the gateway is, where its data lives, which cloud it
 asks, and anything that names a local file or a Python module to import (a config from the network must
-never make the gateway run code of its choosing or read a file of its choosing)."""
+never make the gateway run code of its choosing or read a file of its choosing), and the local page (opted
+into on site: a remote document must not open it on every interface or name a "button" file anything touches)."""
 
 
 def validate_config(document: dict[str, Any]) -> GatewayConfig:

@@ -59,6 +59,11 @@ def get_principal(request: Request,
     request.state.principal = principal
     if principal.role == "gateway":
         raise forbidden("gateway tokens have no access to the HTTP API")
+    # A first-time link is a bearer credential whoever made it could also use: its token may look at the
+    # record, never change who sees it (consents, closure, anything written).
+    if principal.claims.get("first_time") is True and request.method in WRITE_METHODS:
+        raise forbidden("a first-time sign-in link lets you look at your record; to change who sees it or"
+                        " anything else, sign in with your own account")
     return principal
 
 

@@ -147,12 +147,16 @@ def can_sign_first_time_tokens(settings: CloudSettings) -> bool:
 
 def mint_first_time_token(settings: CloudSettings, patient_id: str, ttl_s: int) -> str:
     """The short patient token a first-time link gives (:func:`can_sign_first_time_tokens` must hold)."""
-    if not settings.first_time_key:
-        return mint_token(settings, role="patient", sub=patient_id, patient=patient_id, ttl_s=ttl_s)
+    # Marked first_time on both paths: such a token may read the record, never write (cloud.api.deps).
     issued = int(time.time())
-    claims = {"sub": patient_id, "role": "patient", "patient": patient_id, "iss": FIRST_TIME_ISSUER,
-              "aud": settings.jwt_audience, "iat": issued, "exp": issued + int(ttl_s), "first_time": True}
-    return jwt.encode(claims, settings.first_time_key, algorithm="HS256", headers={"kid": FIRST_TIME_KID})
+    claims = {"sub": patient_id, "role": "patient", "patient": patient_id, "aud": settings.jwt_audience,
+              "iat": issued, "exp": issued + int(ttl_s), "first_time": True}
+    if settings.first_time_key:
+        return jwt.encode({**claims, "iss": FIRST_TIME_ISSUER}, settings.first_time_key, algorithm="HS256",
+                          headers={"kid": FIRST_TIME_KID})
+    if not settings.jwt_dev_key:
+        raise TokenError("neither RPM_FIRST_TIME_KEY nor RPM_JWT_DEV_KEY is set: first-time tokens cannot be signed")
+    return jwt.encode({**claims, "iss": settings.jwt_issuer}, settings.jwt_dev_key, algorithm="HS256")
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

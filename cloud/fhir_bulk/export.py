@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,8 +37,8 @@ RENEW_EVERY_ROWS = 5000
 PROGRESS_EVERY_S = 2.0
 """The longest a job's progress (and lease) goes without an update while it writes."""
 EXPORT_ACTION = "EXPORT fhir bulk job"
-WRITE_ORDER = ("Patient", "Observation", "Device", "Flag", "Consent")
 """The audit action of a finished export, naming every patient whose data it wrote."""
+WRITE_ORDER = ("Patient", "Observation", "Device", "Flag", "Consent")
 
 
 @dataclass
@@ -150,10 +150,7 @@ def _observations(conn: psycopg.Connection, job: Job, patients: list[ExportPatie
     progress.tick(force=True)
     for patient_id in ids:
         for row in queries.stream_readings(conn, patient_id, job.since, job.transaction_time):
-            observations = fhir.observations_from_row(row)
-            companions = [c for c in fhir.phd_companions(row, observations)
-                          if c["subject"]["reference"].startswith("Patient/")]
-            for resource in observations + companions:
+            for resource in fhir.patient_observations(row):
                 out.write(resource, patient_id)
             if row["gateway_id"]:
                 gateways.setdefault(row["gateway_id"], patient_id)
@@ -273,9 +270,3 @@ def _fsync_directory(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-def read_chunks(path: Path, chunk: int = 1 << 16) -> Iterator[bytes]:
-    """A finished file, a chunk at a time (the download never holds it whole)."""
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            yield block

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import class_row, dict_row
 
 from cloud.alerts.queries import ALERT_COLUMNS
+from cloud.api.fhir_queries import _READING as READING  # the FHIR search's reading row: one definition
 
 # The API's own definition of an active consent (not revoked, granted, not expired): one home for it.
 from cloud.api.queries import _ACTIVE as ACTIVE_CONSENT
@@ -277,12 +278,7 @@ def stream_readings(conn: psycopg.Connection, patient_id: str, since: datetime |
     reading: ``_since`` and the job's transaction time bound it, so a restarted job writes the same file."""
     return _stream(
         conn, "bulk_readings",
-        """
-        SELECT r.id, r.patient_id, r.device_uid, r.gateway_id, r.kind, r.measured_at, r.received_at, r.device_time,
-               r.clock_judgement, r.clock_offset_s, r.flags, r.body_site, r.entry_method,
-               coalesce((SELECT json_object_agg(o.metric, json_build_object('value', o.value, 'unit', o.unit))
-                           FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{}') AS values
-          FROM readings r
+        f"""{READING}
          WHERE r.patient_id = %(patient)s AND r.stored_at <= %(until)s
            AND (%(since)s::timestamptz IS NULL OR r.stored_at > %(since)s)
          ORDER BY r.measured_at, r.id

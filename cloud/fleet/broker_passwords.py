@@ -91,7 +91,11 @@ def reload_broker(command: str | None, pid_file: Path | None, timeout_s: float =
     """Make the broker re-read its password file: run ``command`` (a shell line), or SIGHUP the pid in
     ``pid_file``; nothing when neither is set (a broker that polls the file itself, or an operator)."""
     if command:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s)
+        try:
+            done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise FleetError(503, f"the broker reload command took over {timeout_s:g} s",
+                             slug="broker-reload-failed") from None
         if done.returncode != 0:
             raise FleetError(503, f"the broker reload command failed ({done.returncode}): "
                              f"{(done.stderr or done.stdout).strip()[:300]}", slug="broker-reload-failed")

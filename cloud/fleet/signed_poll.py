@@ -16,17 +16,16 @@ import binascii
 import json
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cloud.fleet import FleetError
+from gateway.contract import PRINTABLE_PATTERN, Identifier, UtcDatetime
 
 SIGNATURE_SCHEME = "ed25519"
-GATEWAY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-"""As gateway.contract.Identifier (and the broker user name it becomes)."""
 SERVICE_USERS = frozenset({"ingest", "api", "scheduler", "careteam", "healthcheck"})
 """The users deploy/mosquitto/acl gives rights of their own: never a gateway's name."""
 
@@ -39,13 +38,13 @@ class PollBody(BaseModel):
     """The poll's fields (extra fields are ignored: a newer gateway may send more)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
-    gateway_id: str = Field(pattern=GATEWAY_ID_PATTERN)
+    gateway_id: Identifier  # the broker user name it becomes
     public_key: str = Field(min_length=1, max_length=100)
     claim_code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     nonce: str = Field(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
-    at: datetime
+    at: UtcDatetime  # aware, with a UTC form (no OverflowError → 500), in the contract's range
     csr: str | None = Field(None, max_length=16_000)
-    software_version: str | None = Field(None, max_length=100)
+    software_version: str | None = Field(None, max_length=100, pattern=PRINTABLE_PATTERN)  # NUL: PostgreSQL refuses
     config_version: int | None = Field(None, ge=0, le=2**31 - 1)
 
     @field_validator("gateway_id")
@@ -56,13 +55,6 @@ class PollBody(BaseModel):
             raise ValueError(f"{value!r} is a cloud service's broker user name, not a gateway id")
         return value
 
-    @field_validator("at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("needs a time zone")
-        return value.astimezone(UTC)
-
     @property
     def public_key_raw(self) -> bytes:
         return base64.b64decode(self.public_key, validate=True)
@@ -72,7 +64,7 @@ def verify_poll(body: bytes, signature_header: str | None, *, now: datetime, ske
     """The poll in ``body`` if it is well formed, signed by the key it names and timely; else :class:`PollRefused`."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise PollRefused(400, "the body is not JSON", slug="bad-poll") from None
     if not isinstance(document, dict):
         raise PollRefused(400, "the body is not a JSON object", slug="bad-poll")
@@ -122,7 +114,10 @@ class PollRateLimiter:
                 self._buckets[key] = (tokens, now)
                 return (1.0 - tokens) / self.rate
             if len(self._buckets) >= self.max_keys and key not in self._buckets:
-                # Bounded memory: forget full buckets (they would allow a burst anyway).
-                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+                # Bounded memory: forget buckets full by now (they would allow a burst anyway), and if a flood
+                # of fresh keys left none full, the oldest-inserted half.
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.burst}
+                if len(self._buckets) >= self.max_keys:
+                    self._buckets = dict(list(self._buckets.items())[len(self._buckets) // 2:])
             self._buckets[key] = (tokens - 1.0, now)
             return None

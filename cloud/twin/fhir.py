@@ -544,6 +544,14 @@ def phd_companions(row: Mapping[str, Any], observations: list[dict[str, Any]]) -
     return out
 
 
+def patient_observations(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What a patient's Observation search (and bulk export) finds for one reading: its measurements and its
+    status-bits Observation (the coincident timestamp's subject is the device, not the patient: read by id)."""
+    observations = observations_from_row(row)
+    return observations + [c for c in phd_companions(row, observations)
+                           if c["subject"]["reference"].startswith("Patient/")]
+
+
 def _body_site(site: str) -> dict[str, Any]:
     """The thermometer's Temperature Type as a bodySite: SNOMED CT where the type names a structure
     ("body", general, has none), always with the type as text."""

@@ -47,6 +47,8 @@ MAX_CANDIDATES = 200
 HEARD_WRITE_INTERVAL_S = 60.0
 """A candidate heard again updates its row (signal, last heard) at most this often: advertisements
 arrive several times a second and every commit is an fsync."""
+MAX_HEARD_TRACKED = 1024
+"""Above this many uids with a write throttle, the expired throttles are forgotten (bounded memory)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -536,6 +538,11 @@ class EnrolmentStore:
             self._db.execute("COMMIT")
         self._heard_written[uid] = self._clock()
         self._heard_pending.pop(uid, None)
+        if len(self._heard_written) > MAX_HEARD_TRACKED:  # rotating addresses: forget throttles that ran out
+            horizon = self._clock() - HEARD_WRITE_INTERVAL_S
+            self._heard_written = {key: when for key, when in self._heard_written.items() if when >= horizon}
+            self._heard_pending = {key: value for key, value in self._heard_pending.items()
+                                   if key in self._heard_written}
         if row is None:
             log.info("candidate %s (%s, %s, %s dBm): waiting to be confirmed", uid, device.profile,
                      device.name or device.model or "no name", device.rssi)

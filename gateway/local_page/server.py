@@ -366,7 +366,7 @@ class PageHandler(BaseHTTPRequestHandler):
             if not uid:
                 raise Refused(400, "Bad request", "Which device? The form names none.")
             user = form.get("user")
-            if user is not None and not (user.isdigit() and 0 <= int(user) <= 255):
+            if user is not None and not (user.isascii() and user.isdigit() and 0 <= int(user) <= 255):
                 raise Refused(400, "Bad request", "The user slot must be a number from 0 to 255.")
             action = {"/confirm": lambda: gateway.confirm_candidate(uid, None if user is None else int(user),
                                                                     source="local"),

@@ -41,7 +41,7 @@ def parse_config_message(payload: bytes) -> ConfigMessage:
         raise ConfigError(f"config message of {len(payload)} bytes (at most {MAX_CONFIG_BYTES})")
     try:
         return ConfigMessage.model_validate(json.loads(payload))
-    except (ValueError, ValidationError) as err:
+    except (ValueError, ValidationError, RecursionError) as err:  # RecursionError: JSON nested too deep
         detail = err.errors()[0]["msg"] if isinstance(err, ValidationError) else "not JSON"
         raise ConfigError(f"config message is not {{\"version\", \"config\"}}: {detail}") from None
 

@@ -130,3 +130,17 @@ def test_a_gateway_process_finds_the_scenario_devices_on_its_simulated_radio(tmp
     store = EnrolmentStore(tmp_path / "data" / "enrolment.sqlite")
     assert [d.uid for d in store.list()] == ["ble:C0:FF:EE:00:00:02"]
     assert not (tmp_path / "enrolment.sqlite").exists() and not (tmp_path / "gateway-data").exists()
+
+
+def test_rotating_ble_addresses_do_not_grow_the_write_throttle_without_bound(tmp_path: Path) -> None:
+    from gateway.discovery import enrolment
+    from gateway.discovery.enrolment import HeardDevice
+
+    now = [0.0]
+    store = EnrolmentStore(tmp_path / "e.sqlite", clock=lambda: now[0])
+    for i in range(3 * enrolment.MAX_HEARD_TRACKED):
+        now[0] += 1.0  # one new random address a second, each heard once
+        store.heard(HeardDevice(uid=f"ble:02:00:00:00:{i // 256:02X}:{i % 256:02X}", transport="ble",
+                                profile="ble.weight_scale"))
+    assert len(store._heard_written) <= enrolment.MAX_HEARD_TRACKED + 1
+    assert len(store.candidates()) > 0  # the newest are still proposed

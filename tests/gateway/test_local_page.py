@@ -139,6 +139,9 @@ def test_hostile_requests_get_clear_4xx_and_the_gateway_carries_on(running: Runn
     assert running.call(lambda: running.gateway.devices.window_remaining_s()) > 0
     assert request(port, "POST", "/confirm", f"csrf={csrf}&uid=ble:00:00:00:00:00:00".encode(),
                    {**FORM, "Cookie": cookie})[1]["location"] == "/?done=gone"
+    # "²" is a digit to str.isdigit but not to int(): a 400, not a 500.
+    assert request(port, "POST", "/confirm", f"csrf={csrf}&uid=ble:C0:FF:EE:19:00:01&user=%C2%B2".encode(),
+                   {**FORM, "Cookie": cookie})[0] == 400
     assert request(port, "GET", "/", headers={"Cookie": cookie})[0] == 200  # still serving
 
 

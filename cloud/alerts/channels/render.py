@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -167,12 +167,16 @@ def render(kind: str, facts: MessageFacts, *, link: str | None = None, context: 
     context = context or {}
     now = now or datetime.now(UTC)
     if kind in CARE_TEAM_KINDS:
-        return _care_team(kind, facts, link, context, now, link_hours)
-    if kind == "patient_missing_data":
-        return _patient_missing_data(facts, context, now)
-    if kind == "patient_repeat_reading":
-        return _patient_repeat_reading(facts, context)
-    raise MessageError(f"unknown message kind {kind!r} (one of {', '.join(KINDS)})")
+        message = _care_team(kind, facts, link, context, now, link_hours)
+    elif kind == "patient_missing_data":
+        message = _patient_missing_data(facts, context, now)
+    elif kind == "patient_repeat_reading":
+        message = _patient_repeat_reading(facts, context)
+    else:
+        raise MessageError(f"unknown message kind {kind!r} (one of {', '.join(KINDS)})")
+    # The subject is a mail header: a line break from data (a patient name, a rule description) would make
+    # EmailMessage refuse it, so the message would never go out. One line, whitespace runs collapsed.
+    return replace(message, subject=" ".join(message.subject.split()))
 
 
 def _care_team(kind: str, facts: MessageFacts, link: str | None, context: Mapping[str, Any], now: datetime,

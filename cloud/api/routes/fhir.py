@@ -169,14 +169,6 @@ Position = tuple[datetime, str, int]
 """Where a page starts: a reading's (measured_at, id) and the index of the resource among that reading's."""
 
 
-def _reading_resources(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """What a patient's Observation search finds for one reading: its measurements and its status-bits
-    Observation (the coincident timestamp's subject is the device, not the patient, so it is read by id)."""
-    observations = fhir.observations_from_row(row)
-    return observations + [c for c in fhir.phd_companions(row, observations) if c["subject"]["reference"]
-                           .startswith("Patient/")]
-
-
 def _categories(resource: dict[str, Any]) -> set[str]:
     return {c["code"] for concept in resource.get("category", []) for c in concept["coding"]}
 
@@ -216,10 +208,10 @@ def _stream(conn: DbConn, patient_id: str, where: ObservationFilter, descending:
                                          start=key, limit=_BATCH)
         for row in rows:
             at = row["measured_at"]
-            if key is not None and (at, row["id"]) == key and row is not rows[0]:
-                continue
+            if start is None and (at, row["id"]) == key:
+                continue  # the last reading of the batch before (the keyset is inclusive): yielded already
             first = start is not None and (at, row["id"]) == (start[0], start[1])
-            for index, resource in enumerate(r for r in _reading_resources(row) if where.matches(r)):
+            for index, resource in enumerate(r for r in fhir.patient_observations(row) if where.matches(r)):
                 if first and index < skip:
                     continue
                 yield (at, row["id"], index), resource
@@ -244,7 +236,7 @@ def _before(conn: DbConn, patient_id: str, where: ObservationFilter, descending:
                                          start=key, limit=_BATCH)
         for row in rows:
             at = row["measured_at"]
-            matching = [i for i, r in enumerate(r for r in _reading_resources(row) if where.matches(r))]
+            matching = [i for i, r in enumerate(r for r in fhir.patient_observations(row) if where.matches(r))]
             if boundary and (at, row["id"]) == (first[0], first[1]):
                 matching = [i for i in matching if i < index]
             elif not boundary and (at, row["id"]) == key:

@@ -44,7 +44,7 @@ KNOWN_PARAMETERS = frozenset({"_type", "_since", "_outputFormat"})
 # Parameters of the IG this server does not support: refused (400) unless the client asks for leniency.
 UNSUPPORTED = ("_typeFilter", "_elements", "patient", "includeAssociatedData", "organizeOutputBy", "_until")
 RETRY_AFTER_S = "2"
-_NAME = re.compile(r"^[A-Za-z]{1,40}\.ndjson$")
+_NAME = re.compile(r"[A-Za-z]{1,40}\.ndjson")
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], lifespan=export_workers)
 
@@ -100,13 +100,13 @@ def _since(value: str | None) -> datetime | None:
         return None
     try:
         instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+        if instant.tzinfo is None or "T" not in value:
+            raise ApiProblem(400, "_since must be an instant with a time and a time zone (2026-01-31T12:00:00Z)",
+                             slug="bad-parameter")
+        return instant.astimezone(UTC)  # OverflowError: an offset takes it out of years 1 to 9999
+    except (ValueError, OverflowError) as exc:
         raise ApiProblem(400, f"_since must be a FHIR instant (2026-01-31T12:00:00Z), not {value[:60]!r}",
                          slug="bad-parameter") from exc
-    if instant.tzinfo is None or "T" not in value:
-        raise ApiProblem(400, "_since must be an instant with a time and a time zone (2026-01-31T12:00:00Z)",
-                         slug="bad-parameter")
-    return instant.astimezone(UTC)
 
 
 def _check_request(request: Request, prefer: str | None, output_format: str | None) -> None:
@@ -242,7 +242,7 @@ def cancel_export(job_id: str, request: Request, principal: PanelPrincipal, conn
             responses=_FILE, response_class=Response)
 def export_file(job_id: str, name: str, request: Request, principal: PanelPrincipal, conn: DbConn) -> Response:
     job = _owned_job(conn, principal, job_id)
-    listed = queries.job_file(conn, job.id, name) if job.state == "complete" and _NAME.match(name) else None
+    listed = queries.job_file(conn, job.id, name) if job.state == "complete" and _NAME.fullmatch(name) else None
     path = Path(job.directory) / name
     if listed is None or not path.is_file():
         raise not_found("file")

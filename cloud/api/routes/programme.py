@@ -184,6 +184,13 @@ class EnrolmentIn(BaseModel):
     """The set-up date (the patient's local date): day 0 of the first 30-day period."""
     ended_on: date | None = None
 
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> EnrolmentIn:
+        # The table's CHECK would refuse it too, but as an IntegrityError: a 500, not a 422.
+        if self.ended_on is not None and self.ended_on < self.enrolled_on:
+            raise ValueError("ended_on cannot be before enrolled_on")
+        return self
+
 
 class EnrolmentEnd(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -122,8 +122,9 @@ async def stream(request: Request, principal: CurrentPrincipal,
     settings = request.app.state.settings
     hub: AlertStreamHub = request.app.state.alert_stream
     resume = last_event_id
-    if last_event_id_header is not None and last_event_id_header.strip().isdigit():
-        resume = int(last_event_id_header.strip())
+    header = (last_event_id_header or "").strip()
+    if header.isascii() and header.isdigit():  # isdigit() alone takes "²", which int() refuses
+        resume = int(header)
     visibility = _Visibility(request, principal)
     # Subscribed before the replay is read: whatever commits in between arrives live (duplicates are skipped).
     subscription = hub.subscribe()

@@ -78,6 +78,14 @@ def test_everything_from_data_is_escaped_in_html():
     assert 'p&quot;&amp;&lt;' in m.html and 'href="' + LINK + '&quot;x"' in m.html
 
 
+def test_line_breaks_from_data_never_reach_the_subject_header():
+    from cloud.alerts.channels.email import build_message
+    m = render("alert", facts(patient_name="Grace\r\nBcc: evil@example.com\n Hopper"), link=LINK, now=NOW)
+    assert m.subject == "[RPM CRITICAL] Hypertensive crisis - Grace Bcc: evil@example.com Hopper"
+    mail = build_message(m, sender="rpm@example.com", to="nurse@example.com", message_id="<1@example.com>")
+    assert mail["Bcc"] is None and mail["Subject"] == m.subject
+
+
 def test_missing_data_alert_without_reading_shows_the_detail():
     f = facts(severity="warning", rule_description="No blood-pressure reading for 48 h (adherence)",
               message="No blood-pressure reading for 48 h (adherence): no blood pressure reading for 73 h",

@@ -227,6 +227,8 @@ def test_cancel_deletes_the_files_and_the_job(http: httpx.Client, ward: World, e
     ({"_type": "AuditEvent"}, ASYNC, "AuditEvent"),
     ({"_since": "yesterday"}, ASYNC, "_since"),
     ({"_since": "2026-01-01"}, ASYNC, "_since"),
+    ({"_since": "0001-01-01T00:00:00+05:00"}, ASYNC, "_since"),  # before year 1 in UTC: out of range, not a 500
+    ({"_since": "9999-12-31T23:00:00-05:00"}, ASYNC, "_since"),
     ({"_outputFormat": "text/csv"}, ASYNC, "_outputFormat"),
     ({"_typeFilter": "Observation?code=1"}, ASYNC, "_typeFilter"),
 ])

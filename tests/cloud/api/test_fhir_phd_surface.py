@@ -6,6 +6,7 @@ next, and follows each to its Device and gateway; Consent and AuditEvent are the
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
+from cloud.api.routes import fhir as fhir_routes
 from cloud.twin import fhir
-from tests.cloud.alerts.scripted_patient import bp, ingest
+from tests.cloud.alerts.scripted_patient import add_patient, bp, ingest, weight
 from tests.cloud.api.conftest import TokenFactory, World
 from tests.fhir_validator.medplum import Validate, medplum_validate  # noqa: F401 (a fixture)
 
@@ -212,3 +214,19 @@ def test_flag_search_and_read(client: TestClient, world: World) -> None:
     assert client.get("/fhir/Flag", params={"patient": patient, "status": "maybe"},
                       headers=world.headers["clinician"]).status_code == 400
     assert client.get("/fhir/Flag/alert-x", headers=world.headers["clinician"]).status_code == 404
+
+
+def test_a_search_longer_than_one_sql_batch_has_no_repeat(client: TestClient, conn: psycopg.Connection,
+                                                          auth: TokenFactory) -> None:
+    """The route reads readings 200 at a time (``_BATCH``): the reading a batch starts from (the last of the
+    batch before) is found once, in either order, and a page stops nowhere near a batch edge."""
+    patient = f"p-batch-{uuid.uuid4().hex[:8]}"
+    uid = add_patient(conn, patient, kinds=("body_weight",))["body_weight"]
+    start = datetime.now(UTC) - timedelta(days=30)
+    ingest(conn, [weight(uid, start + timedelta(minutes=i), 70 + i / 100) for i in range(fhir_routes._BATCH + 5)],
+           patient)
+    headers = auth("patient", patient=patient)
+    for sort in ("date", "-date"):
+        body = _ok(client.get("/fhir/Observation", params={"patient": patient, "_sort": sort}, headers=headers))
+        ids = [e["resource"]["id"] for e in body["entry"]]
+        assert len(ids) == len(set(ids)) == fhir_routes._BATCH + 5 == body["total"], sort

@@ -113,7 +113,8 @@ def test_an_unclaimed_gateway_is_pinned_audited_and_told_to_wait(fleet: TestClie
     ("not json", 400), ("json list", 400), ("missing nonce", 400), ("public key not base64", 400),
     ("short public key", 400), ("no signature", 401), ("another scheme", 401), ("signature of other bytes", 401),
     ("signed by another key", 401), ("body changed after signing", 401), ("naive time", 400),
-    ("a service user's name", 400),
+    ("a service user's name", 400), ("a time with no UTC form", 400), ("arrays nested 30000 deep", 400),
+    ("NUL in the software version", 400),
 ])
 def test_a_bad_poll_is_a_4xx_problem_never_a_500(fleet: TestClient, tmp_path: Path, case: str, status: int) -> None:
     gateway = FakeGateway.make(tmp_path)
@@ -151,6 +152,15 @@ def test_a_bad_poll_is_a_4xx_problem_never_a_500(fleet: TestClient, tmp_path: Pa
         headers = gateway.headers(body)
     elif case == "naive time":
         body = gateway.body(at=datetime.now().isoformat())
+        headers = gateway.headers(body)
+    elif case == "a time with no UTC form":  # astimezone raises OverflowError
+        body = gateway.body(at="9999-12-31T23:59:59-01:00")
+        headers = gateway.headers(body)
+    elif case == "arrays nested 30000 deep":  # json.loads raises RecursionError; within the body limit
+        body = b"[" * 30_000
+        headers = gateway.headers(body)
+    elif case == "NUL in the software version":  # PostgreSQL text refuses it
+        body = gateway.body(software_version="1.0\u0000")
         headers = gateway.headers(body)
     problem(fleet.post(POLL, content=body, headers=headers), status)
 

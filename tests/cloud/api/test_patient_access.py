@@ -230,6 +230,15 @@ def test_a_first_time_link_signs_the_patient_in_once(client: TestClient, clinic:
     bearer = {"Authorization": f"Bearer {body['access_token']}"}
     assert client.get(f"/v1/patients/{clinic.pid}/overview", headers=bearer).status_code == 200
     assert client.get("/v1/me", headers=bearer).json()["patient_id"] == clinic.pid
+    # Whoever holds the link (the clinician who made it, too) may look, never change who sees the record.
+    before = conn.execute("SELECT count(*) FROM consents WHERE patient_id = %s", (clinic.pid,)).fetchone()
+    for method, path, body in (
+            ("POST", f"/v1/patients/{clinic.pid}/consents", {"care_team_id": clinic.south, "scopes": ["readings"]}),
+            ("DELETE", f"/v1/patients/{clinic.pid}/consents/1", None),
+            ("POST", f"/v1/patients/{clinic.pid}/closure-request", {"reason": "x"})):
+        refused = client.request(method, path, json=body, headers=bearer)
+        assert refused.status_code == 403, (method, path, refused.text)
+    assert conn.execute("SELECT count(*) FROM consents WHERE patient_id = %s", (clinic.pid,)).fetchone() == before
     again = client.post(f"/v1/first-time-links/{token}/redeem")
     assert again.status_code == 410 and again.json()["type"] == "/problems/link-gone"
     # Both uses audited, naming the patient, without a bearer token.

@@ -386,3 +386,9 @@ def test_fan_out_to_many_idle_streams(server: LiveServer, conn: psycopg.Connecti
     print(f"\none alert event to {streams} idle streams of one care team: all had it after {first:.0f} ms"
           f" (consent checked by each stream), {second:.0f} ms (already decided)")
     assert first < 5000 and second < 2000
+
+
+@pytest.mark.parametrize("header", [b"\xb2", b"99999999999999999999"])
+def test_a_last_event_id_that_is_no_event_id_is_ignored(http: httpx.Client, team: Team, header: bytes) -> None:
+    # A superscript two passes str.isdigit() but not int(); 20 digits are past every bigint id: neither is a 500.
+    _open(http, {**team.nurse, "Last-Event-ID": header}).close()  # type: ignore[dict-item]

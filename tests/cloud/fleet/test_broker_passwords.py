@@ -15,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from cloud.fleet import FleetError
 from cloud.fleet.broker_passwords import check_mosquitto_hash, mosquitto_hash, reload_broker, update_password_file
 from tests.deploy.deploy_broker import DeployMosquitto
 
@@ -98,3 +99,15 @@ def test_a_password_the_cloud_wrote_logs_the_gateway_in_and_a_rotation_drops_the
         for login in logins:
             login.close()
         broker.stop()
+
+
+def test_a_hung_or_failing_reload_is_a_503_not_a_500(tmp_path: Path) -> None:
+    with pytest.raises(FleetError) as hung:
+        reload_broker("sleep 5", None, timeout_s=0.2)
+    assert hung.value.status == 503 and hung.value.slug == "broker-reload-failed"
+    with pytest.raises(FleetError) as failed:
+        reload_broker("exit 3", None)
+    assert failed.value.status == 503
+    with pytest.raises(FleetError) as no_pid:
+        reload_broker(None, tmp_path / "missing.pid")
+    assert no_pid.value.status == 503

@@ -186,6 +186,9 @@ def test_timers_and_bad_entries_answer_typed_problems(conn: psycopg.Connection, 
     overlap = client.post(f"/v1/patients/{patient}/programme-enrolments", headers=headers,
                           json={"enrolled_on": datetime.now(NY).date().isoformat()})
     assert overlap.status_code == 409
+    backwards = client.post(f"/v1/patients/{patient}/programme-enrolments", headers=headers,
+                            json={"enrolled_on": "2030-02-01", "ended_on": "2030-01-31"})
+    assert backwards.status_code == 422, backwards.text
 
 
 def test_another_team_cannot_read_the_report(client: TestClient, team: dict[str, Any], auth: Any) -> None:
