@@ -25,6 +25,8 @@ from gateway.drivers import blood_pressure, glucose_meter, heart_rate, pulse_oxi
 from gateway.drivers.ant_heart_rate import AntHeartRateDriver
 from gateway.drivers.astm_meter import AstmMeterDriver
 from gateway.drivers.base import SerialSession, SessionDriver
+from gateway.drivers.hidraw import ContourHidLink, Cp2110Link
+from gateway.drivers.serial_port import SerialLink
 from gateway.drivers.serial_scale import SerialScaleDriver
 from gateway.drivers.taidoc import TaidocDriver
 
@@ -63,6 +65,9 @@ class UsbProduct:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    link: type[SerialLink] | None = None
+    """How its bytes travel: HID reports on a hidraw node (``ContourHidLink``, ``Cp2110Link``), or (None)
+    a serial port; the driver's session is the same either way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +162,17 @@ PROFILES: tuple[DeviceProfile, ...] = (
         name=AstmMeterDriver.profile,
         transport="usb",
         # Ascensia (Bayer) Contour meters with a USB serial (CDC) interface and Bayer's serial cables:
-        # ASTM E1381/E1394 at 9600 8N1 (CDC ignores the rate). Meters that enumerate as HID only are not
-        # serial ports and never show up here.
-        match=UsbMatch((UsbProduct("Ascensia/Bayer Contour (serial)", vid=0x1A79),)),
+        # ASTM E1381/E1394 at 9600 8N1 (CDC ignores the rate). The Contour USB meters enumerate as HID
+        # devices: the same ASTM transfer in 64-byte reports on a hidraw node (ids as glucometerutils and
+        # contourpp list them).
+        match=UsbMatch(
+            (
+                UsbProduct("Ascensia/Bayer Contour (serial)", vid=0x1A79),
+                UsbProduct("Bayer Contour USB (HID)", vid=0x1A79, pid=0x6002, link=ContourHidLink),
+                UsbProduct("Ascensia Contour Next USB (HID)", vid=0x1A79, pid=0x7410, link=ContourHidLink),
+                UsbProduct("Ascensia Contour Next ONE (HID)", vid=0x1A79, pid=0x7800, link=ContourHidLink),
+            )
+        ),
         codecs=(CodecEntry(astm.PROFILE, astm.decode_frame_reading),),
         driver=SerialSession(AstmMeterDriver),
     ),
@@ -206,8 +219,15 @@ PROFILES: tuple[DeviceProfile, ...] = (
         name=TaidocDriver.profile,
         transport="usb",
         # TaiDoc (FORA) BP monitors and 2-in-1 meters: Silicon Labs CP2110 bridge at 19200 8N1. The
-        # driver asks for the model first and reads nothing from a device it does not know.
-        match=UsbMatch((UsbProduct("TaiDoc/FORA meter (CP2110)", vid=0x10C4, pid=0xEA80, baudrate=19200),)),
+        # driver asks for the model first and reads nothing from a device it does not know. Mainline Linux
+        # has no tty driver for the CP2110: it is a hidraw node, the UART set up through feature reports
+        # (the tty entry serves out-of-tree drivers and serial adapters with the same ids).
+        match=UsbMatch(
+            (
+                UsbProduct("TaiDoc/FORA meter (CP2110)", vid=0x10C4, pid=0xEA80, baudrate=19200),
+                UsbProduct("TaiDoc/FORA meter (CP2110 HID)", vid=0x10C4, pid=0xEA80, baudrate=19200, link=Cp2110Link),
+            )
+        ),
         codecs=(CodecEntry(taidoc.PROFILE, taidoc.decode_frame_reading, takes_model=True),),
         driver=SerialSession(TaidocDriver),
     ),

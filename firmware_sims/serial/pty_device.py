@@ -71,26 +71,30 @@ class PtyDevice(ABC):
         return self._master is not None
 
     def plug_in(self) -> str:
-        if self._master is not None:
+        if self.plugged_in:
             raise RuntimeError("already plugged in")
+        self._inbox.clear()
+        self.sent.clear()
+        self._stop.clear()
+        self.error = None
+        self._connect()
+        self.on_plug_in()
+        self._thread = threading.Thread(target=self._run, name=f"sim {type(self).__name__}", daemon=True)
+        self._thread.start()
+        return self.path
+
+    def _connect(self) -> None:
+        """Make the cable: a fresh pty (a HID cable makes a HID device here instead)."""
         master, slave = os.openpty()
         tty.setraw(slave)
         # The device keeps its slave end open so that the terminal (and its settings) exists before
         # and between host opens, as a real USB serial device's tty does while it is plugged in.
         self._master, self._slave = master, slave
         self.slave_path = os.ttyname(slave)
-        self._inbox.clear()
-        self.sent.clear()
-        self._stop.clear()
-        self.error = None
         if self.link_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.link_path)
             os.symlink(self.slave_path, self.link_path)
-        self.on_plug_in()
-        self._thread = threading.Thread(target=self._run, name=f"sim {type(self).__name__}", daemon=True)
-        self._thread.start()
-        return self.path
 
     def pull_cable(self, wait: bool = True) -> None:
         """Unplug: the host's next read fails. Safe to call from the device thread itself."""

@@ -39,6 +39,7 @@ from typing import Any
 from gateway.codecs.common import Measurement
 from gateway.discovery.callbacks import report_status
 from gateway.discovery.enrolment import EnrolmentStore, HeardDevice, device_type
+from gateway.discovery.hidraw import list_hidraw_ports
 from gateway.discovery.usb_config import UsbConfig
 from gateway.discovery.usb_devices import DriverLoader, PortFacts, SupportedDevice, device_table, match_port
 from gateway.drivers.base import (
@@ -89,9 +90,14 @@ def list_serial_ports() -> list[PortFacts]:
     ]
 
 
+def list_usb_ports() -> list[PortFacts]:
+    """Serial ports and USB HID (hidraw) nodes: a HID meter is matched and served like a serial one."""
+    return list_serial_ports() + list_hidraw_ports()
+
+
 def present_ports(config: UsbConfig, ports: list[PortFacts] | None = None) -> list[PortFacts]:
     """Listed ports plus the config's fixed port paths that exist right now."""
-    listed = list_serial_ports() if ports is None else list(ports)
+    listed = list_usb_ports() if ports is None else list(ports)
     known = {p.device for p in listed}
     for entry in config.devices:
         if entry.port and entry.port not in known and os.path.exists(entry.port):
@@ -106,8 +112,9 @@ def usb_candidates(config: UsbConfig, ports: list[PortFacts] | None = None) -> l
     candidates = []
     for port in present_ports(config, ports):
         entry = match_port(port, table)
-        if entry is None and port.vid is None:
-            continue  # a built-in UART or a pty nobody configured: not a USB candidate
+        if entry is None and (port.vid is None or port.kind == "hidraw"):
+            # A built-in UART or a pty nobody configured, or a keyboard's or mouse's hidraw node.
+            continue
         candidates.append(
             {
                 "transport": "usb",
@@ -250,6 +257,7 @@ class UsbManager:
         try:
             monitor = pyudev.Monitor.from_netlink(pyudev.Context())
             monitor.filter_by("tty")
+            monitor.filter_by("hidraw")
             monitor.start()
         except Exception as err:  # no netlink in a container, no permission: polling still works
             log.info("udev events unavailable (%s); polling every %s s", err, self.config.poll_interval_s)
@@ -265,7 +273,7 @@ class UsbManager:
 
     def _scan(self) -> dict[str, tuple[PortFacts, tuple[int, int] | None]]:
         """Present ports with their device node's identity (blocking: runs on a thread)."""
-        listed = (self._list_ports or list_serial_ports)()
+        listed = (self._list_ports or list_usb_ports)()
         return {p.device: (p, _node_identity(p.device)) for p in present_ports(self.config, listed)}
 
     def _reconcile(
@@ -375,6 +383,7 @@ class UsbManager:
             options=options,
             announce=announce,
             check_identity=lambda reported: self._check_identity(port, reported),
+            link_class=port.entry.link,
         )
 
     def _sink_for(self, port: _Port) -> MeasurementSink:

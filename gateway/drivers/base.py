@@ -174,12 +174,16 @@ class SerialContext:
     check_identity: IdentityCheck | None = None
     """For a device that identifies itself: called once it has, before any record is taken (issue 19:
     the uid its readings carry is the one it was confirmed under, wherever it is plugged in)."""
+    link_class: type[Any] | None = None
+    """The link the driver opens instead of a serial port (a ``SerialLink`` subclass: the HID report links
+    of :mod:`gateway.drivers.hidraw`); None: the driver's own."""
 
 
 class _SerialDriver(Protocol):
     device: DeviceInfo
     identifies_itself: bool
     check_identity: IdentityCheck | None
+    link_class: type[Any]
 
     async def run(self) -> SessionResult: ...
 
@@ -220,6 +224,8 @@ class SerialSession:
         )
         # Set after construction: a config-named driver class with its own __init__ keeps working.
         driver.check_identity = ctx.check_identity
+        if ctx.link_class is not None:
+            driver.link_class = ctx.link_class
         try:
             if not driver.identifies_itself and ctx.announce is not None:
                 await ctx.announce(driver.device)

@@ -62,6 +62,9 @@ class LineSettings:
 class SerialLink:
     """One open serial port. Bytes arrive through a reader thread into a buffer the async reads drain."""
 
+    node_kind: ClassVar[str] = "tty"
+    """The device nodes this link opens (a USB product's link decides which ports it matches)."""
+
     def __init__(self, path: str, settings: LineSettings | None = None) -> None:
         self.path = path
         self.settings = settings or LineSettings()
@@ -256,6 +259,9 @@ class SerialDriver(ABC):
     identifies_itself: ClassVar[bool] = False
     """The session learns the device's serial and calls :meth:`identify` (its uid changes): the USB
     manager then reports status under the final uid only, never under the provisional port uid."""
+    link_class: type[SerialLink] = SerialLink
+    """The link ``run()`` opens: a serial port, or a HID report link (:mod:`gateway.drivers.hidraw`) for a
+    meter whose bytes travel in USB HID reports; set by the session from the USB product."""
     check_identity: IdentityCheck | None = None
     """Set by the session (:class:`~gateway.drivers.base.SerialSession`): turns the identity the device
     reported into the device its records are filed under, or refuses it (see :meth:`identify`)."""
@@ -303,7 +309,7 @@ class SerialDriver(ABC):
 
     async def run(self) -> SessionResult:
         """Open the port, run the session, close the port (also on error or cancellation)."""
-        link = SerialLink(self.port_path, self.settings)
+        link = self.link_class(self.port_path, self.settings)
         await link.open()
         self.link = link
         try:
