@@ -2,11 +2,13 @@
 
 paho's public API cannot do two things we need:
 
-* **the ingest fast path** (:class:`AckingClient`): fewer ``recv`` calls per packet and no walk over
-  every outgoing message on each PUBACK, the two costs that dominated paho's network thread under
-  load (profiled with py-spy). It overrides ``_sock_recv``, ``_sock_close``, ``_update_inflight``
-  and reads ``_out_messages``, ``_out_message_mutex``, ``_inflight_messages``,
-  ``_max_inflight_messages`` and ``_send_publish``;
+* **the ingest fast path** (:class:`AckingClient`): fewer ``recv`` calls per packet, no walk over
+  every outgoing message on each PUBACK, and no property objects for the packets that carry none,
+  the costs that dominated paho's network thread under load (profiled with py-spy). It overrides
+  ``_sock_recv``, ``_sock_close``, ``_update_inflight``, ``_handle_publish`` and
+  ``_handle_pubackcomp`` and reads ``_in_packet``, ``_protocol``, ``_manual_ack``, ``_out_messages``,
+  ``_out_message_mutex``, ``_inflight_messages``, ``_max_inflight_messages``, ``_send_publish``,
+  ``_send_puback``, ``_do_on_publish`` and ``_handle_on_message``;
 * **the broker's Receive Maximum** (:func:`cap_in_flight`): MQTT 5 (3.3.4) forbids more QoS 1
   publishes in flight than the server's Receive Maximum, paho does not apply it, and its public
   setter refuses once connected, so the attribute it guards (``_max_inflight_messages``) is set, as
@@ -28,7 +30,9 @@ from typing import Any
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ TESTED = PAHO_VERSION.split(".", 1)[0] == str(TESTED_MAJOR)
 """paho is of the major version this module was checked against: its private attributes may be used."""
 
 RECV_CHUNK = 256 * 1024
+WRITE_CHUNK = 64 * 1024
+"""Bytes of queued packets joined into one ``send`` (a commit's PUBACKs and app acks go out together)."""
+NO_PUBLISH_PROPERTIES = Properties(PacketTypes.PUBLISH)
+"""The properties of every received PUBLISH that carried none (shared: read them, never set them)."""
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PUBACK_PROPERTIES = Properties(PacketTypes.PUBACK)
 
 
 @functools.cache
@@ -56,6 +66,15 @@ class AckingClient(mqtt.Client):
     * paho reads each packet with up to three ``recv`` calls (command byte, length bytes, body):
       here one ``recv`` of up to :data:`RECV_CHUNK` feeds many packets, and ``loop_read`` goes on
       until the buffer is empty (bytes left in it would not wake the socket's ``select``);
+    * for each PUBLISH (MQTT 5) and each PUBACK paho builds property and reason-code objects, about a
+      tenth of ingest's CPU per message: a QoS 1 PUBLISH whose property length is 0 and a PUBACK that
+      says Success with no properties (what brokers send on the hot path) are decoded here without
+      them; anything else goes through paho's own decoding, which judges it (malformed packets included);
+    * paho writes each outgoing packet with its own ``send``, and with ``loop_start`` every packet
+      queued from another thread also costs a wake-up byte to the loop's socket pair: a commit of N
+      messages answers with 2N packets (PUBACKs and app acks). Here a wake-up is sent only when the
+      queue was empty (the loop drains all of it once awake), and runs of PUBACKs and QoS > 0
+      PUBLISHes are joined into one ``send`` of up to :data:`WRITE_CHUNK` bytes;
     * on every PUBACK for a message we published (each app-level ack is QoS 1), paho walks all its
       outgoing messages (up to the in-flight limit and beyond) looking for a queued one to send:
       under load that walk was most of the network thread's time. Here the messages that ``publish``
@@ -85,6 +104,93 @@ class AckingClient(mqtt.Client):
         while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._received_at < len(self._received):
             rc = super().loop_read(max_packets)
         return rc
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        header, packet = self._in_packet["command"], self._in_packet["packet"]
+        if header & 0x06 != 0x02 or self._protocol != mqtt.MQTTv5:
+            return super()._handle_publish()
+        # Topic length, topic, packet id, property length (a 0 byte when there are none), payload.
+        size = len(packet)
+        topic_end = 2 + ((packet[0] << 8) | packet[1]) if size >= 2 else size
+        if topic_end == 2 or topic_end + 3 > size or packet[topic_end + 2] != 0:
+            return super()._handle_publish()  # empty topic (an alias), properties, or malformed: paho judges
+        mid = (packet[topic_end] << 8) | packet[topic_end + 1]
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:topic_end]))
+        message.dup = bool(header & 0x08)
+        message.qos = 1
+        message.retain = bool(header & 0x01)
+        message.properties = NO_PUBLISH_PROPERTIES
+        message.payload = bytes(packet[topic_end + 3 :])
+        message.timestamp = mqtt.time_func()
+        self._handle_on_message(message)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS if self._manual_ack else self._send_puback(mid)
+
+    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        # Mid only, or (MQTT 5) mid + reason Success (+ a 0 property length): nothing to decode but the
+        # mid. With an on_publish callback set, paho's own objects go to it.
+        plain = len(packet) == 2 or (
+            self._protocol == mqtt.MQTTv5 and len(packet) in (3, 4) and not any(packet[2:]))
+        if cmd != "PUBACK" or not plain or self.on_publish is not None:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PUBACK_PROPERTIES)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> mqtt.MQTTErrorCode:
+        if self._thread is None or self._on_socket_register_write is not None:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        out = self._out_packet
+        # The loop thread selects for writing while the queue is non-empty and drains it whole once
+        # awake: only the append that makes the queue non-empty has to wake it.
+        wake = not out
+        out.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+                    "packet": packet, "info": info})
+        if wake and self._sockpairW is not None:
+            try:
+                self._sockpairW.send(mqtt.sockpair_data)
+            except BlockingIOError:
+                pass
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> mqtt.MQTTErrorCode:
+        out = self._out_packet
+        while len(out) > 1 and _joinable(out[0]) and _joinable(out[1]):
+            run, size = [], 0
+            while out and size < WRITE_CHUNK and _joinable(out[0]):
+                packet = out.popleft()
+                run.append(packet)
+                size += packet["to_process"]
+            try:
+                sent = self._sock_send(b"".join(p["packet"][p["pos"]:] for p in run))
+            except (AttributeError, ValueError):
+                out.extendleft(reversed(run))
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            except BlockingIOError:
+                out.extendleft(reversed(run))
+                return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                out.extendleft(reversed(run))
+                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+                return mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+            for index, packet in enumerate(run):
+                if sent >= packet["to_process"]:
+                    sent -= packet["to_process"]
+                    packet["pos"] += packet["to_process"]
+                    packet["to_process"] = 0
+                    continue
+                # The socket took part of the run: the rest goes back, first in line, as paho keeps it.
+                packet["pos"] += sent
+                packet["to_process"] -= sent
+                out.extendleft(reversed(run[index:]))
+                break
+            else:
+                continue
+            break
+        return super()._packet_write()
 
     def _sock_close(self) -> None:
         # Bytes of the old connection must never be parsed as the next one's.
@@ -127,6 +233,13 @@ class AckingClient(mqtt.Client):
             return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # every outgoing message is in flight
         # Anything queued that was not noted above (a reconnect requeues messages itself): paho's scan.
         return super()._update_inflight()
+
+
+def _joinable(packet: Any) -> bool:
+    """Nothing happens when this packet is written but the write (paho's ``_packet_write`` acts on a
+    written QoS 0 PUBLISH and a DISCONNECT only)."""
+    kind = packet["command"] & 0xF0
+    return kind == mqtt.PUBACK or (kind == mqtt.PUBLISH and packet["qos"] > 0)
 
 
 def fast_client_class() -> type[mqtt.Client]:
