@@ -48,7 +48,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,6 +109,9 @@ class LoadPlan:
     session_expiry_s: int = 600
     """MQTT v5 session expiry: how long the broker keeps queuing acks for a gateway that is away. A
     clean end of the run closes the sessions; this bounds what a crashed run leaves behind."""
+    protocol: str = "auto"
+    """``"5"`` or ``"3.1.1"`` (a broker such as the demo's amqtt that refuses v5): :func:`run_load`
+    resolves ``"auto"`` by asking the broker once, as ingest does."""
 
     def gateway_id(self, index: int) -> str:
         return f"load-{self.run_id}-{index:04d}"
@@ -271,8 +274,12 @@ class _Publisher:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gw.gateway_id, protocol=mqtt.MQTTv5,
-                             userdata=gw)
+        v5 = self.plan.protocol != "3.1.1"
+        # 3.1.1 has no session expiry nor clean-start-first-only: a kept session (clean_session=False)
+        # is what lets acks published while a gateway is away still reach it; run ids are fresh.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=gw.gateway_id,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, userdata=gw,
+                             **({} if v5 else {"clean_session": False}))
         username = self.plan.username_for(gw.gateway_id)
         if username:
             client.username_pw_set(username, self.plan.password)
@@ -282,10 +289,13 @@ class _Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_ack
         client.on_publish = self._on_puback
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = self.plan.session_expiry_s
         gw.client = client
         gw.connecting_since = time.monotonic()
+        if not v5:
+            client.connect(self.plan.host, self.plan.port, 30)
+            return
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.plan.session_expiry_s
         # Clean on the first connect only (nothing of an earlier run under this id is ours), persistent after.
         client.connect(self.plan.host, self.plan.port, 30, clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                        properties=properties)
@@ -539,8 +549,11 @@ class _Publisher:
         for gw in self.gateways:
             if gw.connected:
                 # A clean end closes the session: the broker stops keeping acks for a gateway that is gone.
-                properties = Properties(PacketTypes.DISCONNECT)
-                properties.SessionExpiryInterval = 0
+                # (3.1.1 cannot say so in its DISCONNECT: such a broker keeps the session.)
+                properties = None
+                if self.plan.protocol != "3.1.1":
+                    properties = Properties(PacketTypes.DISCONNECT)
+                    properties.SessionExpiryInterval = 0
                 gw.client.disconnect(properties=properties)
                 for _ in range(20):
                     if gw.client.loop(timeout=0.01) != 0:
@@ -666,7 +679,23 @@ def assign_patients(database_url: str, plan: LoadPlan) -> None:
         raise RuntimeError(f"rpm-cloud assign --batch failed ({done.returncode}): {said[-1] if said else ''}")
 
 
+def resolve_protocol(plan: LoadPlan) -> LoadPlan:
+    """``plan`` with ``protocol="auto"`` replaced by what the broker speaks (v5, else 3.1.1)."""
+    if plan.protocol != "auto":
+        return plan
+    from gateway.mqtt.broker import BrokerAddress
+    from gateway.mqtt.client import ClientOptions, broker_speaks_v5
+
+    options = ClientOptions(client_id=f"load-{plan.run_id}", username=plan.username_for(plan.gateway_id(0)),
+                            password=plan.password)
+    speaks = broker_speaks_v5(BrokerAddress(plan.host, plan.port, tls=False), options)
+    if speaks is None:
+        raise LoadError(f"MQTT broker {plan.host}:{plan.port} cannot be reached")
+    return replace(plan, protocol="5" if speaks else "3.1.1")
+
+
 def run_load(plan: LoadPlan, database_url: str | None) -> dict[str, Any]:
+    plan = resolve_protocol(plan)
     if plan.patients:
         if not database_url:
             raise ValueError("assigning patients needs the database URL")
@@ -745,6 +774,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-expiry", type=int, default=600, metavar="SECONDS",
                         help="MQTT v5 session expiry of each simulated gateway (default 600)")
     parser.add_argument("--mqtt-url", default=os.environ.get("RPM_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    parser.add_argument("--protocol", choices=("auto", "5", "3.1.1"), default="auto",
+                        help="MQTT version of the simulated gateways (default auto: v5 where the broker accepts it, "
+                             "else 3.1.1, e.g. rpm-demo's amqtt)")
     parser.add_argument("--username", default=None,
                         help="MQTT user (the broker's ACLs must allow it); {gateway_id} in it becomes each "
                              "simulated gateway's id, for a broker with one user per gateway")
@@ -769,7 +801,7 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
                     port=url.port or 1883, gateways=args.gateways, rate=args.rate, duration_s=args.duration,
                     batch=args.batch, processes=max(1, min(processes, args.gateways)), settle_s=args.settle,
                     username=args.username, password=args.password, patients=args.patients,
-                    ack_timeout_s=args.ack_timeout, session_expiry_s=args.session_expiry)
+                    ack_timeout_s=args.ack_timeout, session_expiry_s=args.session_expiry, protocol=args.protocol)
 
 
 def main(args: argparse.Namespace) -> int:

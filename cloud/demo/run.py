@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
     with ExitStack() as stack:
         print(f"rpm-demo: data in {data_dir}", file=out)
         endpoints = start_backing_services(stack, data_dir, args.broker)
-        print(f"  database: {endpoints.database_kind}\n  broker:   {endpoints.broker_kind}", file=out)
+        print("  " + endpoints.lines().replace("\n", "\n  "), file=out)
         apply_migrations(endpoints.database_url)
         world = DemoWorld(data_dir, datetime.now())
         stack.callback(world.close)
@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace, started: float, week_seconds: float, data_dir
             return 1
         # With an issuer set the API verifies the provider's keys only, so curl gets a token the provider signed.
         token = provider.access_token(clinician, ttl_s=12 * 3600)
-        header = (f"database: {endpoints.database_kind}\nbroker:   {endpoints.broker_kind}\n"
+        header = (f"{endpoints.lines()}\n"
                   f"API:      {api}   (docs {api}/docs, page {api}/ui)\nsign-in:  {provider.issuer} (development)\n"
                   f"logs:     {data_dir / 'logs'}")
         runner = Runner(world, endpoints.database_url, run_started, children, header, plain=args.plain or bool(

@@ -32,6 +32,13 @@ class Endpoints:
     database_kind: str
     broker_kind: str
 
+    def lines(self) -> str:
+        """What the demo runs on, with the URLs other commands (``rpm-sim load``, ``rpm-cloud``) take: for
+        embedded services only (a configured URL is the user's own, and may hold a password)."""
+        database = "" if self.database_kind == "configured" else f"\n          RPM_DATABASE_URL={self.database_url}"
+        broker = "" if self.broker_kind == "configured" else f"\n          RPM_MQTT_URL={self.mqtt_url}"
+        return f"database: {self.database_kind}{database}\nbroker:   {self.broker_kind}{broker}"
+
 
 def dev_key(data_dir: Path, name: str = "dev_jwt_key") -> str:
     """A development signing key of this data directory, made once, so tokens survive a restart."""
