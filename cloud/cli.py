@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scheduler": ("cloud.alerts.scheduler", "evaluate time-based alert rules and deliver webhooks"),
     "assign": ("cloud.devices.assignment", "assign a device (and user index) to a patient"),
     "rebind": ("cloud.devices.binding", "move a device's binding to another gateway (audited)"),
+    "ehr-push": ("cloud.ehr_push.worker", "push PHD transaction Bundles to the configured EHR (FHIR, SMART backend)"),
     "storage": ("cloud.db.storage", "show the storage backend, sizes, compression and retention policy"),
 }
 

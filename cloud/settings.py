@@ -169,6 +169,38 @@ class CloudSettings(BaseSettings):
     bulk_export_active_per_owner: int = Field(3, gt=0)
     """Exports one caller may have queued or running at once; one more kick-off answers 429."""
 
+    # Push to an EHR (issue 22 item 3: cloud/ehr_push, ``rpm-cloud ehr-push``); off unless the URLs are set.
+    # Checked as a whole by cloud.ehr_push.config when the push starts (one error naming every problem).
+    ehr_push_fhir_url: str | None = None
+    """The EHR's FHIR base URL; transaction Bundles are POSTed to it. https, or http on a loopback address."""
+    ehr_push_token_url: str | None = None
+    """The EHR's SMART Backend Services token endpoint (the client assertion's ``aud``)."""
+    ehr_push_client_id: str | None = None
+    """The client id the EHR registered for this deployment (``iss`` and ``sub`` of the assertion)."""
+    ehr_push_key_file: Path | None = None
+    """PEM private key the assertion is signed with: RSA (RS384, 2048 bits or more) or EC P-384 (ES384)."""
+    ehr_push_key_id: str | None = None
+    """``kid`` of that key in the JWK Set registered with the EHR."""
+    ehr_push_scope: str = "system/Patient.cs system/Device.cs system/Observation.cs"
+    """Scopes asked for (SMART v2: create and search, which conditional create needs)."""
+    ehr_push_care_teams: str | None = None
+    """Comma-separated care team ids whose EHR this is: a patient's readings are pushed while the patient's
+    consent to one of them with the ``readings`` scope is in force."""
+    ehr_push_batch_size: int = Field(100, gt=0, le=5000)
+    """Readings one Bundle may carry."""
+    ehr_push_max_entries: int = Field(500, ge=4, le=20000)
+    """Bundle entries at most (a reading's Observations are never split; medplum's server takes 8)."""
+    ehr_push_timeout_s: float = Field(30.0, gt=0)
+    """One HTTP request to the token or FHIR endpoint (connect, read, write)."""
+    ehr_push_lease_s: float = Field(300.0, gt=0)
+    """How long a worker holds a batch it sends; a batch whose worker died is sent again after it."""
+    ehr_push_poll_s: float = Field(5.0, gt=0)
+    """How often an idle worker looks for new readings."""
+    ehr_push_backoff_max_s: float = Field(300.0, gt=0)
+    """Longest wait between two attempts of a batch (network errors, 429, 5xx); backoff from 1 s, jittered."""
+    ehr_push_settle_s: float = Field(2.0, ge=0)
+    """Readings stored less than this ago are left for the next look (besides the open-transaction horizon)."""
+
     @field_validator("oidc_issuer")
     @classmethod
     def _issuer_is_an_http_url(cls, value: str | None) -> str | None:
