@@ -420,27 +420,42 @@ def _gateways(conn: DbConn, gateway_ids: set[str]) -> list[dict[str, Any]]:
     return [fhir.gateway_resource(g, statuses.get(g)) for g in sorted(gateway_ids)]
 
 
-@router.get("/Patient/{patient_id}/$everything", summary="FHIR R4 Patient $everything (searchset Bundle)",
+@router.get("/Patient/{patient_id}/$everything",
+            summary="FHIR R4 Patient $everything (searchset Bundle, Observations paged by link next)",
             response_class=FhirResponse, responses=_answers("Bundle", 404))
 def everything(request: Request, access: ReadingsAccess, conn: DbConn,
-               count: Annotated[int, Query(alias="_count", ge=1, le=20_000)] = 2000,
-               since: Annotated[str | None, Query(alias="_since", max_length=60)] = None) -> Response:
+               count: Annotated[int, Query(alias="_count", ge=1, le=20_000,
+                                           description="Observations per page")] = 2000,
+               since: Annotated[str | None, Query(alias="_since", max_length=60)] = None,
+               cursor: Annotated[str | None, Query(alias="_cursor", max_length=400, description="from a link")]
+               = None) -> Response:
+    """The first page holds the Patient, its Devices (measuring devices and gateways), its Flags and the
+    newest ``_count`` Observations; a ``next`` link pages on through older Observations, each page with
+    the coincident timestamps and gateways its Observations reference, so every reference resolves
+    inside the page that makes it."""
     from cloud.alerts import service as alerts
 
+    start = _position(cursor) if cursor else None
     row = queries.patient_row(conn, access.patient_id)
     assert row is not None
     dates = date_conditions([f"ge{since}"]) if since else []
-    device_rows = queries.fhir_patient_devices(conn, access.patient_id)
-    devices = [fhir.device_resource(d, access.patient_id if d["current_patients"] == [access.patient_id] else None)
-               for d in device_rows]
     where = ObservationFilter(conn, None, None, None, dates)
     observations: list[dict[str, Any]] = []
-    gateway_ids = {d["bound_gateway_id"] for d in device_rows if d.get("bound_gateway_id")}
-    for _, resource in _stream(conn, access.patient_id, where, True, None):
-        if len(observations) >= count:
+    following: Position | None = None
+    for position, resource in _stream(conn, access.patient_id, where, True, start):
+        if len(observations) == count:
+            following = position
             break
         observations.append(resource)
-    # Each Observation's gateway and coincident timestamp, so that every reference resolves inside the Bundle.
+    gateway_ids: set[str] = set()
+    resources: list[dict[str, Any]] = []
+    if start is None:
+        device_rows = queries.fhir_patient_devices(conn, access.patient_id)
+        gateway_ids = {d["bound_gateway_id"] for d in device_rows if d.get("bound_gateway_id")}
+        resources = [fhir.patient_resource(row), *(
+            fhir.device_resource(d, access.patient_id if d["current_patients"] == [access.patient_id] else None)
+            for d in device_rows)]
+    # Each Observation's gateway and coincident timestamp, so that every reference resolves inside the page.
     coincident: dict[str, dict[str, Any]] = {}
     for resource in observations:
         for extension in resource.get("extension", []):
@@ -452,12 +467,16 @@ def everything(request: Request, access: ReadingsAccess, conn: DbConn,
                 cts = fhir.coincident_time_stamp(found) if found else None
                 if cts:
                     coincident[reference] = cts
-    resources = [fhir.patient_resource(row), *devices, *_gateways(conn, gateway_ids), *observations,
-                 *coincident.values()]
-    if "alerts" in access.scopes:
+    resources += [*_gateways(conn, gateway_ids), *observations, *coincident.values()]
+    if start is None and "alerts" in access.scopes:
         resources += [fhir.flag_from_alert(a) for a in alerts.list_alerts(conn, patient_id=access.patient_id,
-                                                                          limit=1000)]
-    return _fhir(_bundle(request, resources))
+                                                                          limit=FLAG_LIMIT)]
+    bundle = _bundle(request, resources)
+    if following or start:
+        del bundle["total"]  # one page of many: counting the whole history would cost a full scan
+    if following:
+        bundle["link"].append(_page_link(request, "next", following))
+    return _fhir(bundle)
 
 
 _DEVICE_ID = re.compile(rf"^(dev|gw)-([0-9a-f]{{{fhir.DIGEST_LENGTH}}})$")

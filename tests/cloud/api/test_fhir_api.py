@@ -95,6 +95,40 @@ def test_everything_holds_patient_devices_observations_and_flags(client: TestCli
     assert len(flags) == 1 and Flag.model_validate(flags[0]).status == "active"
 
 
+def test_everything_pages_through_observations_by_link_next(client: TestClient, world: World) -> None:
+    patient_id = world.patients["consented"]
+    headers = world.headers["clinician"]
+    whole = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=headers).json()
+    expected = [e["resource"]["id"] for e in whole["entry"] if e["resource"]["resourceType"] == "Observation"]
+    url: str | None = f"/fhir/Patient/{patient_id}/$everything?_count=5"
+    pages, seen = [], []
+    while url:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        Bundle.model_validate(body)
+        pages.append(body)
+        resources = [e["resource"] for e in body["entry"]]
+        observations = [r for r in resources if r["resourceType"] == "Observation"]
+        assert len(observations) <= 5 + 5  # five measurements, and at most one coincident timestamp each
+        seen += [r["id"] for r in observations]
+        # Every gateway an Observation names is in the same page.
+        devices = {f"Device/{r['id']}" for r in resources if r["resourceType"] == "Device"}
+        for observation in observations:
+            for extension in observation.get("extension", []):
+                if extension["url"].endswith("observation-gatewayDevice"):
+                    assert extension["valueReference"]["reference"] in devices
+        url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        assert ("total" in body) == (len(pages) == 1 and url is None)
+    assert len(pages) == -(-len(expected) // 5)  # 26 Observations: 6 pages
+    assert seen == expected  # newest first, each exactly once, nothing left out
+    kinds = [[e["resource"]["resourceType"] for e in page["entry"]] for page in pages]
+    assert kinds[0][0] == "Patient" and "Flag" in kinds[0]
+    assert all("Patient" not in k and "Flag" not in k for k in kinds[1:])
+    bad = client.get(f"/fhir/Patient/{patient_id}/$everything?_cursor=nonsense", headers=headers)
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
 def test_everything_leaves_out_flags_without_the_alerts_scope(client: TestClient, world: World) -> None:
     patient_id = world.patients["readings_only"]
     body = client.get(f"/fhir/Patient/{patient_id}/$everything", headers=world.headers["clinician"]).json()
