@@ -539,23 +539,50 @@ FLAG_STATUSES = {"active", "inactive"}
 FLAG_LIMIT = 1000
 
 
-@router.get("/Flag", summary="FHIR R4 Flag search: a patient's alerts (searchset Bundle)",
-            response_class=FhirResponse, responses=_answers("Bundle"))
+@router.get("/Flag", summary="FHIR R4 Flag search: a patient's alerts, newest first (searchset Bundle, paged by "
+                             "link next)", response_class=FhirResponse, responses=_answers("Bundle"))
 def search_flags(request: Request, principal: CurrentPrincipal, conn: DbConn,
                  patient: Annotated[str, Query(max_length=220, description="Patient/{id} or {id}")],
                  status: Annotated[str | None, Query(max_length=40, description="active, inactive (comma: OR)")]
                  = None,
-                 count: Annotated[int, Query(alias="_count", ge=1, le=FLAG_LIMIT)] = FLAG_LIMIT) -> Response:
+                 count: Annotated[int, Query(alias="_count", ge=1, le=FLAG_LIMIT)] = FLAG_LIMIT,
+                 cursor: Annotated[str | None, Query(alias="_cursor", max_length=20, description="from a link")]
+                 = None) -> Response:
     from cloud.alerts import service as alerts
 
     patient_id = _patient_parameter(patient)
     wanted = set(status.split(",")) if status else None
     if wanted is not None and not wanted <= FLAG_STATUSES:
         raise ApiProblem(400, "status must be active or inactive", slug="bad-search-parameter")
+    if cursor is not None and not re.fullmatch(r"[1-9][0-9]{0,17}", cursor):
+        raise ApiProblem(400, "bad _cursor: use the link the server gave", slug="bad-cursor")
     if not _may_search(conn, request, principal, patient_id, "alerts"):
         return _fhir(_bundle(request, []))
-    flags = [fhir.flag_from_alert(a) for a in alerts.list_alerts(conn, patient_id=patient_id, limit=FLAG_LIMIT)]
-    return _fhir(_bundle(request, [f for f in flags if wanted is None or f["status"] in wanted][:count]))
+    # Flag status comes from the alert's status and review together, so the filter runs here, over keyset
+    # pages of alerts (newest first), until the page is full and one more match shows a next page exists.
+    flags: list[dict[str, Any]] = []
+    before = int(cursor) if cursor else None
+    more = False
+    while not more:
+        rows = alerts.list_alerts(conn, patient_id=patient_id, before_id=before, limit=FLAG_LIMIT)
+        for alert in rows:
+            flag = fhir.flag_from_alert(alert)
+            if wanted is not None and flag["status"] not in wanted:
+                continue
+            if len(flags) == count:
+                more = True
+                break
+            flags.append(flag)
+        if len(rows) < FLAG_LIMIT:
+            break
+        before = rows[-1]["id"]
+    bundle = _bundle(request, flags)
+    if more or cursor:
+        del bundle["total"]
+    if more:
+        next_before = flags[-1]["identifier"][0]["value"]
+        bundle["link"].append({"relation": "next", "url": str(request.url.include_query_params(_cursor=next_before))})
+    return _fhir(bundle)
 
 
 @router.get("/Flag/{flag_id}", summary="FHIR R4 Flag (an alert)", response_class=FhirResponse,

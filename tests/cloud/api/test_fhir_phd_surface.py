@@ -230,3 +230,44 @@ def test_a_search_longer_than_one_sql_batch_has_no_repeat(client: TestClient, co
         body = _ok(client.get("/fhir/Observation", params={"patient": patient, "_sort": sort}, headers=headers))
         ids = [e["resource"]["id"] for e in body["entry"]]
         assert len(ids) == len(set(ids)) == fhir_routes._BATCH + 5 == body["total"], sort
+
+
+@pytest.mark.parametrize("sql_batch", [fhir_routes.FLAG_LIMIT, 4])
+def test_flag_search_pages_by_link_next_with_the_status_filter(client: TestClient, conn: psycopg.Connection,
+                                                               auth: TokenFactory, sql_batch: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Status is judged from the alert's status and review together, so it is filtered after SQL: pages
+    still hold _count matches each, in order, every alert once (also when alerts are read 4 at a time)."""
+    monkeypatch.setattr(fhir_routes, "FLAG_LIMIT", sql_batch)
+    patient = f"p-flags-{uuid.uuid4().hex[:8]}"
+    add_patient(conn, patient, kinds=("blood_pressure",))
+    with conn.transaction():
+        for i in range(23):
+            # Every third one resolved and reviewed (inactive), the rest resolved but awaiting review (active).
+            reviewed = i % 3 == 0
+            conn.execute(
+                "INSERT INTO alerts (patient_id, rule_id, severity, status, message, opened_at, resolved_at,"
+                " resolved_by, review_required, reviewed_at, reviewed_by)"
+                " SELECT %s, id, severity, 'resolved', description, now() - make_interval(hours => %s),"
+                " now() - make_interval(hours => %s), 'system', true, %s, %s FROM alert_rules WHERE id = 'bp_crisis'",
+                (patient, 100 - i, 99 - i, datetime.now(UTC) if reviewed else None, "dr" if reviewed else None))
+    headers = auth("patient", patient=patient)
+    for status, expected in (("inactive", 8), ("active", 15), (None, 23)):
+        params = {"patient": patient, "_count": "3", **({"status": status} if status else {})}
+        url: str | None = "/fhir/Flag"
+        seen: list[str] = []
+        pages = 0
+        while url:
+            body = _ok(client.get(url, params=params if pages == 0 else None, headers=headers))
+            pages += 1
+            page = [e["resource"] for e in body["entry"]]
+            assert len(page) == 3 or not any(link["relation"] == "next" for link in body["link"])
+            assert status is None or {f["status"] for f in page} <= {status}
+            seen += [f["id"] for f in page]
+            url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        assert len(seen) == len(set(seen)) == expected, status
+        numbers = [int(f.removeprefix("alert-")) for f in seen]
+        assert numbers == sorted(numbers, reverse=True)  # newest first
+        assert pages == -(-expected // 3)
+    assert client.get("/fhir/Flag", params={"patient": patient, "_cursor": "x1"},
+                      headers=headers).status_code == 400
