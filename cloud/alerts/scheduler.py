@@ -31,6 +31,7 @@ from cloud.alerts.delivery import Backoff, DeliveryReport, Publish, deliver_due,
 from cloud.alerts.escalation import EscalationReport, run_escalations
 from cloud.alerts.lifecycle import AlertBook
 from cloud.db import alert_rules as rule_catalogue
+from cloud.db.pool import failure_line
 from cloud.settings import get_settings
 from cloud.twin import service as twin
 from gateway.metrics import EXCLUDED_FLAGS
@@ -285,7 +286,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         conn = psycopg.connect(args.database_url or settings.database_url, autocommit=True)
     except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
+        print(f"error: {failure_line(err)}")
         return 2
     if not args.no_mqtt:
         try:

@@ -30,6 +30,7 @@ from typing_extensions import TypedDict
 
 from cloud.alerts import AlertNotFound, AlertStateError, InvalidOverride, RuleNotFound
 from cloud.api.tokens import TokenError
+from cloud.db.pool import is_transient
 from cloud.errors import CloudError
 from cloud.twin.service import PatientNotFound
 
@@ -279,6 +280,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(psycopg.OperationalError)
     async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, psycopg.OperationalError) and not is_transient(exc):
+            # The database refused the work itself (e.g. TimescaleDB's decompression limit): "retry later"
+            # would be a promise the same request can never keep.
+            log.error("database refused %s %s: SQLSTATE %s: %s", request.method, request.url.path, exc.sqlstate, exc)
+            return problem_response(request, 500, f"the database refused this operation (SQLSTATE {exc.sqlstate});"
+                                    " retrying will not help: see the server log", slug="database-refused")
         log.warning("database unavailable: %s", exc)
         return problem_response(request, 503, "the database is unavailable; retry later", slug="unavailable",
                                 headers={"Retry-After": "5"})

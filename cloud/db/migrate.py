@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from cloud.db.pool import failure_line
 from cloud.db.storage import PolicyChange, apply_policies
 from cloud.settings import get_settings
 
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
         applied = apply_migrations(url, retention_days=settings.retention_days,
                                    compress_after_days=settings.compress_after_days, policy_changes=changes)
     except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
+        print(f"error: {failure_line(err)}")
         return 2
     except ValueError as err:  # a policy setting out of range (cloud.db.storage)
         print(f"error: settings: {err}")

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from cloud.db.pool import failure_line
 from cloud.settings import get_settings
 
 HYPERTABLE = "observations"
@@ -216,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             result = report(conn)
     except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
+        print(f"error: {failure_line(err)}")
         return 2
     except psycopg.errors.UndefinedTable:
         print("error: the database is not migrated: run `rpm-cloud migrate` first")

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from cloud.db.pool import failure_line
+
 
 def os_user() -> str:
     try:
@@ -25,5 +27,5 @@ def exit_code_of(command: Callable[[], int], refused: type[Exception]) -> int:
         print(f"error: {err}")
         return 2
     except psycopg.OperationalError as err:
-        print(f"error: cannot reach the database: {str(err).strip().splitlines()[0]}")
+        print(f"error: {failure_line(err)}")
         return 2
