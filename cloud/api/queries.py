@@ -55,12 +55,24 @@ def write_audit(conn: Any, subject: str, role: str, care_teams: Sequence[str], a
                 detail: Mapping[str, Any] | None = None) -> None:
     """One row for the request, naming every patient it touched (none for a configuration write), and what
     a write changed (``detail``, migration 0510)."""
+    # What a request named is recorded as it came, but PostgreSQL text and jsonb refuse NUL: a hostile
+    # id ("\x00") must not make the audit row, and so the answer, fail (it is kept escaped).
     conn.execute(
         "INSERT INTO audit_log (subject, role, care_teams, action, patient_ids, outcome, status, request_id, detail)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (subject, role, list(care_teams), action, list(patient_ids), outcome, status, request_id,
-         Jsonb(dict(detail)) if detail is not None else None),
+        (_no_nul(subject), role, _no_nul(list(care_teams)), action, _no_nul(list(patient_ids)), outcome, status,
+         request_id, Jsonb(_no_nul(dict(detail))) if detail is not None else None),
     )
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nul(v) for v in value]
+    return value
 
 
 def audit_trail(conn: Any, *, patient_id: str | None, before_id: int | None, limit: int,

@@ -306,3 +306,16 @@ def test_a_route_given_a_larger_limit_takes_more_and_only_it() -> None:
         assert test.post("/small", content=iter([b"x" * 600, b"x" * 600]), headers=headers).status_code == 413
         assert test.post("/small", content=b"x" * 1000, headers=headers).json() == {"bytes": 1000}
         assert test.post("/large", content=b"x" * 5000).status_code == 401
+
+
+@pytest.mark.integration
+def test_a_nul_in_a_body_id_is_audited_escaped_not_a_503(client: TestClient, world: World,
+                                                         conn: psycopg.Connection) -> None:
+    """Found by the OpenAPI fuzzer: a claim naming patient "\\x00" made the audit row unwritable (PostgreSQL
+    text refuses NUL), so the answer became "503, the access could not be audited; retry later"."""
+    response = client.post("/v1/gateways/claim", json={"code": " ", "patient_id": "\x00"},
+                           headers=world.headers["admin"])
+    assert response.status_code < 500, response.text
+    row = conn.execute("SELECT patient_ids FROM audit_log WHERE request_id = %s",
+                       (response.headers["x-request-id"],)).fetchone()
+    assert row is not None and row[0] == ["\\x00"]
