@@ -2,9 +2,7 @@
 the PHD mapping needs, keyset pages over them, gateways, consents and a patient's audit rows.
 
 Readings come in the shape :func:`cloud.twin.fhir.observations_from_row` takes, with ``gateway_id``,
-``clock_judgement``, ``clock_offset_s``, ``received_at`` and ``entry_method`` besides. ``entry_method`` is
-read through ``to_jsonb(r)`` because the column belongs to a later migration (0620): where it is absent
-every reading is a device's.
+``clock_judgement``, ``clock_offset_s``, ``received_at`` and ``entry_method`` (migration 0620) besides.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from cloud.api.queries import _ACTIVE, _DIGEST, _dicts
 _READING = """
 SELECT r.id, r.patient_id, r.device_uid, r.gateway_id, r.kind, r.measured_at, r.received_at, r.device_time,
        r.clock_judgement, r.clock_offset_s, r.flags, r.body_site,
-       coalesce(to_jsonb(r) ->> 'entry_method', 'device') AS entry_method,
+       r.entry_method,
        coalesce((SELECT json_object_agg(o.metric, json_build_object('value', o.value, 'unit', o.unit))
                    FROM observations o WHERE o.reading_id = r.id AND o.value IS NOT NULL), '{}') AS values
   FROM readings r
