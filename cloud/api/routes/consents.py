@@ -76,12 +76,19 @@ def grant(request: Request, access: OwnRecord, conn: DbConn, body: ConsentGrant)
     if body.invite_code is not None:
         return _grant_by_invite(request, access, conn, body, body.invite_code)
     assert body.care_team_id is not None and body.scopes is not None  # the model's validator
-    note_audit_detail(request, {"care_team_id": body.care_team_id, "scopes": sorted(s.value for s in body.scopes)})
-    if not queries.care_team_exists(conn, body.care_team_id):
-        raise ApiProblem(422, f"no care team {body.care_team_id!r}", slug="unknown-care-team")
-    scopes = sorted({s.value for s in body.scopes})
-    return queries.grant_consent(conn, access.patient_id, body.care_team_id, scopes, body.expires_at,
-                                 access.principal.subject)
+    return grant_to_team(request, conn, access.patient_id, body.care_team_id, [s.value for s in body.scopes],
+                         body.expires_at, access.principal.subject)
+
+
+def grant_to_team(request: Request, conn: DbConn, patient_id: str, care_team_id: str, scopes: list[str],
+                  expires_at: datetime | None, by: str) -> dict[str, Any]:
+    """The patient grants a care team named by id (here and through FHIR ``POST /fhir/Consent``): audited
+    with what was asked; an unknown team is 422. ``scopes`` are already checked against :class:`Scope`."""
+    scopes = sorted(set(scopes))
+    note_audit_detail(request, {"care_team_id": care_team_id, "scopes": scopes})
+    if not queries.care_team_exists(conn, care_team_id):
+        raise ApiProblem(422, f"no care team {care_team_id!r}", slug="unknown-care-team")
+    return queries.grant_consent(conn, patient_id, care_team_id, scopes, expires_at, by)
 
 
 _WRONG_CODE = "that invite code is not valid (mistyped, already used or expired); ask your care team for a new one"

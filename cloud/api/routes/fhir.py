@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 
 from cloud.api import fhir_queries, queries
@@ -33,6 +33,7 @@ from cloud.api.deps import (
     ReadingsAccess,
     authorise_patient,
     note_audit,
+    note_audit_detail,
     visible_scopes,
 )
 from cloud.api.problems import FHIR_JSON, ApiProblem, not_found, outcome_responses
@@ -68,6 +69,13 @@ def _resource(resource_type: str) -> dict[int | str, dict[str, Any]]:
               "properties": {"resourceType": {"type": "string", "const": resource_type}},
               "description": f"A FHIR R4 {resource_type} (https://hl7.org/fhir/R4/{resource_type.lower()}.html)"}
     return {200: {"description": f"FHIR R4 {resource_type}", "content": {FHIR_JSON: {"schema": schema}}}}
+
+
+def _created(resource_type: str) -> dict[int | str, dict[str, Any]]:
+    """A create's documented answers: 201 with the resource as stored, and the errors (404: not one's own)."""
+    answers = _answers(resource_type, 404, 413)
+    answers[201] = {**answers.pop(200), "description": f"FHIR R4 {resource_type}, created (Location names it)"}
+    return answers
 
 
 def _answers(resource_type: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -646,6 +654,119 @@ def read_consent(consent_id: str, request: Request, principal: CurrentPrincipal,
     return _fhir(fhir.consent_resource(row))
 
 
+def _consent_request(request: Request, principal: CurrentPrincipal, body: Any, *, status: str) -> dict[str, Any]:
+    """What a Consent the patient sends asks for: a valid R4 Consent about the caller's own record, with
+    ``status``; for a grant, one care team (``provision.actor`` or ``organization``, by identifier), the
+    scopes as nested permit provisions and an optional end (``provision.period.end``)."""
+    from fhir.resources.R4B.consent import Consent as ConsentModel
+    from pydantic import ValidationError
+
+    if not isinstance(body, dict) or body.get("resourceType") != "Consent":
+        raise ApiProblem(400, "the body must be a FHIR Consent resource", slug="bad-resource")
+    try:
+        ConsentModel.model_validate(body)
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "Consent"
+        raise ApiProblem(400, f"not a valid R4 Consent ({where}: {exc.errors()[0]['msg']})",
+                         slug="bad-resource") from None
+    mine = principal.patient_id if principal.role == "patient" else None
+    # The patient as its FHIR id (what a Consent read gives back) or as our id (what searches take).
+    own = {f"Patient/{mine}", f"Patient/{fhir.fhir_id(mine)}"} if mine else set()
+    named = (body.get("patient") or {}).get("reference") or ""
+    note_audit(request, mine if named in own else named.removeprefix("Patient/"))
+    if named not in own:
+        # Only a patient gives or revokes consent, for their own record: any other record answers like one
+        # that does not exist (as /v1/patients/{id}/consents).
+        raise not_found("patient")
+    if body["status"] != status:
+        raise ApiProblem(422, "a new Consent is active; revoke one by updating it with status inactive"
+                         if status == "active" else "only revocation is supported: update with status inactive"
+                         " (any other change is a new grant)", slug="unsupported-consent-change")
+    provision = body.get("provision") or {}
+    teams = {identifier["value"] for holder in [*(a.get("reference") for a in provision.get("actor", [])),
+                                                *body.get("organization", [])]
+             if isinstance(holder, dict) and isinstance(identifier := holder.get("identifier"), dict)
+             and identifier.get("system") == fhir.CARE_TEAM_SYSTEM and identifier.get("value")}
+    scopes = [coding.get("code") for nested in provision.get("provision", [])
+              if nested.get("type", "permit") == "permit"
+              for concept in nested.get("code", []) for coding in concept.get("coding", [])
+              if coding.get("system") == fhir.CONSENT_SCOPE_SYSTEM]
+    period = provision.get("period") or {}
+    return {"teams": teams, "scopes": scopes, "type": provision.get("type"), "start": period.get("start"),
+            "end": period.get("end")}
+
+
+@router.post("/Consent", status_code=201, summary="FHIR R4 Consent create: the patient grants a care team access",
+             response_class=FhirResponse, responses=_created("Consent"))
+def create_consent(request: Request, principal: CurrentPrincipal, conn: DbConn,
+                   body: Annotated[Any, Body(media_type=FHIR_JSON)]) -> Response:
+    """The same grant as ``POST /v1/patients/{id}/consents`` with a care team id: the care team as
+    ``provision.actor`` (role IRCP) or ``organization``, identifier system ``urn:rpm:care-team-id``; each scope
+    (``readings``, ``alerts``, ``twin``) a nested permit provision coded in ``urn:rpm:consent-scope``; an end
+    in ``provision.period.end``. Answers 201 with the Consent as stored and its ``Location``."""
+    from cloud.api.routes.consents import Scope, grant_to_team
+
+    asked = _consent_request(request, principal, body, status="active")
+    patient_id = principal.patient_id
+    assert patient_id is not None  # the patient role carries its record (tokens.py)
+    if asked["type"] != "permit":
+        raise ApiProblem(422, "provision.type must be permit (a grant)", slug="invalid-consent")
+    if len(asked["teams"]) != 1:
+        raise ApiProblem(422, f"name exactly one care team by identifier {fhir.CARE_TEAM_SYSTEM}|<id> (in "
+                         "provision.actor or organization)", slug="invalid-consent")
+    unknown = sorted({str(s) for s in asked["scopes"]} - {s.value for s in Scope})
+    if not asked["scopes"] or unknown:
+        raise ApiProblem(422, f"scopes are nested permit provisions coded {fhir.CONSENT_SCOPE_SYSTEM}|readings, "
+                         f"alerts or twin{f'; unknown: {unknown}' if unknown else ''}", slug="invalid-consent")
+    now = datetime.now(UTC)
+    if asked["start"] and _instant(asked["start"]) > now + timedelta(minutes=1):
+        raise ApiProblem(422, "a consent starts when it is given: provision.period.start cannot be later",
+                         slug="invalid-consent")
+    expires_at = _instant(asked["end"]) if asked["end"] else None
+    if expires_at is not None and expires_at <= now:
+        raise ApiProblem(422, "provision.period.end must be in the future", slug="invalid-consent")
+    row = grant_to_team(request, conn, patient_id, next(iter(asked["teams"])), asked["scopes"], expires_at,
+                        principal.subject)
+    stored = fhir_queries.consent(conn, row["id"])
+    assert stored is not None
+    resource = fhir.consent_resource(stored)
+    response = _fhir(resource)
+    response.status_code = 201
+    response.headers["Location"] = f"{str(request.base_url).rstrip('/')}/fhir/Consent/{resource['id']}"
+    return response
+
+
+@router.put("/Consent/{consent_id}", summary="FHIR R4 Consent update: revoke (status inactive)",
+            response_class=FhirResponse, responses=_answers("Consent", 404, 413))
+def update_consent(consent_id: str, request: Request, principal: CurrentPrincipal, conn: DbConn,
+                   body: Annotated[Any, Body(media_type=FHIR_JSON)]) -> Response:
+    """Revocation, as ``DELETE /v1/patients/{id}/consents/{n}``: takes effect on the care team's next
+    request; revoking twice keeps the first revocation. Any other change is refused (a new grant instead)."""
+    match = re.fullmatch(r"consent-([0-9]{1,18})", consent_id)
+    row = fhir_queries.consent(conn, int(match.group(1))) if match else None
+    if row is None or not _own(request, principal, row["patient_id"]):
+        raise not_found("consent")
+    _consent_request(request, principal, body, status="inactive")
+    if body.get("id") not in (None, consent_id):
+        raise ApiProblem(400, f"the resource's id {body.get('id')!r} is not {consent_id!r}", slug="bad-resource")
+    note_audit_detail(request, {"consent_id": row["id"]})
+    queries.revoke_consent(conn, row["patient_id"], row["id"], principal.subject)
+    stored = fhir_queries.consent(conn, row["id"])
+    assert stored is not None
+    return _fhir(fhir.consent_resource(stored))
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiProblem(400, f"not a dateTime: {text!r}", slug="bad-resource") from None
+    if value.tzinfo is None:  # a bare date (or a time without zone): the start of that day, UTC
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+AUDIT_LIMIT = 1000
 AUDIT_LIMIT = 1000
 
 
@@ -750,14 +871,18 @@ def capability_statement(base_url: str, served_paths: frozenset[str] = frozenset
                          {"name": "status", "type": "token",  # no R4 SearchParameter: ours, on Flag.status
                           "documentation": "active or inactive."}],
          "documentation": "Alerts: active until resolved and, where a person must review it, reviewed."},
-        {"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}],
+        {"type": "Consent", "interaction": [{"code": "read"}, {"code": "search-type"}, {"code": "create"},
+                                            {"code": "update"}],
          "searchParam": [_search_param("patient", "reference", "Required: the patient's own (patient role only).",
                                        "clinical-patient"),
                          {"name": "status", "type": "token",
                           "definition": "http://hl7.org/fhir/SearchParameter/Consent-status",
                           "documentation": "active, inactive (revoked or expired) or proposed."}],
-         "documentation": "The patient's grants to care teams; each scope a nested provision. Granting and "
-                          "revoking stay /v1/patients/{id}/consents."},
+         "documentation": "The patient's grants to care teams; each scope a nested provision. create grants "
+                          "(the care team by identifier urn:rpm:care-team-id in provision.actor or organization, "
+                          "scopes coded urn:rpm:consent-scope, an optional provision.period.end); update with "
+                          "status inactive revokes; other changes are refused. The patient role only, as "
+                          "/v1/patients/{id}/consents."},
         {"type": "AuditEvent", "interaction": [{"code": "read"}, {"code": "search-type"}],
          "searchParam": [_search_param("patient", "reference", "Required: the patient's own (patient role only).",
                                        "clinical-patient")],

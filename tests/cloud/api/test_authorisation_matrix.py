@@ -171,6 +171,24 @@ class Endpoint:
         return f"{self.method} {self.route}{self.label}"
 
 
+def _fhir_grant(c: Context) -> dict[str, Any]:
+    """A FHIR Consent granting the world's other team the target's readings (the shape GET gives back)."""
+    return {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{c.patient}"},  # our id, as searches take it
+            "organization": [{"identifier": {"system": fhir.CARE_TEAM_SYSTEM, "value": c.world.other_team}}],
+            "provision": {"type": "permit", "provision": [
+                {"type": "permit", "code": [{"coding": [{"system": fhir.CONSENT_SCOPE_SYSTEM, "code": "readings"}]}]}]}}
+
+
+def _fhir_revoke(c: Context) -> Request:
+    """Revoking one of the target's consents through FHIR: the Consent as read, with status inactive."""
+    consent = fhir.consent_id(grant(c.conn, c.patient, c.world.other_team, ["twin"]))
+    return f"/fhir/Consent/{consent}", None, {**_fhir_grant(c), "id": consent, "status": "inactive"}
+
+
 def _past_consent(c: Context) -> int:
     """A consent of the target that was granted and revoked: readable as a FHIR Consent (inactive) by its
     patient, and opening nothing, so the cases after it still see the world the policy describes."""
@@ -240,6 +258,9 @@ PATIENT_ENDPOINTS = [
     Endpoint("GET", "/fhir/Consent/{consent_id}", "own", None,
              lambda c: (f"/fhir/Consent/consent-{_past_consent(c)}", None, None)),
     Endpoint("GET", "/fhir/AuditEvent/{auditevent_id}", "own", None, lambda c: (_h18_audit(c), None, None)),
+    # Consent writes through FHIR: the patient's own record only, as /v1/patients/{id}/consents.
+    Endpoint("POST", "/fhir/Consent", "own", None, lambda c: ("/fhir/Consent", None, _fhir_grant(c)), success=201),
+    Endpoint("PUT", "/fhir/Consent/{consent_id}", "own", None, _fhir_revoke),
     Endpoint("GET", "/v1/alerts", "read", "alerts", lambda c: ("/v1/alerts", {"patient_id": c.patient}, None),
              label=" ?patient_id"),
     Endpoint("GET", "/v1/alerts/{alert_id}", "read", "alerts", lambda c: (f"/v1/alerts/{c.open_alert()}", None, None)),

@@ -62,8 +62,11 @@ def test_metadata_describes_exactly_the_routes(shell: TestClient) -> None:
     for resource in rest["resource"]:
         kind = resource["type"]
         for interaction in resource.get("interaction", []):
-            path = {"read": f"/fhir/{kind}/{{{kind.lower()}_id}}", "search-type": f"/fhir/{kind}"}[interaction["code"]]
+            path = {"read": f"/fhir/{kind}/{{{kind.lower()}_id}}", "search-type": f"/fhir/{kind}",
+                    "create": f"/fhir/{kind}", "update": f"/fhir/{kind}/{{{kind.lower()}_id}}"}[interaction["code"]]
             assert path in routes, (kind, interaction)
+            method = {"create": "post", "update": "put"}.get(interaction["code"], "get")
+            assert method in shell.get("/openapi.json").json()["paths"][path], (kind, interaction)
             described.add(path)
             if interaction["code"] == "search-type":
                 served = {p["name"] for p in routes[path].get("parameters", []) if p["in"] == "query"}
