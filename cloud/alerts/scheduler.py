@@ -8,6 +8,8 @@ ingest. The adherence rule warns while the 16-days-of-30 rule for RPM billing ca
 resolves itself when it no longer applies. Several schedulers may run: each patient is handled under
 its twin row lock and deliveries are claimed with ``FOR UPDATE SKIP LOCKED``. Each delivery pass first
 runs the escalation policies (:mod:`cloud.alerts.escalation`), whose steps are claimed the same way.
+With ``RPM_RETENTION_DAYS`` set, a retention pass (:mod:`cloud.db.retention`) runs at start and then daily
+(``--retention-every``) in a thread of its own.
 
 ``--metrics-port`` serves Prometheus metrics (:class:`SchedulerMetrics`): jobs run, alerts opened,
 alert messages published, webhook attempts and failures, and how long each pass takes.
@@ -32,6 +34,7 @@ from cloud.alerts.escalation import EscalationReport, run_escalations
 from cloud.alerts.lifecycle import AlertBook
 from cloud.db import alert_rules as rule_catalogue
 from cloud.db.pool import failure_line
+from cloud.db.retention import apply_retention, format_retention
 from cloud.settings import get_settings
 from cloud.twin import service as twin
 from gateway.metrics import EXCLUDED_FLAGS
@@ -132,6 +135,21 @@ def evaluate_adherence(conn: Any, now: datetime | None = None) -> tuple[int, int
                     resolved += 1
                 record_changes(conn, book.changes, now, mqtt_via_outbox=True)
     return opened, resolved
+
+
+def retention_loop(database_url: str, retention_days: int, every_s: float, stop: threading.Event) -> None:
+    """A retention pass (:mod:`cloud.db.retention`) now and every ``every_s`` seconds until ``stop``, on a
+    connection of its own and off the delivery loop: a long pass must not hold up alert messages. Several
+    schedulers may run it; the pass's advisory lock lets one through and the others skip."""
+    while not stop.is_set():
+        try:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                log.info("%s", format_retention(apply_retention(conn, retention_days)).replace("\n", ";"))
+        except psycopg.Error as err:
+            # The next pass retries; the data it did not remove is still before the horizon then.
+            log.warning("retention pass failed: %s", failure_line(err) if isinstance(err, psycopg.OperationalError)
+                        else f"{type(err).__name__}: {err}")
+        stop.wait(every_s)
 
 
 def mqtt_publisher(url: str, username: str | None, password: str | None,
@@ -266,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between missing-data and adherence checks")
     parser.add_argument("--deliver-every", type=float, default=1.0, help="seconds between delivery passes")
     parser.add_argument("--once", action="store_true", help="one missing-data check and one delivery pass, then exit")
+    parser.add_argument("--retention-every", type=float, default=86400.0,
+                        help="seconds between retention passes (RPM_RETENTION_DAYS; none when it is unset)")
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus metrics on this port (default: none)")
     parser.add_argument("--metrics-host", default="127.0.0.1",
@@ -300,6 +320,11 @@ def main(args: argparse.Namespace) -> int:
             return 2
     backoff = Backoff()
     next_missing = 0.0
+    stop_retention = threading.Event()
+    if settings.retention_days is not None and not args.once:
+        threading.Thread(target=retention_loop, name="retention", daemon=True,
+                         args=(args.database_url or settings.database_url, settings.retention_days,
+                               args.retention_every, stop_retention)).start()
     try:
         with conn, httpx.Client(timeout=settings.webhook_timeout_s) as http:
             while True:
@@ -316,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        stop_retention.set()
         if client is not None:
             client.loop_stop()
             client.disconnect()

@@ -6,8 +6,13 @@
 policy jobs match them, so a changed value takes effect and an unchanged one changes nothing. Migration
 0090 only creates the first policies; before this, later changes to the settings were ignored.
 
-On plain PostgreSQL there is nothing to apply (no compression, no policy jobs); ``storage`` then shows
-the sizes and says so.
+The continuous aggregates get retention jobs at the same horizon. What holds values outside the hypertable
+(readings and their raw frames, day statistics, the aggregates' buckets before the horizon, dead letters) is
+removed by the retention pass (:mod:`cloud.db.retention`) on both backends: ``rpm-cloud storage
+--apply-retention`` runs one and prints what it removed per table; the scheduler runs one a day.
+
+On plain PostgreSQL there are no policy jobs (no compression); ``storage`` then shows the sizes and the
+retention setting the pass applies.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import psycopg
 
 from cloud.db.pool import failure_line
+from cloud.db.retention import apply_retention, continuous_aggregates, format_retention
 from cloud.settings import get_settings
 
 HYPERTABLE = "observations"
@@ -68,10 +74,10 @@ def _is_hypertable(conn: psycopg.Connection) -> bool:
                         (HYPERTABLE,)).fetchone() is not None
 
 
-def _policy_days(conn: psycopg.Connection, proc: str, key: str) -> float | None:
+def _policy_days(conn: psycopg.Connection, proc: str, key: str, relation: str = HYPERTABLE) -> float | None:
     row = conn.execute(
         "SELECT (config ->> %s)::interval FROM timescaledb_information.jobs"
-        " WHERE proc_name = %s AND hypertable_name = %s", (key, proc, HYPERTABLE)).fetchone()
+        " WHERE proc_name = %s AND hypertable_name = %s", (key, proc, relation)).fetchone()
     if row is None or row[0] is None:
         return None
     interval: timedelta = row[0]
@@ -107,7 +113,25 @@ def apply_policies(conn: psycopg.Connection, *, retention_days: int | None,
                 conn.execute("SELECT add_retention_policy(%s, make_interval(days => %s))",
                              (HYPERTABLE, retention_days))
             changes.append(PolicyChange("retention", current, retention_days))
+        changes += _aggregate_retention(conn, retention_days)
         changes += _refresh_whole_history(conn)
+    return changes
+
+
+def _aggregate_retention(conn: psycopg.Connection, retention_days: int | None) -> list[PolicyChange]:
+    """The continuous aggregates' own retention jobs at the same horizon as the raw values: drop_chunks on
+    observations leaves their buckets in place. (Their chunks are ten times the raw interval, so the job
+    lags; the retention pass, cloud.db.retention, removes the buckets before the horizon exactly.)"""
+    changes = []
+    wanted = None if retention_days is None else float(retention_days)
+    for view, _schema, _table, _column in continuous_aggregates(conn):
+        current = _policy_days(conn, "policy_retention", "drop_after", view)
+        if current == wanted:
+            continue
+        conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (view,))
+        if retention_days is not None:
+            conn.execute("SELECT add_retention_policy(%s, make_interval(days => %s))", (view, retention_days))
+        changes.append(PolicyChange(f"retention of {view}", current, retention_days))
     return changes
 
 
@@ -170,7 +194,9 @@ def report(conn: psycopg.Connection) -> StorageReport:
             "  FROM timescaledb_information.jobs j WHERE j.proc_name = 'policy_refresh_continuous_aggregate'"
             " ORDER BY 1").fetchall():
         result.continuous_aggregates.append({"view": name, "start_offset": start,
-                                             "end_offset": end, "schedule_interval": str(every)})
+                                             "end_offset": end, "schedule_interval": str(every),
+                                             "retention_days": _policy_days(conn, "policy_retention",
+                                                                            "drop_after", name)})
     return result
 
 
@@ -185,8 +211,12 @@ def _days(d: float | None) -> str:
 def format_report(r: StorageReport, *, wanted_retention: int | None, wanted_compress: int) -> str:
     lines = [f"backend: {r.backend} (PostgreSQL {r.server_version})",
              f"readings: {_mib(r.readings_bytes)}", f"observations: {_mib(r.observations_bytes)}"]
+    wanted = "off: everything is kept" if wanted_retention is None else (
+        f"{wanted_retention} days: values measured before then are removed by `rpm-cloud storage --apply-retention`"
+        " and the scheduler's daily pass")
     if not r.hypertable:
         lines.append("policies: none (observations is a plain table: no compression, no retention jobs)")
+        lines.append(f"retention (RPM_RETENTION_DAYS): {wanted}")
         return "\n".join(lines)
     ratio = r.compression_ratio
     lines += [f"chunks: {r.chunks} ({r.compressed_chunks} compressed)",
@@ -198,9 +228,11 @@ def format_report(r: StorageReport, *, wanted_retention: int | None, wanted_comp
     for agg in r.continuous_aggregates:
         start = "the whole history" if agg["start_offset"] is None else f"from {agg['start_offset']} ago"
         lines.append(f"continuous aggregate {agg['view']}: refreshes {start} to {agg['end_offset']} ago,"
-                     f" every {agg['schedule_interval']}")
-    if r.compress_after_days != wanted_compress or r.retention_days != (
-            None if wanted_retention is None else float(wanted_retention)):
+                     f" every {agg['schedule_interval']}; retention {_days(agg.get('retention_days'))}")
+    lines.append(f"retention (RPM_RETENTION_DAYS): {wanted}")
+    wanted_days = None if wanted_retention is None else float(wanted_retention)
+    if r.compress_after_days != wanted_compress or r.retention_days != wanted_days or any(
+            agg.get("retention_days") != wanted_days for agg in r.continuous_aggregates):
         lines.append("the settings differ from the database: run `rpm-cloud migrate` to apply them")
     return "\n".join(lines)
 
@@ -208,13 +240,26 @@ def format_report(r: StorageReport, *, wanted_retention: int | None, wanted_comp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="default: RPM_DATABASE_URL")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--apply-retention", action="store_true",
+                        help="run one retention pass (RPM_RETENTION_DAYS) and print what it removed per table")
 
 
 def main(args: argparse.Namespace) -> int:
     settings = get_settings()
     url = args.database_url or settings.database_url
+    if args.apply_retention and settings.retention_days is None:
+        print("retention: off (RPM_RETENTION_DAYS is unset): nothing removed")
+        return 0
     try:
         with psycopg.connect(url, autocommit=True) as conn:
+            if args.apply_retention:
+                removed = apply_retention(conn, settings.retention_days)
+                if args.json:
+                    print(json.dumps({"horizon": removed.horizon.isoformat(), "removed": removed.removed,
+                                      "seconds": round(removed.seconds, 3), "skipped": removed.skipped}))
+                else:
+                    print(format_retention(removed))
+                return 0
             result = report(conn)
     except psycopg.OperationalError as err:
         print(f"error: {failure_line(err)}")

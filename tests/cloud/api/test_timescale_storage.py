@@ -270,8 +270,10 @@ def test_policy_settings_take_effect_on_every_migrate(fresh_database_url: str, t
         assert report(conn).compress_after_days == 7 and report(conn).retention_days is None  # template: defaults
     changes: list = []
     assert apply_migrations(url, retention_days=400, compress_after_days=3, policy_changes=changes) == []
-    assert {(c.policy, c.before_days, c.after_days) for c in changes} == {("compression", 7, 3),
-                                                                           ("retention", None, 400)}
+    # The continuous aggregates get the same retention as the values they aggregate (cloud.db.retention).
+    assert {(c.policy, c.before_days, c.after_days) for c in changes} == {
+        ("compression", 7, 3), ("retention", None, 400), ("retention of observations_daily", None, 400),
+        ("retention of observations_hourly", None, 400)}
     again: list = []
     apply_migrations(url, retention_days=400, compress_after_days=3, policy_changes=again)
     assert again == []  # idempotent: the same settings change nothing
