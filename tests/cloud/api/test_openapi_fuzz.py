@@ -88,11 +88,13 @@ def test_no_generated_request_answers_5xx(client: TestClient, world: World) -> N
                     query[parameter["name"]] = value if isinstance(value, list) else (
                         "" if value is None else str(value))
             body = None
+            media = "application/json"
             if "requestBody" in operation:
-                schema = operation["requestBody"]["content"]["application/json"]["schema"]
-                body = _value(spec, schema, rng, world)
+                # JSON, or FHIR JSON for the FHIR writes (any object: the generator knows no FHIR resource).
+                media, content = next(iter(operation["requestBody"]["content"].items()))
+                body = _value(spec, content.get("schema", {}), rng, world)
             role = rng.choice(["patient", "clinician", "care_team", "admin", "gateway", None])
-            headers = world.headers[role] if role else {}
+            headers = {**(world.headers[role] if role else {}), "Content-Type": media}
             response = client.request(method.upper(), url, params=query, json=body, headers=headers)
             sent += 1
             if response.status_code >= 500:
