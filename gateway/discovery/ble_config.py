@@ -69,6 +69,9 @@ class BleConfig(BaseModel):
     backend: str | None = None
     """bleak backend: None picks the platform's (BlueZ on Linux); ``sim`` (or a module path exposing
     ``scanner_backend`` and ``client_backend``) uses that module, imported only when BLE starts."""
+    adapter: str | None = None
+    """The BlueZ adapter to scan and connect on (``hci0``); None lets bleak pick the first powered one,
+    which on a machine with two adapters is either, by hash order."""
     enrolled: list[EnrolledBleDevice] = Field(default_factory=list)
     heart_rate_cadence_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(15.0, gt=0)

@@ -140,3 +140,34 @@ def test_a_config_enrolled_device_that_advertises_no_service_is_matched_by_addre
     asyncio.run(run_until(manager, lambda: "AA:06:00:00:05:01" in manager.results))
     assert [r.sequence for r in sink.readings] == [1]
     assert stranger.sessions == 0
+
+
+def test_a_scan_that_does_not_resume_after_a_connect_is_tried_again(tmp_path: Path) -> None:
+    """Scanning pauses while a connection is set up; if the adapter refuses to scan again (BlueZ answering
+    InProgress or NotReady), the manager keeps trying rather than never hearing a device again."""
+    from bleak.exc import BleakError
+
+    class Scanner:  # the adapter's side of scanning only: start refused once, then taken
+        def __init__(self) -> None:
+            self.starts, self.stops = 0, 0
+
+        async def start(self) -> None:
+            self.starts += 1
+            if self.starts == 1:
+                raise BleakError("org.bluez.Error.InProgress")
+
+        async def stop(self) -> None:
+            self.stops += 1
+
+    manager = manager_for(tmp_path, [], RecordingSink())
+    scanner = Scanner()
+    manager._scanner = scanner  # type: ignore[assignment]
+
+    async def connect_twice() -> None:
+        async with manager._scan_paused():
+            assert manager._scanning is False and scanner.stops == 1
+        assert manager._scanning is False  # refused: still stopped ...
+        await manager._resume_scan()  # ... until the next try (the scan loop's, every SCAN_RESUME_CHECK_S)
+        assert manager._scanning is True and scanner.starts == 2
+
+    asyncio.run(connect_twice())
