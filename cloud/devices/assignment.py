@@ -196,14 +196,21 @@ def assign_device(conn: psycopg.Connection, device_uid: str, patient_id: str, *,
             " WHERE device_uid = %s AND patient_id IS NULL AND measured_at >= %s"
             "   AND (%s::timestamptz IS NULL OR measured_at < %s)"
             "   AND (%s::smallint IS NULL OR user_index = %s)"
-            " RETURNING id",
+            " RETURNING id, measured_at",
             (patient_id, device_uid, valid_from, valid_to, valid_to, user_index, user_index)).fetchall()
         ids = [r[0] for r in backfilled]
         observations = 0
         queued, unpublished, unreadable = 0, (), ()
         if ids:
-            observations = conn.execute("UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s)",
-                                        (patient_id, ids)).rowcount
+            # Their values are unassigned too (ingest stores a reading's patient on its values). Saying so,
+            # and the time range, lets TimescaleDB touch only the chunks of that range and, in a compressed
+            # chunk, only the unassigned segment's batches (segmentby patient_id, orderby measured_at):
+            # by reading id alone it decompressed every chunk, past its tuple limit on a large database.
+            times = [r[1] for r in backfilled]
+            observations = conn.execute(
+                "UPDATE observations SET patient_id = %s WHERE reading_id = ANY(%s) AND patient_id IS NULL"
+                " AND measured_at >= %s AND measured_at <= %s",
+                (patient_id, ids, min(times), max(times))).rowcount
             queued, unpublished, unreadable = _apply_effects_to_claimed(conn, ids, late_after)
     return AssignmentResult(assignment_id, len(ids), observations, closed, created, queued, unpublished, unreadable,
                             change)

@@ -239,6 +239,43 @@ def test_a_reading_nine_days_late_shows_in_every_trend_bucket(
         assert any(b["max"] == 333.0 for b in trend["buckets"]), bucket
 
 
+def test_assigning_a_device_later_keeps_compressed_data_compressed(fresh_database_url: str, timescale: None,
+                                                                   unique_id: str) -> None:
+    """Issue 21: the backfill used to decompress every chunk (``UPDATE … WHERE reading_id = ANY``), and past
+    TimescaleDB's tuple limit the assignment of a device with ONE waiting reading was refused. Now it touches
+    the unassigned segment of the chunks of that reading's time only: with the limit set far below what the
+    compressed chunks hold, the assignment goes through and every other chunk stays compressed."""
+    from cloud.devices.assignment import assign_device
+
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        crowd = f"{unique_id}-crowd"
+        device = add_patient(conn, crowd, kinds=("glucose",), assigned_at=datetime(2000, 1, 1, tzinfo=UTC))["glucose"]
+        points = [(end - timedelta(days=42) + timedelta(minutes=5 * i), float(100 + i % 80)) for i in range(42 * 288)]
+        ingest(conn, _glucose(device, points), crowd)  # 12 096 values of another patient, 6 chunks
+        waiting = make_reading(f"ble:{unique_id}:meter", "glucose", end - timedelta(days=20), {"glucose": 150.0})
+        ingest(conn, [waiting], None)  # an unknown meter: stored, unassigned, in the same old chunks
+        compressed = _compress_old_chunks(conn)
+        assert compressed >= 5
+        before = dict(conn.execute("SELECT chunk_name, is_compressed FROM timescaledb_information.chunks"
+                                   " WHERE hypertable_name = 'observations'").fetchall())
+        patient = f"{unique_id}-late"
+        conn.execute("INSERT INTO patients (id, display_name) VALUES (%s, 'Late')", (patient,))
+        with conn.transaction():
+            # Far below the 2 000 values each compressed chunk holds for the crowd: only the waiting value's
+            # own batch may be decompressed.
+            conn.execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 500")
+            result = assign_device(conn, waiting.device.uid, patient, valid_from=datetime(2000, 1, 1, tzinfo=UTC),
+                                   created_by="test")
+        assert result.readings_backfilled == 1 and result.observations_backfilled == 1
+        assert conn.execute("SELECT patient_id FROM observations WHERE reading_id = %s",
+                            (waiting.id,)).fetchone()[0] == patient
+        after = dict(conn.execute("SELECT chunk_name, is_compressed FROM timescaledb_information.chunks"
+                                  " WHERE hypertable_name = 'observations'").fetchall())
+        still = [name for name, was in before.items() if was and after.get(name)]
+        assert len(still) == sum(before.values()), "no compressed chunk was decompressed whole"
+
+
 def test_any_order_of_arrival_gives_the_trend_of_the_raw_values(
         own: tuple[TestClient, psycopg.Connection], unique_id: str, auth: TokenFactory) -> None:
     client, conn = own
