@@ -52,6 +52,12 @@ from gateway.store.outbox import OutboxError
 log = logging.getLogger(__name__)
 SCAN_RESUME_CHECK_S = 5.0
 """How soon a scan that did not resume after a connection was set up is tried again."""
+SCAN_QUIET_RESTART_S = 30.0
+"""A scan that has heard no advertisement at all for this long is stopped and started again: BlueZ ends
+a discovery session by itself when the adapter is powered off, and tells the client nothing (bleak's
+scanner goes on believing it scans, and the gateway never heard a device again: tests/kernel); a
+restarted bluetoothd starts with no discovery session either. Restarting a scan that was in fact alive
+costs one StopDiscovery/StartDiscovery."""
 
 HEALTH_SERVICES: dict[str, str] = {uuid: p.name for p in BLE_PROFILES.values() for uuid in p.service_uuids}
 """Service UUID (128-bit, lower case) → profile."""
@@ -176,6 +182,7 @@ class BleManager:
         self._scanner: BleakScanner | None = None
         self._scanning = True
         self._connecting = 0
+        self._last_heard = 0.0
         self._running: dict[str, asyncio.Task[None]] = {}
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -202,6 +209,7 @@ class BleManager:
             )
             await scanner.start()
             self._scanner = scanner
+            self._last_heard = asyncio.get_running_loop().time()
             try:
                 while True:  # until cancelled
                     await asyncio.sleep(SCAN_RESUME_CHECK_S)
@@ -209,11 +217,15 @@ class BleManager:
                     # a gateway that stops scanning hears no device again, and nobody would notice.
                     if not self._scanning and self._connecting == 0:
                         await self._resume_scan()
+                    else:
+                        await self._restart_quiet_scan()
             finally:
                 self._group = None
                 self._scanner = None
                 if self._scanning:
-                    await scanner.stop()
+                    # The stack may have ended the scan already (adapter off); shutdown goes on regardless.
+                    with contextlib.suppress(BleakError, OSError):
+                        await scanner.stop()
 
     @contextlib.asynccontextmanager
     async def _scan_paused(self) -> AsyncIterator[None]:
@@ -243,7 +255,22 @@ class BleManager:
         except (BleakError, OSError) as err:
             log.warning("BLE scan did not resume (tried again in %.0f s): %s", SCAN_RESUME_CHECK_S, err)
 
+    async def _restart_quiet_scan(self) -> None:
+        """See SCAN_QUIET_RESTART_S. A restart the adapter refuses (still powered off) leaves the scan
+        stopped, and the loop's resume tries it again every SCAN_RESUME_CHECK_S."""
+        now = asyncio.get_running_loop().time()
+        quiet = now - self._last_heard >= SCAN_QUIET_RESTART_S
+        if self._scanner is None or not self._scanning or self._connecting or not quiet:
+            return
+        log.info("BLE scan heard nothing for %.0f s; restarting it", now - self._last_heard)
+        self._last_heard = now
+        self._scanning = False
+        with contextlib.suppress(BleakError, OSError):
+            await self._scanner.stop()
+        await self._resume_scan()
+
     def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
         address = normalise_address(device.address)
         profile = self.enrolment.profile_for(address) or profile_for_services(adv.service_uuids)
         if profile is None or profile not in BLE_PROFILES:

@@ -171,3 +171,53 @@ def test_a_scan_that_does_not_resume_after_a_connect_is_tried_again(tmp_path: Pa
         assert manager._scanning is True and scanner.starts == 2
 
     asyncio.run(connect_twice())
+
+
+def test_a_scan_that_hears_nothing_for_long_is_restarted(tmp_path: Path) -> None:
+    """BlueZ ends a discovery session by itself when the adapter is powered off (tests/kernel) and bleak's
+    scanner is not told: a scan quiet for SCAN_QUIET_RESTART_S is stopped and started again; one refused
+    (adapter still off) is left stopped for the resume path to retry."""
+    from bleak.exc import BleakError
+
+    from gateway.discovery import ble
+
+    class Scanner:
+        def __init__(self) -> None:
+            self.starts, self.stops, self.refuse = 0, 0, False
+
+        async def start(self) -> None:
+            self.starts += 1
+            if self.refuse:
+                raise BleakError("org.bluez.Error.NotReady")
+
+        async def stop(self) -> None:
+            self.stops += 1
+            raise BleakError("org.bluez.Error.Failed: No discovery started")  # what BlueZ answers then
+
+    manager = manager_for(tmp_path, [], RecordingSink())
+    scanner = Scanner()
+    manager._scanner = scanner  # type: ignore[assignment]
+
+    async def quiet_then_heard() -> None:
+        now = asyncio.get_running_loop().time()
+        manager._last_heard = now - ble.SCAN_QUIET_RESTART_S + 1
+        await manager._restart_quiet_scan()
+        assert (scanner.stops, scanner.starts) == (0, 0)  # heard something recently: left alone
+        manager._last_heard = now - ble.SCAN_QUIET_RESTART_S
+        manager._connecting = 1
+        await manager._restart_quiet_scan()
+        assert (scanner.stops, scanner.starts) == (0, 0)  # a connection is being set up: not now
+        manager._connecting = 0
+        await manager._restart_quiet_scan()
+        assert (scanner.stops, scanner.starts) == (1, 1) and manager._scanning is True
+        await manager._restart_quiet_scan()
+        assert scanner.starts == 1  # the restart counts as heard: the next one waits a quiet period
+        manager._last_heard -= ble.SCAN_QUIET_RESTART_S
+        scanner.refuse = True
+        await manager._restart_quiet_scan()
+        assert scanner.starts == 2 and manager._scanning is False  # the loop's resume takes it from here
+        scanner.refuse = False
+        await manager._resume_scan()
+        assert scanner.starts == 3 and manager._scanning is True
+
+    asyncio.run(quiet_then_heard())

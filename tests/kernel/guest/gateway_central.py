@@ -25,6 +25,8 @@ from gateway.discovery.enrolment import EnrolmentStore
 from gateway.drivers.base import ClockCheck, DeviceInfo, DeviceRecord
 from gateway.drivers.device_state import DeviceStateStore
 
+WINDOW_DETAILS = ("window_start", "window_end", "samples")
+
 
 def record_json(device: DeviceInfo, record: DeviceRecord) -> dict[str, Any]:
     if isinstance(record, Measurement):
@@ -36,6 +38,9 @@ def record_json(device: DeviceInfo, record: DeviceRecord) -> dict[str, Any]:
             "time": record.device_time.isoformat() if record.device_time else None,
             "values": {name: [quantity.value, quantity.unit] for name, quantity in record.values.items()},
             "raw": record.raw.hex(),
+            "flags": list(record.flags),
+            # A live window's bounds and sample count (heart rate): what "nothing doubled" is checked on.
+            "details": {key: value for key, value in (record.details or {}).items() if key in WINDOW_DETAILS},
         }
     return {"uid": device.uid, "unreadable": repr(record)}
 
@@ -46,7 +51,8 @@ async def main(args: argparse.Namespace) -> int:
     config = BleConfig(
         adapter="hci0",
         enrolled=[EnrolledBleDevice(address=args.address, profile=args.profile)],
-        session_cooldown_s=3600,
+        session_cooldown_s=args.cooldown,
+        heart_rate_cadence_s=args.cadence,
         retry_backoff_s=1.0,
         retry_backoff_max_s=4.0,
         connect_timeout_s=20,
@@ -70,13 +76,21 @@ async def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     task = asyncio.get_running_loop().create_task(manager.run())
     good = 0
+    last: object = None
+    cursor_key = (f"ble:{address}", "glucose_last_sequence")
     try:
         while time.monotonic() - started < args.timeout:
             if address in manager.errors and (not errors or errors[-1] != manager.errors[address]):
                 errors.append(manager.errors[address])
-            if address in manager.results:
-                good = 1
-                break
+            result = manager.results.get(address)
+            if result is not None and result is not last:
+                last = result
+                good += 1
+                (Path(args.state) / f"session{good}.done").write_text(json.dumps(result.notes) + "\n")
+                # --until-cursor: keep running (a gateway left on) until a good session has ended with
+                # the meter's cursor there.
+                if args.until_cursor is None or (state.get(*cursor_key) or 0) >= args.until_cursor:
+                    break
             await asyncio.sleep(0.2)
     finally:
         task.cancel()
@@ -88,12 +102,13 @@ async def main(args: argparse.Namespace) -> int:
     print(
         json.dumps(
             {
-                "ok": good == 1,
+                "ok": good >= 1,
+                "good_sessions": good,
                 "sessions_started": manager.sessions_started.get(address, 0),
                 "measurements": result.measurements if result else None,
                 "notes": result.notes if result else None,
                 "errors": errors,
-                "cursor": state.get(f"ble:{address}", "glucose_last_sequence"),
+                "cursor": state.get(*cursor_key),
                 "seconds": round(time.monotonic() - started, 1),
             }
         )
@@ -108,6 +123,9 @@ if __name__ == "__main__":
     parser.add_argument("--state", required=True)
     parser.add_argument("--readings", required=True)
     parser.add_argument("--timeout", type=float, default=90)
+    parser.add_argument("--cooldown", type=float, default=3600, help="session_cooldown_s")
+    parser.add_argument("--cadence", type=float, default=60, help="heart_rate_cadence_s")
+    parser.add_argument("--until-cursor", type=int, help="run until the glucose cursor reaches this")
     parser.add_argument("--debug", action="store_true", help="log bleak's D-Bus traffic too")
     arguments = parser.parse_args()
     Path(arguments.state).mkdir(parents=True, exist_ok=True)
