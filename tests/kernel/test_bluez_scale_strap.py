@@ -78,6 +78,17 @@ def rate_of(frame_hex: str) -> int:
     return int.from_bytes(frame[1:3], "little") if frame[0] & 0x01 else frame[1]
 
 
+def rr_of(frame_hex: str) -> list[int]:
+    """The RR intervals (1/1024 s) a Heart Rate Measurement frame carries (HRS 3.1.1.5), read here from
+    what the strap sent, independently of the gateway's codec."""
+    frame = bytes.fromhex(frame_hex)
+    flags = frame[0]
+    at = 1 + (2 if flags & 0x01 else 1) + (2 if flags & 0x08 else 0)
+    if not flags & 0x10:
+        return []
+    return [int.from_bytes(frame[i : i + 2], "little") for i in range(at, len(frame) - 1, 2)]
+
+
 @pytest.mark.timeout(300)
 def test_a_strap_streams_live_windows_through_bluez() -> None:
     result = run_in_guest(guest_script(HEART_RATE_STRAP, STRAP_STEPS), timeout=200, env=GUEST_ENV)
@@ -86,7 +97,9 @@ def test_a_strap_streams_live_windows_through_bluez() -> None:
     windows: list[dict[str, Any]] = lines(result, "readings1.jsonl")
     context = explain(result)
     sent = json.loads((result.results / "report.json").read_text())["sent_frames"]
-    assert len(sent) == HEART_RATE_STRAP["frames"], context
+    # At least the strap's six seconds; more when the gateway, whose session ended with the link, came back
+    # for a second one before the guest stopped (a loaded machine; the strap then streams again).
+    assert len(sent) >= HEART_RATE_STRAP["frames"], context
     # Every notified frame in exactly one window: none lost, none counted twice.
     assert sum(w["details"]["samples"] for w in windows) == len(sent), (windows, context)
     starts = [datetime.fromisoformat(w["details"]["window_start"]) for w in windows]
@@ -106,6 +119,6 @@ def test_a_strap_streams_live_windows_through_bluez() -> None:
         assert window["raw"] in frames, window
     rr = [value for w in windows for value in w["values"]["rr_intervals"][0]]
     assert {w["values"]["rr_intervals"][1] for w in windows} == {"s/1024"}, windows
-    assert rr == [round(60 / RATES[i % len(RATES)] * 1024) for i in range(len(sent))], context
+    assert rr == [value for frame in sent for value in rr_of(frame)], context
     assert len(windows) >= 3, windows  # six seconds at a two-second cadence
     print(json.dumps({"first": first, "windows": len(windows), "guest_s": round(result.duration_s, 1)}))
