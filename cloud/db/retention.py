@@ -105,41 +105,32 @@ def continuous_aggregates(conn: psycopg.Connection) -> list[tuple[str, str, str,
 
 
 # Readings of the given patients (or of none: the unassigned queue) measured before the horizon, with
-# their values and outbox rows, in one statement. The subselect's LIMIT bounds the transaction.
+# their values ({values}) and outbox rows, in one statement. The subselect's LIMIT bounds the transaction.
 _DELETE_READINGS = """
 WITH gone AS (
     DELETE FROM readings WHERE id IN (
         SELECT id FROM readings WHERE {who} AND measured_at < %(horizon)s LIMIT %(limit)s)
     RETURNING id
-), values_gone AS (
-    DELETE FROM observations o USING gone WHERE o.reading_id = gone.id RETURNING 1
+), values_gone AS ({values}
 ), outbox_gone AS (
     DELETE FROM ehr_push_outbox e USING gone WHERE e.reading_id = gone.id RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM values_gone), (SELECT count(*) FROM outbox_gone)
 """
+_VALUES_BY_READING = "DELETE FROM observations o USING gone WHERE o.reading_id = gone.id RETURNING 1"
 # On a hypertable the values are already gone by time (chunks, then day slices): joining by reading id
 # would decompress the chunk that holds the horizon.
-_DELETE_READINGS_ONLY = """
-WITH gone AS (
-    DELETE FROM readings WHERE id IN (
-        SELECT id FROM readings WHERE {who} AND measured_at < %(horizon)s LIMIT %(limit)s)
-    RETURNING id
-), outbox_gone AS (
-    DELETE FROM ehr_push_outbox e USING gone WHERE e.reading_id = gone.id RETURNING 1
-)
-SELECT (SELECT count(*) FROM gone), 0, (SELECT count(*) FROM outbox_gone)
-"""
+_NO_VALUES = "SELECT 1 WHERE false"
 
 
 def _delete_readings(conn: psycopg.Connection, report: RetentionReport, batch_size: int, hypertable: bool) -> None:
-    template = _DELETE_READINGS_ONLY if hypertable else _DELETE_READINGS
+    values_sql = _NO_VALUES if hypertable else _VALUES_BY_READING
     patients = [r[0] for r in conn.execute("SELECT id FROM patients ORDER BY id").fetchall()]
     groups: list[list[str] | None] = [patients[i : i + _PATIENT_GROUP] for i in range(0, len(patients), _PATIENT_GROUP)]
     groups.append(None)  # readings not assigned to anyone yet
     for group in groups:
         who = "patient_id IS NULL" if group is None else "patient_id = ANY(%(patients)s)"
-        statement = template.format(who=who)
+        statement = _DELETE_READINGS.format(who=who, values=values_sql)
         while True:  # a group again until it has nothing left before the horizon
             with _batch(conn):
                 row = conn.execute(
