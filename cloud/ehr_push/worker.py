@@ -82,9 +82,12 @@ def outcome_text(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}: {response.text[:500] or '(no body)'}"
     if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
         parts = []
-        for issue in body.get("issue") or ():
-            text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or ""
-            where = ",".join(issue.get("expression") or issue.get("location") or ())
+        issues = body.get("issue")
+        for issue in issues if isinstance(issues, list) else ():
+            issue = _mapping(issue)
+            text = _mapping(issue.get("details")).get("text") or issue.get("diagnostics") or ""
+            places = issue.get("expression") or issue.get("location") or []
+            where = ",".join(str(p) for p in places) if isinstance(places, list) else str(places)
             parts.append(
                 f"{issue.get('severity', '?')} {issue.get('code', '?')}"
                 + (f" at {where}" if where else "")
@@ -92,6 +95,12 @@ def outcome_text(response: httpx.Response) -> str:
             )
         return f"HTTP {response.status_code}: " + ("; ".join(parts) or "OperationOutcome without issues")
     return f"HTTP {response.status_code}: {json.dumps(body)[:500]}"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` where it is a JSON object, else an empty one: a broken or hostile server's answer may put
+    anything anywhere, and reading it must cost a retry or a parked batch, never the worker."""
+    return value if isinstance(value, dict) else {}
 
 
 class EhrPusher:
@@ -287,7 +296,7 @@ class EhrPusher:
         created = matched = 0
         locations: dict[str, list[str]] = {}
         for entry, reading_id in zip(entries, batch.entry_readings, strict=True):
-            answer = (entry or {}).get("response") or {}
+            answer = _mapping(_mapping(entry).get("response"))
             code = str(answer.get("status", "")).split(" ")[0]
             if code == "201":
                 created += 1

@@ -70,7 +70,7 @@ const repo = new AtomicMemoryRepository();
 const router = new FhirRouter();
 const tokens = new Map(); // access token -> expiry (ms)
 const seenJti = new Set();
-const faults = []; // queued responses for the next POST /fhir requests: {status, retryAfter?, text?}
+const faults = []; // queued responses for the next POST /fhir requests: {status, retryAfter?, text?, body?, raw?}
 let holdMs = 0; // delay the next committed transaction's response by this long
 const freshStats = () => ({ tokensIssued: 0, assertionsRefused: [], transactions: 0, fhirRequests: 0, unauthorized: 0,
   faultsServed: 0, rolledBack: 0, held: 0 });
@@ -153,7 +153,12 @@ async function fhir(req, res, url) {
   if (req.method === 'POST' && faults.length) {
     const fault = faults.shift();
     stats.faultsServed += 1;
-    return send(res, fault.status, outcome('error', 'transient', fault.text ?? `injected ${fault.status}`),
+    // A fault's own body (any JSON, or raw text) stands for a broken or hostile server's answer.
+    if (fault.raw !== undefined) {
+      res.writeHead(fault.status, { 'Content-Type': 'application/fhir+json' });
+      return res.end(fault.raw);
+    }
+    return send(res, fault.status, fault.body ?? outcome('error', 'transient', fault.text ?? `injected ${fault.status}`),
       fault.retryAfter ? { 'Retry-After': String(fault.retryAfter) } : {});
   }
   let body;

@@ -63,7 +63,8 @@ class EhrServer:
         return self._control("stats")
 
     def fail_next(self, *faults: dict[str, Any]) -> None:
-        """The next POSTs to /fhir answer these (``{"status": 503}``, ``{"status": 429, "retryAfter": 1}``)."""
+        """The next POSTs to /fhir answer these (``{"status": 503}``, ``{"status": 429, "retryAfter": 1}``;
+        ``body`` a JSON answer of its own, ``raw`` a text one)."""
         self._control("faults", {"faults": list(faults)})
 
     def hold_next_answer(self, milliseconds: int) -> None:

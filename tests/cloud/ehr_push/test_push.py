@@ -179,6 +179,29 @@ def test_a_5xx_is_tried_again_with_backoff_until_the_ehr_recovers(
     assert outbox(db) == {"sent": 2}
 
 
+def test_a_broken_or_hostile_answer_costs_a_retry_or_a_parked_batch_never_the_worker(
+    ward: Ward, db: psycopg.Connection, ehr: EhrServer, settings: CloudSettings
+) -> None:
+    ward.add("ann")
+    ward.store(ward.glucose("ann", 1))
+    ehr.fail_next(
+        {"status": 200, "raw": "<html>proxy says hello</html>"},
+        {"status": 200, "body": {"resourceType": "Bundle", "type": "transaction-response", "entry": ["x", 5, None]}},
+        {"status": 200, "body": {"resourceType": "Bundle", "type": "transaction-response",
+                                 "entry": [{"response": "201 Created"}] * 3}},
+        {"status": 503, "body": {"resourceType": "OperationOutcome", "issue": ["down", {"details": 7,
+                                                                                     "expression": "x"}]}},
+        {"status": 400, "body": {"resourceType": "OperationOutcome", "issue": "not a list"}},
+    )
+    p = pusher(settings, backoff_base_s=0.01)
+    p.claim(db)
+    answers = [a for a in push_until(p, db, "parked") if a != "waiting"]
+    assert answers == ["retry"] * 4 + ["parked"]  # committed or not, nobody can tell: the same Bundle again
+    [(state, outcome)] = db.execute("SELECT state, outcome FROM ehr_push_batches").fetchall()
+    assert state == "parked" and outcome.startswith("HTTP 400")
+    assert outbox(db) == {"parked": 1}
+
+
 def test_a_429_waits_as_long_as_retry_after_says(
     ward: Ward, db: psycopg.Connection, ehr: EhrServer, settings: CloudSettings
 ) -> None:
