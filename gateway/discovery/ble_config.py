@@ -69,7 +69,7 @@ class BleConfig(BaseModel):
     backend: str | None = None
     """bleak backend: None picks the platform's (BlueZ on Linux); ``sim`` (or a module path exposing
     ``scanner_backend`` and ``client_backend``) uses that module, imported only when BLE starts."""
-    adapter: str | None = None
+    adapter: str | None = Field(None, pattern=r"^hci[0-9]{1,3}$")
     """The BlueZ adapter to scan and connect on (``hci0``); None lets bleak pick the first powered one,
     which on a machine with two adapters is either, by hash order."""
     enrolled: list[EnrolledBleDevice] = Field(default_factory=list)

@@ -44,6 +44,9 @@ CASES = [
      "usb.devices[0].driver: cannot import 'no_such'"),
     ("unknown BLE profile", '[[ble.enrolled]]\naddress = "AA:BB:CC:DD:EE:FF"\nprofile = "ble.glucos"',
      "ble.enrolled[0].profile: unknown profile 'ble.glucos' (did you mean 'ble.glucose'?)"),
+    # bleak builds the adapter's D-Bus object path from it: a name, never a path.
+    ("BLE adapter that is not an adapter name", '[ble]\nadapter = "hci0/../../x"',
+     "ble.adapter: String should match pattern"),
     ("BLE backend that does not import", '[ble]\nbackend = "no_such.backend"', "ble.backend: cannot import"),
     ("bad log level", '[log]\nlevel = "LOUD"', "log.level: unknown log level 'LOUD'"),
     ("misspelt log level", '[log]\nlevel = "infoo"', "log.level: unknown log level 'infoo' (did you mean 'INFO'?)"),
