@@ -50,7 +50,14 @@ class MqttConfig(BaseModel):
     batch_ms: int = Field(200, ge=0, le=60_000)
     ack_timeout_s: float = Field(30.0, gt=0)
     """A batch not acked within this is sent again (ids are deterministic; the cloud is idempotent)."""
+    queued_ack_timeout_s: float = Field(600.0, gt=0)
+    """A backlog batch (sent while one drains) that the broker took (PUBACK) but the cloud has not
+    acked is sent again after this long, not ``ack_timeout_s``: after an outage the fleet's backlog is
+    queued ahead of it, and a copy sent during the drain only adds to the queue."""
     max_in_flight: int = Field(20_000, gt=0)
+    backlog_in_flight: int = Field(4, gt=0)
+    """Backlog batches unacknowledged at once: the fleet's backlog waits in the gateways, so what
+    every gateway measures now reaches the cloud ahead of it."""
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(120.0, gt=0)
     """Reconnect backoff: doubles from min to max, with jitter so a fleet does not reconnect in step."""

@@ -35,6 +35,9 @@ INGEST_SHARE_GROUP = "ingest"
 INGEST_SUBSCRIPTION = f"$share/{INGEST_SHARE_GROUP}/{READINGS_FILTER}"
 MAX_READINGS_PER_BATCH = 5000
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+PRIORITY_PAYLOAD_BYTES = 16 * 1024
+"""Readings messages this small are taken first by ingest, before larger ones (a backlog): while a
+backlog drains, gateways send their newest readings in messages of at most this size."""
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]

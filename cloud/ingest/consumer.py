@@ -11,6 +11,10 @@ broker (which keeps the messages queued) instead of growing memory here. With MQ
 blocking ``put`` stops paho reading the socket instead. A database outage is retried with backoff,
 the same group of messages, until it commits: nothing is acknowledged before that, nothing is lost.
 
+The queue has two lanes (:mod:`cloud.ingest.lanes`): small messages, which is how gateways send what
+was measured just now while a backlog drains, are written before large backlog messages that arrived
+earlier, and PUBACKs still leave in arrival order.
+
 One message never stops the worker: validation never raises (a bad message is a dead letter), and a
 message the database refuses is retried one reading at a time, so only the reading it refuses is
 rejected and dead-lettered. If the writer thread meets an error it cannot turn into a dead letter,
@@ -39,6 +43,7 @@ from psycopg_pool import PoolTimeout
 
 from cloud.db.pool import open_pool
 from cloud.errors import CloudError
+from cloud.ingest.lanes import AckOrder, Lanes
 from cloud.ingest.metrics import WriterMetrics, worker_values
 from cloud.ingest.validation import (
     DeadLetter,
@@ -53,6 +58,7 @@ from cloud.settings import CloudSettings
 from gateway.contract import (
     INGEST_SHARE_GROUP,
     INGEST_SUBSCRIPTION,
+    PRIORITY_PAYLOAD_BYTES,
     READINGS_FILTER,
     TOPIC_PREFIX,
     Ack,
@@ -185,7 +191,9 @@ class IngestWorker:
         self.failure: str | None = None
         """Why the writer stopped, once it has (the worker is then of no use: restart it)."""
         self._pool_size = pool_size
-        self._queue: queue.Queue[_Delivery] = queue.Queue(maxsize=settings.ingest_queue_max)
+        self._queue: Lanes[_Delivery] = Lanes(settings.ingest_queue_max, PRIORITY_PAYLOAD_BYTES,
+                                              settings.ingest_queue_max_bytes)
+        self._acks = AckOrder(self._send_puback)
         self._writer = BatchWriter(settings.late_after_s)
         self._stopping = threading.Event()
         self._left_unacked = False
@@ -331,6 +339,8 @@ class IngestWorker:
         if self.failure is not None:
             return  # not acked: redelivered to whoever takes this session or share next
         delivery = _Delivery(self._generation, message.mid, message.qos, message.topic, message.payload)
+        # In line before the writer can see it: its PUBACK waits for every earlier one.
+        self._acks.received(delivery.generation, delivery.mid, delivery.qos)
         try:
             self._queue.put_nowait(delivery)  # the usual case: no timed wait to set up
             return
@@ -344,6 +354,11 @@ class IngestWorker:
                 if self._stopping.is_set() or self.failure is not None:
                     self._left_unacked = True
                     return  # not acked: the broker redelivers it
+
+    def _send_puback(self, mid: int, qos: int) -> None:
+        client = self._client
+        if client is not None:
+            client.ack(mid, qos)
 
     # ------------------------------------------------------------------------------ writer side
 
@@ -381,6 +396,7 @@ class IngestWorker:
         except queue.Empty:
             return group
         self._add(group, first)
+        took_large = len(first.payload) > PRIORITY_PAYLOAD_BYTES
         deadline = time.monotonic() + self.settings.ingest_batch_ms / 1000
         while group.readings < self.settings.ingest_batch_max:
             try:
@@ -393,7 +409,14 @@ class IngestWorker:
                     delivery = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
+            took_large = took_large or len(delivery.payload) > PRIORITY_PAYLOAD_BYTES
             self._add(group, delivery)
+        if not took_large:
+            # Small messages go first, but every group moves a waiting backlog on by one message.
+            try:
+                self._add(group, self._queue.get_large_nowait())
+            except queue.Empty:
+                pass
         return group
 
     def _add(self, group: _Group, delivery: _Delivery) -> None:
@@ -532,10 +555,7 @@ class IngestWorker:
             client.publish(acks_topic(gateway_id), ack.model_dump_json(), qos=1)
         for note in result.notifications:
             client.publish(note.topic, note.payload, qos=note.qos, retain=note.retain)
-        generation = self._generation
-        for delivery in group.deliveries:
-            if delivery.qos > 0 and delivery.generation == generation:
-                client.ack(delivery.mid, delivery.qos)
+        self._acks.done(((d.generation, d.mid, d.qos) for d in group.deliveries), self._generation)
         if self.on_commit is not None:
             self.on_commit(result)
 

@@ -26,8 +26,11 @@ moved aside and salvaged (:mod:`gateway.store.salvage`); :attr:`Outbox.recovery`
 
 Batches are chosen for a backlog that never starves live readings: most of a batch is the oldest
 sendable readings, a share is the newest, so a reading taken now travels in the next batch even while
-a month of backlog drains. A batch not acked within the ack timeout becomes sendable again (ids are
-deterministic and the cloud is idempotent, so a duplicate is harmless).
+a month of backlog drains. While the uplink drains a backlog it asks for the present apart
+(:meth:`Outbox.take_live_batch`: what was stored in the last minutes, in a small message that ingest
+takes ahead of backlogs) and for the backlog without it (``take_batch(..., min_age_s=...)``). A batch
+not acked within the ack timeout becomes sendable again (ids are deterministic and the cloud is
+idempotent, so a duplicate is harmless).
 """
 
 from __future__ import annotations
@@ -593,17 +596,22 @@ class Outbox:
         return unsent + expired
 
     def take_batch(self, batch_id: str, limit: int, ack_timeout_s: float,
-                   max_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> OutboxBatch | None:
+                   max_bytes: int = DEFAULT_MAX_BATCH_BYTES, *,
+                   min_age_s: float | None = None) -> OutboxBatch | None:
         """Mark up to ``limit`` sendable readings (at most ``max_bytes`` of JSON, but always at least
         one) as in flight under ``batch_id`` and return them.
 
         Order: batches whose ack timed out first (they are the oldest), then the oldest unsent readings,
-        with ``LIVE_SHARE`` of the batch kept for the newest unsent ones.
+        with ``LIVE_SHARE`` of the batch kept for the newest unsent ones. ``min_age_s``: only unsent
+        readings stored at least this long ago (the backlog; :meth:`take_live_batch` takes the rest).
         """
         now = self._now()
         cutoff = now - ack_timeout_s
         chosen: dict[int, tuple[str, str]] = {}
         used = 0
+        # Rows stored later are filtered out as they are read, not by the query: the index is on
+        # (sent_at, seq), and the newest rows are the few live ones.
+        before = float("inf") if min_age_s is None else now - min_age_s
 
         def add(seq: int, rid: str, payload: str) -> bool:
             nonlocal used
@@ -627,33 +635,71 @@ class Outbox:
             if room > 0:
                 live = max(1, int(room * LIVE_SHARE)) if room > 1 else 0
                 oldest_budget = max_bytes - int(max_bytes * LIVE_SHARE)
-                for row in self._db.execute(
-                    "SELECT seq, id, payload FROM readings WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+                for seq, rid, payload, stored_at in self._db.execute(
+                    "SELECT seq, id, payload, stored_at FROM readings WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
                     (room - live,),
                 ):
+                    if stored_at >= before:
+                        break
                     # Leave the live share of the bytes too, not only of the count.
-                    if chosen and used + len(row[2]) + 1 > oldest_budget:
+                    if chosen and used + len(payload) + 1 > oldest_budget:
                         break
-                    if not add(*row):
+                    if not add(seq, rid, payload):
                         break
-                for row in self._db.execute(
-                    "SELECT seq, id, payload FROM readings WHERE sent_at IS NULL ORDER BY seq DESC LIMIT ?",
-                    (limit,),
+                for seq, rid, payload, stored_at in self._db.execute(
+                    "SELECT seq, id, payload, stored_at FROM readings WHERE sent_at IS NULL ORDER BY seq DESC"
+                    " LIMIT ?", (limit if min_age_s is None else -1,),
                 ):
-                    if not add(*row):
+                    if stored_at >= before:
+                        continue
+                    if not add(seq, rid, payload):
                         break
-            if not chosen:
-                return None
-            seqs = sorted(chosen)
-            # Being in flight is not durable state worth an fsync: after a crash everything is sendable
-            # again, which is right (nothing in flight was acked).
-            self._db.execute("PRAGMA synchronous=OFF")
-            try:
-                self._write(lambda: self._db.executemany(
-                    "UPDATE readings SET sent_at = ?, batch_id = ? WHERE seq = ?", [(now, batch_id, s) for s in seqs]
-                ), "marking a batch in flight")
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+            return self._mark_in_flight(batch_id, chosen, now)
+
+    def take_live_batch(self, batch_id: str, window_s: float, limit: int, max_bytes: int) -> OutboxBatch | None:
+        """Mark the newest unsent readings stored within the last ``window_s`` (up to ``limit``, at
+        most ``max_bytes`` of JSON but always one) as in flight and return them: what a device measured
+        just now, sent in a small message of its own while a backlog drains."""
+        now = self._now()
+        since = now - window_s
+        chosen: dict[int, tuple[str, str]] = {}
+        used = 0
+        with self._lock:
+            self._check_open()
+            for seq, rid, payload, stored_at in self._db.execute(
+                "SELECT seq, id, payload, stored_at FROM readings WHERE sent_at IS NULL ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ):
+                if stored_at < since or (chosen and used + len(payload) + 1 > max_bytes):
+                    break
+                chosen[seq] = (rid, payload)
+                used += len(payload) + 1
+            return self._mark_in_flight(batch_id, chosen, now)
+
+    def backlog_waiting(self, window_s: float, ack_timeout_s: float) -> bool:
+        """Whether a sendable reading was stored before the last ``window_s``: a backlog to drain."""
+        now = self._now()
+        with self._lock:
+            self._check_open()
+            if self._db.execute("SELECT 1 FROM readings WHERE sent_at < ? LIMIT 1", (now - ack_timeout_s,)).fetchone():
+                return True
+            oldest = self._db.execute(
+                "SELECT stored_at FROM readings WHERE sent_at IS NULL ORDER BY seq LIMIT 1").fetchone()
+        return oldest is not None and oldest[0] < now - window_s
+
+    def _mark_in_flight(self, batch_id: str, chosen: dict[int, tuple[str, str]], now: float) -> OutboxBatch | None:
+        if not chosen:
+            return None
+        seqs = sorted(chosen)
+        # Being in flight is not durable state worth an fsync: after a crash everything is sendable
+        # again, which is right (nothing in flight was acked).
+        self._db.execute("PRAGMA synchronous=OFF")
+        try:
+            self._write(lambda: self._db.executemany(
+                "UPDATE readings SET sent_at = ?, batch_id = ? WHERE seq = ?", [(now, batch_id, s) for s in seqs]
+            ), "marking a batch in flight")
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
         return OutboxBatch(batch_id, [chosen[s][0] for s in seqs], [chosen[s][1] for s in seqs])
 
     def release(self, batch_ids: Sequence[str] | None = None) -> int:

@@ -18,6 +18,13 @@ Delivery is at-least-once end to end and exactly-once in effect: a reading leave
 the cloud's ack (sent after its database commit); a batch not acked within ``ack_timeout_s`` is sent
 again, and batches in flight when a connection is lost without the broker keeping our session are
 re-sent at once. Ids are deterministic and the cloud idempotent, so a re-send is harmless.
+
+After an outage (a backlog in the outbox) what was measured in the last minutes goes first, in small
+messages of its own that ingest writes ahead of every gateway's backlog; the backlog follows with at
+most ``backlog_in_flight`` batches unacknowledged, so a fleet's backlog waits in the gateways instead of
+filling the broker's queue ahead of the present, and a backlog batch the broker took waits
+``queued_ack_timeout_s`` for its ack rather than being copied into that queue again every
+``ack_timeout_s``.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from gateway.config import MqttConfig
-from gateway.contract import Ack, acks_topic, now_utc, readings_topic, status_topic
+from gateway.contract import PRIORITY_PAYLOAD_BYTES, Ack, acks_topic, now_utc, readings_topic, status_topic
 from gateway.errors import GatewayError
 from gateway.mqtt.backoff import ExponentialBackoff
 from gateway.mqtt.broker import BrokerAddress, BrokerUrlError, TlsError
@@ -58,6 +65,9 @@ log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 10.0
 MAX_IN_FLIGHT = 100  # batches awaiting PUBACK, before the broker's Receive Maximum caps it
+LIVE_WINDOW_S = 300.0
+"""While a backlog drains, readings stored within this long are the present: sent first, apart."""
+LIVE_BATCH_BYTES = PRIORITY_PAYLOAD_BYTES - 1024  # the readings' JSON; the rest is the batch's envelope
 SENDER_RESTART_MIN_S = 0.5
 SENDER_RESTART_MAX_S = 30.0
 SENDER_RESTART = ExponentialBackoff(SENDER_RESTART_MIN_S, SENDER_RESTART_MAX_S)
@@ -84,6 +94,8 @@ class _InFlight:
     sent: float
     mid: int
     puback: bool = False
+    backlog: bool = False
+    """Sent from a backlog (counts against ``backlog_in_flight``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,16 +454,24 @@ class Uplink:
 
     async def _send_loop(self) -> None:
         ack_timeout = self.config.ack_timeout_s
+        # Expired batches are released by :meth:`_forget_expired`; the outbox's own re-offer is for
+        # batches this process forgot, so it waits the longest timeout.
+        offer_again = max(ack_timeout, self.config.queued_ack_timeout_s)
         batch_max = self.config.batch_max
         linger = self.config.batch_ms / 1000
         first_seen: float | None = None
         while True:
             await self._connected.wait()
-            self._forget_expired()
+            await self._forget_expired()
             if sum(f.size for f in self._in_flight.values()) >= self.config.max_in_flight:
                 await self._wait(self._acked, min(0.5, ack_timeout))
                 continue
-            waiting = await asyncio.to_thread(self.outbox.sendable_count, ack_timeout, batch_max)
+            if await asyncio.to_thread(self.outbox.backlog_waiting, LIVE_WINDOW_S, offer_again):
+                first_seen = None
+                if not await self._send_during_backlog(batch_max, offer_again):
+                    await self._wait(self._acked, min(0.5, ack_timeout))
+                continue
+            waiting = await asyncio.to_thread(self.outbox.sendable_count, offer_again, batch_max)
             if waiting == 0:
                 first_seen = None
                 await self._wait(self._wake, min(1.0, ack_timeout / 2))
@@ -464,20 +484,44 @@ class Uplink:
                     await self._wait(self._wake, remaining)
                     continue
             first_seen = None
-            batch = await asyncio.to_thread(self.outbox.take_batch, uuid.uuid4().hex, batch_max, ack_timeout)
-            if self._sender_error is not None:
-                self._sender_error = None  # taking a batch works again
-                log.info("uplink: sending again")
-                self._notify_change()
+            batch = await asyncio.to_thread(self.outbox.take_batch, uuid.uuid4().hex, batch_max, offer_again)
+            self._sending_again()
             if batch is not None:
                 await self._publish_batch(batch)
+
+    async def _send_during_backlog(self, batch_max: int, offer_again: float) -> bool:
+        """While a backlog drains: what was measured just now first, in a small message of its own that
+        ingest takes before the backlog (:data:`~gateway.contract.PRIORITY_PAYLOAD_BYTES`); then the
+        backlog, with at most ``backlog_in_flight`` of its batches unacknowledged, so the fleet's
+        backlog waits here, not in the broker's queue ahead of other gateways' present. False if
+        nothing could be sent now."""
+        live = await asyncio.to_thread(self.outbox.take_live_batch, uuid.uuid4().hex, LIVE_WINDOW_S, batch_max,
+                                       LIVE_BATCH_BYTES)
+        self._sending_again()
+        if live is not None:
+            await self._publish_batch(live)
+            return True
+        if sum(1 for f in self._in_flight.values() if f.backlog) >= self.config.backlog_in_flight:
+            return False
+        batch = await asyncio.to_thread(self.outbox.take_batch, uuid.uuid4().hex, batch_max, offer_again,
+                                        min_age_s=LIVE_WINDOW_S)
+        if batch is None:
+            return False
+        await self._publish_batch(batch, backlog=True)
+        return True
+
+    def _sending_again(self) -> None:
+        if self._sender_error is not None:
+            self._sender_error = None  # taking a batch works again
+            log.info("uplink: sending again")
+            self._notify_change()
 
     async def _wait(self, event: asyncio.Event, seconds: float) -> None:
         event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def _publish_batch(self, batch: OutboxBatch) -> None:
+    async def _publish_batch(self, batch: OutboxBatch, *, backlog: bool = False) -> None:
         client = self._client
         sent_at = now_utc().isoformat().replace("+00:00", "Z")
         # The stored payloads are already the readings' wire JSON: assemble, do not re-encode.
@@ -494,18 +538,31 @@ class Uplink:
                      mqtt.error_string(info.rc))
             await asyncio.to_thread(self.outbox.release, [batch.batch_id])
             return
-        self._in_flight[batch.batch_id] = _InFlight(len(batch), time.monotonic(), info.mid)
+        self._in_flight[batch.batch_id] = _InFlight(len(batch), time.monotonic(), info.mid, backlog=backlog)
         self._mid_batch[info.mid] = batch.batch_id
         self._batches_sent += 1
         log.debug("uplink: sent batch %s (%d readings)", batch.batch_id, len(batch))
 
-    def _forget_expired(self) -> None:
-        """Batches past the ack timeout no longer count as in flight: the outbox offers them again."""
-        cutoff = time.monotonic() - self.config.ack_timeout_s
-        for batch_id in [b for b, f in self._in_flight.items() if f.sent < cutoff]:
-            log.info("uplink: no ack for batch %s within %.0f s: its readings will be sent again", batch_id,
-                     self.config.ack_timeout_s)
+    async def _forget_expired(self) -> None:
+        """Batches past their ack timeout are sendable again at once. ``ack_timeout_s`` for every batch
+        but a backlog batch the broker took (PUBACK): that one waits ``queued_ack_timeout_s``, since
+        after an outage the whole fleet's backlog is queued ahead of it, and sending it again during
+        the drain would only add a copy to the queue. (A PUBACK alone is not enough for the others:
+        a broker with no subscriber, e.g. ingest not up yet, takes a message and drops it.)"""
+        now = time.monotonic()
+        expired: list[str] = []
+        for batch_id, flight in list(self._in_flight.items()):
+            timeout = (self.config.queued_ack_timeout_s if flight.puback and flight.backlog
+                       else self.config.ack_timeout_s)
+            if now - flight.sent < timeout:
+                continue
+            log.info("uplink: no ack for batch %s within %.0f s%s: its readings will be sent again", batch_id,
+                     timeout, "" if flight.puback else " (the broker did not take it)")
+            expired.append(batch_id)
             del self._in_flight[batch_id]
+            self._mid_batch.pop(flight.mid, None)
+        if expired:
+            await asyncio.to_thread(self.outbox.release, expired)
 
     # ------------------------------------------------------------------------------ paho thread
 

@@ -28,6 +28,8 @@ class TestAcker:
         self.gateway_id = gateway_id
         self.seen: Counter[str] = Counter()
         self.batches = 0
+        self.messages: list[list[str]] = []
+        """The reading ids of each readings message, in arrival order."""
         self.unacked: list[Ack] = []
         """Acks held back while ``acking`` is False, for :meth:`release_held_acks`."""
         self.statuses: list[dict[str, Any]] = []
@@ -66,6 +68,7 @@ class TestAcker:
                 accepted.append(reading["id"])
         with self._lock:
             self.batches += 1
+            self.messages.append([r["id"] for r in data["readings"]])
             self.seen.update(r["id"] for r in data["readings"])
             acking = self.acking
         ack = Ack(batch_id=data["batch_id"], accepted=accepted, rejected=rejected)

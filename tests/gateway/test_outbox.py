@@ -154,6 +154,33 @@ def test_a_live_reading_is_not_starved_by_a_backlog(outbox: Outbox) -> None:
     assert bp_reading(1500).id not in batch.ids
 
 
+def test_during_a_backlog_the_present_is_taken_apart_from_it(outbox: Outbox, clock: FakeClock) -> None:
+    outbox.put_many(bp_reading(i) for i in range(500))  # stored while the cloud was away
+    assert not outbox.backlog_waiting(300, 600)
+    clock.now += 3600
+    assert outbox.backlog_waiting(300, 600)
+    fresh = [bp_reading(1000 + i) for i in range(3)]
+    outbox.put_many(fresh)
+
+    live = outbox.take_live_batch("live", 300, limit=100, max_bytes=16 * 1024)
+    assert live is not None and live.ids == [r.id for r in fresh]
+    assert outbox.take_live_batch("again", 300, limit=100, max_bytes=16 * 1024) is None
+    backlog = outbox.take_batch("old", 100, ack_timeout_s=600, min_age_s=300)
+    assert backlog is not None and len(backlog) == 100
+    assert not set(backlog.ids) & {r.id for r in fresh}
+    assert bp_reading(0).id in backlog.ids and bp_reading(499).id in backlog.ids  # from both ends, as before
+
+
+def test_a_live_batch_is_kept_small(outbox: Outbox, clock: FakeClock) -> None:
+    outbox.put_many(bp_reading(i) for i in range(200))  # a meter's memory, stored just now
+    live = outbox.take_live_batch("live", 300, limit=500, max_bytes=4000)
+    assert live is not None and len(live) >= 2
+    assert sum(len(p) + 1 for p in live.payloads) <= 4000
+    assert live.ids == [bp_reading(i).id for i in range(200 - len(live), 200)]  # the newest, in order
+    clock.now += 301
+    assert outbox.take_live_batch("late", 300, limit=500, max_bytes=4000) is None  # no longer the present
+
+
 def test_batch_payloads_are_the_readings_wire_json(outbox: Outbox) -> None:
     from gateway.contract import Reading
 

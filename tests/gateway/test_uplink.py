@@ -140,6 +140,77 @@ def test_a_batch_not_acked_in_time_is_sent_again(mqtt_broker, acker, outbox, uni
     asyncio.run(scenario())
 
 
+def test_a_backlog_batch_the_broker_took_waits_for_the_queued_ack_timeout(
+        tmp_path: Path, mqtt_broker, acker, unique_id: str) -> None:  # type: ignore[no-untyped-def]
+    stored_at: list[float | None] = [time.time() - 3600]
+    box = Outbox(tmp_path / "backlog.sqlite", clock=lambda: stored_at[0] or time.time())
+    box.put_many(bp_reading(i) for i in range(20))  # an hour old: a backlog
+    stored_at[0] = None
+    acker.acking = False
+
+    async def scenario() -> None:
+        uplink = Uplink(fast_config(mqtt_broker.url, ack_timeout_s=0.3, queued_ack_timeout_s=1.5), unique_id, box)
+        async with running(uplink):
+            await eventually(lambda: len(acker.ids()) == 20, 10, "first delivery")
+            await asyncio.sleep(0.8)  # past ack_timeout_s: queued behind the fleet's backlog, no copy yet
+            assert max(acker.seen.values()) == 1
+            await eventually(lambda: min(acker.seen.values()) >= 2, 10, "re-sent after the queued ack timeout")
+            acker.acking = True
+            await eventually(lambda: box.depth() == 0, 10, "drained once acks come")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        box.close()
+
+
+def test_a_batch_the_broker_never_took_is_sent_again_after_the_ack_timeout(outbox, unique_id) -> None:
+    broker = StrictBroker(receive_maximum=100)  # never sends a PUBACK
+
+    async def scenario() -> None:
+        outbox.put_many(bp_reading(i) for i in range(5))
+        uplink = Uplink(fast_config(broker.url, ack_timeout_s=0.4, queued_ack_timeout_s=600), unique_id, outbox)
+        async with running(uplink):
+            await eventually(lambda: broker.received >= 1, 10, "first delivery")
+            await eventually(lambda: broker.received >= 2, 5, "sent again after the ack timeout")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.close()
+
+
+def test_while_a_backlog_drains_the_newest_reading_travels_alone_and_the_backlog_waits(
+        tmp_path: Path, mqtt_broker, acker, unique_id: str) -> None:  # type: ignore[no-untyped-def]
+    stored_at: list[float | None] = [time.time() - 3600]
+    box = Outbox(tmp_path / "backlog.sqlite", clock=lambda: stored_at[0] or time.time())
+    box.put_many(bp_reading(i) for i in range(300))  # stored an hour ago, while the cloud was away
+    stored_at[0] = None
+    acker.acking = False
+    fresh = bp_reading(1000)
+
+    async def scenario() -> None:
+        uplink = Uplink(fast_config(mqtt_broker.url, batch_max=50, backlog_in_flight=2, ack_timeout_s=60), unique_id,
+                        box)
+        async with running(uplink):
+            await eventually(lambda: len(acker.ids()) == 100, 10, "two backlog batches")
+            await asyncio.sleep(0.5)
+            assert len(acker.ids()) == 100, "more backlog in flight than backlog_in_flight"
+            box.put(fresh)
+            uplink.notify()
+            await eventually(lambda: fresh.id in acker.ids(), 5, "the fresh reading sent")
+            assert acker.messages[-1] == [fresh.id]  # alone: small, so ingest takes it before the backlog
+            acker.acking = True
+            acker.release_held_acks()
+            await eventually(lambda: box.depth() == 0, 20, "backlog drained")
+            assert max(acker.seen.values()) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        box.close()
+
+
 def test_never_more_batches_in_flight_than_the_brokers_receive_maximum(outbox, unique_id) -> None:
     """MQTT 5 §3.3.4: a strict broker disconnects a client over its Receive Maximum; paho does not cap."""
     broker = StrictBroker(receive_maximum=3)
