@@ -34,6 +34,9 @@ class CloudSettings(BaseSettings):
     # Ingest
     ingest_batch_max: int = Field(2000, gt=0)
     ingest_batch_ms: int = Field(50, ge=0)
+    ingest_backlog_batch_max: int = Field(500, gt=0)
+    """Readings per transaction when writing backlog (large) messages: a fresh message that arrives
+    meanwhile waits for at most this group."""
     ingest_queue_max: int = Field(20_000, gt=0)
     """Messages held between the MQTT callback and the writer; past it the worker stops reading."""
     ingest_queue_max_bytes: int = Field(256 * 1024 * 1024, gt=0)

@@ -390,29 +390,31 @@ class IngestWorker:
                 log.debug("%s: unsubscribe after failure failed", self.client_id, exc_info=True)
 
     def _gather(self) -> _Group:
+        """The next group to write. Small messages (the present) go alone, with at most one backlog
+        message so a drain moves on; a backlog group stops at ``ingest_backlog_batch_max`` readings,
+        which bounds how long a message arriving meanwhile waits for the group in progress."""
         group = _Group()
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
             return group
         self._add(group, first)
-        took_large = len(first.payload) > PRIORITY_PAYLOAD_BYTES
+        present = len(first.payload) <= PRIORITY_PAYLOAD_BYTES
+        limit = self.settings.ingest_batch_max if present else self.settings.ingest_backlog_batch_max
         deadline = time.monotonic() + self.settings.ingest_batch_ms / 1000
-        while group.readings < self.settings.ingest_batch_max:
+        while group.readings < limit:
             try:
-                delivery = self._queue.get_nowait()
+                delivery = self._queue.get_nowait(large=not present)
             except queue.Empty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    delivery = self._queue.get(timeout=remaining)
+                    delivery = self._queue.get(timeout=remaining, large=not present)
                 except queue.Empty:
                     break
-            took_large = took_large or len(delivery.payload) > PRIORITY_PAYLOAD_BYTES
             self._add(group, delivery)
-        if not took_large:
-            # Small messages go first, but every group moves a waiting backlog on by one message.
+        if present:
             try:
                 self._add(group, self._queue.get_large_nowait())
             except queue.Empty:

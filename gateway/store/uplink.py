@@ -469,7 +469,8 @@ class Uplink:
             if await asyncio.to_thread(self.outbox.backlog_waiting, LIVE_WINDOW_S, offer_again):
                 first_seen = None
                 if not await self._send_during_backlog(batch_max, offer_again):
-                    await self._wait(self._acked, min(0.5, ack_timeout))
+                    # An ack (room for the backlog) and a new reading (the present) both set _wake.
+                    await self._wait(self._wake, min(0.5, ack_timeout))
                 continue
             waiting = await asyncio.to_thread(self.outbox.sendable_count, offer_again, batch_max)
             if waiting == 0:
