@@ -39,9 +39,6 @@ class CloudSettings(BaseSettings):
     meanwhile waits for at most this group."""
     ingest_queue_max: int = Field(20_000, gt=0)
     """Messages held between the MQTT callback and the writer; past it the worker stops reading."""
-    ingest_queue_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
-    """Payload bytes held there (one message is always let in): 20 000 messages of a megabyte would
-    otherwise be 20 GB of a worker's memory."""
     late_after_s: float = Field(6 * 3600, gt=0)
     """A reading measured longer ago than this when it arrives is 'late': stored, evaluated, never paged."""
     ingest_session_expiry_s: int = Field(3600, ge=0, le=0xFFFFFFFF)

@@ -191,8 +191,7 @@ class IngestWorker:
         self.failure: str | None = None
         """Why the writer stopped, once it has (the worker is then of no use: restart it)."""
         self._pool_size = pool_size
-        self._queue: Lanes[_Delivery] = Lanes(settings.ingest_queue_max, PRIORITY_PAYLOAD_BYTES,
-                                              settings.ingest_queue_max_bytes)
+        self._queue: Lanes[_Delivery] = Lanes(settings.ingest_queue_max, PRIORITY_PAYLOAD_BYTES)
         self._acks = AckOrder(self._send_puback)
         self._writer = BatchWriter(settings.late_after_s)
         self._stopping = threading.Event()

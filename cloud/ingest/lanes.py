@@ -10,9 +10,11 @@ Small messages are taken round robin per topic (per gateway), so one gateway tha
 messages delays its own, not every other gateway's. Every group still takes one large message when one
 waits, so a steady stream of small messages slows a drain but cannot stop it.
 
-The queue is bounded by messages (the MQTT v5 Receive Maximum asks the broker for no more) and by
-bytes: ``put`` blocks while the held payloads would pass ``max_bytes`` (one message is always let in,
-whatever its size), which stops paho reading the socket, as a full queue does with MQTT 3.1.1.
+The queue is bounded by messages: the MQTT v5 Receive Maximum asks the broker for no more, so ``put``
+never blocks paho's network thread there (with MQTT 3.1.1 it does, which stops it reading the socket).
+Bytes are bounded at the broker (``max_inflight_bytes`` in deploy/mosquitto): blocking the network
+thread on a byte budget here would hold back every PUBACK and app-level ack with it, and the drain
+with them (measured: a tenth of the throughput).
 
 Taking out of order does not reorder the broker's acknowledgements: :class:`AckOrder` releases PUBACKs
 in the order the PUBLISHes arrived (MQTT 5.0 section 4.6), while the app-level ack, which is what a
@@ -43,10 +45,9 @@ T = TypeVar("T", bound=Message)
 class Lanes(Generic[T]):
     """A bounded two-lane queue with ``queue.Queue``'s calls (``put``, ``get``, ``task_done``, ...)."""
 
-    def __init__(self, maxsize: int, small_max_bytes: int, max_bytes: int) -> None:
+    def __init__(self, maxsize: int, small_max_bytes: int) -> None:
         self.maxsize = maxsize
         self.small_max_bytes = small_max_bytes
-        self.max_bytes = max_bytes
         self._small: OrderedDict[str, deque[T]] = OrderedDict()
         self._large: deque[T] = deque()
         self._count = 0
@@ -64,11 +65,11 @@ class Lanes(Generic[T]):
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
         size = len(item.payload)
         with self._not_full:
-            if not self._has_room(size):
+            if self._count >= self.maxsize:
                 if not block:
                     raise queue.Full
                 deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._has_room(size):
+                while self._count >= self.maxsize:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise queue.Full
@@ -84,9 +85,6 @@ class Lanes(Generic[T]):
             self._bytes += size
             self.unfinished_tasks += 1
             self._not_empty.notify()
-
-    def _has_room(self, size: int) -> bool:
-        return self._count < self.maxsize and (self._count == 0 or self._bytes + size <= self.max_bytes)
 
     # -------------------------------------------------------------------------------- consumer
 

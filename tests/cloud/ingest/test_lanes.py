@@ -35,7 +35,7 @@ def drain(lanes: Lanes[Msg]) -> list[Msg]:
 
 @pytest.mark.unit
 def test_small_messages_come_out_before_a_backlog_that_arrived_first() -> None:
-    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES, 10**9)
+    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES)
     backlog = [Msg("gw/a", LARGE), Msg("gw/b", LARGE)]
     fresh = Msg("gw/c", SMALL)
     for m in [*backlog, fresh]:
@@ -46,7 +46,7 @@ def test_small_messages_come_out_before_a_backlog_that_arrived_first() -> None:
 
 @pytest.mark.unit
 def test_small_messages_are_taken_round_robin_per_gateway() -> None:
-    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES, 10**9)
+    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES)
     flood = [Msg("gw/noisy", b"%d" % i) for i in range(5)]
     other = Msg("gw/quiet", SMALL)
     for m in [*flood, other]:
@@ -58,7 +58,7 @@ def test_small_messages_are_taken_round_robin_per_gateway() -> None:
 
 @pytest.mark.unit
 def test_only_small_or_only_large_on_request() -> None:
-    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES, 10**9)
+    lanes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES)
     lanes.put(Msg("gw/a", LARGE))
     with pytest.raises(queue.Empty):
         lanes.get_nowait(large=False)
@@ -70,32 +70,24 @@ def test_only_small_or_only_large_on_request() -> None:
 
 
 @pytest.mark.unit
-def test_the_queue_is_bounded_by_messages_and_by_bytes() -> None:
-    by_count: Lanes[Msg] = Lanes(2, PRIORITY_PAYLOAD_BYTES, 10**9)
-    by_count.put(Msg("a", SMALL))
-    by_count.put(Msg("a", SMALL))
+def test_the_queue_is_bounded_and_a_blocked_put_goes_through_once_the_writer_takes_one() -> None:
+    lanes: Lanes[Msg] = Lanes(2, PRIORITY_PAYLOAD_BYTES)
+    lanes.put(Msg("a", SMALL))
+    lanes.put(Msg("b", LARGE))
     with pytest.raises(queue.Full):
-        by_count.put_nowait(Msg("a", SMALL))
-
-    by_bytes: Lanes[Msg] = Lanes(100, PRIORITY_PAYLOAD_BYTES, len(LARGE) + 50)
-    by_bytes.put(Msg("a", LARGE))
+        lanes.put_nowait(Msg("c", SMALL))
     with pytest.raises(queue.Full):
-        by_bytes.put(Msg("b", LARGE), timeout=0.05)
-    assert by_bytes.held_bytes() == len(LARGE)
-    # A message bigger than the whole budget still gets in alone: nothing may be stuck for ever.
-    by_bytes.get_nowait()
-    by_bytes.put(Msg("c", LARGE * 2), timeout=0.05)
-
-    # A blocked put goes through once the writer takes something.
+        lanes.put(Msg("c", SMALL), timeout=0.05)
+    assert lanes.held_bytes() == len(SMALL) + len(LARGE)
     unblocked = threading.Event()
 
     def put_later() -> None:
-        by_bytes.put(Msg("d", LARGE))
+        lanes.put(Msg("d", LARGE))
         unblocked.set()
 
     threading.Thread(target=put_later, daemon=True).start()
     assert not unblocked.wait(0.1)
-    by_bytes.get_nowait()
+    lanes.get_nowait()
     assert unblocked.wait(5)
 
 
