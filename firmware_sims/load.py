@@ -661,19 +661,26 @@ def wait_for_storage(database_url: str, plan: LoadPlan, expected: int, quiet_s: 
 
 
 def assign_patients(database_url: str, plan: LoadPlan) -> None:
-    """One patient per simulated gateway (id = gateway id), its cuff assigned from a day ago.
+    """One patient per simulated gateway (id = gateway id), its cuff assigned from a day ago."""
+    assign_cuffs(database_url, [plan.gateway_id(index) for index in range(plan.gateways)],
+                 datetime.now(UTC) - timedelta(days=1), "Load patient")
+
+
+def assign_cuffs(database_url: str, gateway_ids: list[str], since: datetime, name: str) -> None:
+    """For each gateway a patient of the same id (``name`` and the gateway's number), its cuff
+    (:func:`cuff_uid`) assigned from ``since``.
 
     Through the cloud's own command (``rpm-cloud assign --batch -``, one process for the whole fleet):
     a simulator knows the wire contract, not the cloud's modules.
     """
-    since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    lines = "".join(json.dumps({"device_uid": cuff_uid(plan.gateway_id(index)), "patient_id": plan.gateway_id(index),
-                                "valid_from": since, "create_patient": True, "name": f"Load patient {index}"}) + "\n"
-                    for index in range(plan.gateways))
+    lines = "".join(json.dumps({"device_uid": cuff_uid(gateway_id), "patient_id": gateway_id,
+                                "valid_from": since.isoformat(), "create_patient": True,
+                                "name": f"{name} {index}"}) + "\n"
+                    for index, gateway_id in enumerate(gateway_ids))
     # The URL goes in the environment, not the command line, where any local user could read it.
     done = subprocess.run([sys.executable, "-m", "cloud.cli", "assign", "--batch", "-"], input=lines, text=True,
-                          capture_output=True, env={**os.environ, "RPM_DATABASE_URL": database_url}, timeout=300,
-                          check=False)
+                          capture_output=True, env={**os.environ, "RPM_DATABASE_URL": database_url},
+                          timeout=300 + len(gateway_ids) // 10, check=False)
     if done.returncode != 0:
         said = (done.stdout + done.stderr).strip().splitlines()
         raise RuntimeError(f"rpm-cloud assign --batch failed ({done.returncode}): {said[-1] if said else ''}")

@@ -25,8 +25,6 @@ import multiprocessing
 import os
 import random
 import resource
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -38,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from firmware_sims.load import assign_cuffs, cuff_uid
 from gateway.config import MqttConfig
 from gateway.contract import Reading, compute_reading_id
 from gateway.metrics import METRICS
@@ -116,10 +115,6 @@ class FleetPlan:
         return range(process, self.gateways, self.process_count)
 
 
-def cuff_uid(gateway_id: str) -> str:
-    return f"ble:{gateway_id}:cuff"
-
-
 def bp_reading(device_uid: str, sequence: int, measured_at: datetime, systolic: int, diastolic: int,
                pulse: int) -> Reading:
     """A cuff's stored record as the gateway makes it: a sequence number, hence a deterministic id."""
@@ -140,16 +135,9 @@ def bp_reading(device_uid: str, sequence: int, measured_at: datetime, systolic: 
 
 def assign_patients(database_url: str, plan: FleetPlan) -> None:
     """One patient per gateway (id = gateway id), its cuff assigned from two days ago, so the whole
-    backlog (and the stale crisis) is the patient's; through ``rpm-cloud assign --batch -``."""
-    since = (datetime.now(UTC) - timedelta(days=2)).isoformat()
-    lines = "".join(json.dumps({"device_uid": cuff_uid(plan.gateway_id(g)), "patient_id": plan.gateway_id(g),
-                                "valid_from": since, "create_patient": True, "name": f"Fleet patient {g}"}) + "\n"
-                    for g in range(plan.gateways))
-    done = subprocess.run([sys.executable, "-m", "cloud.cli", "assign", "--batch", "-"], input=lines, text=True,
-                          capture_output=True, env={**os.environ, "RPM_DATABASE_URL": database_url}, timeout=600,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"rpm-cloud assign --batch failed ({done.returncode}): {(done.stdout + done.stderr)[-500:]}")
+    backlog (and the stale crisis) is the patient's."""
+    assign_cuffs(database_url, [plan.gateway_id(g) for g in range(plan.gateways)],
+                 datetime.now(UTC) - timedelta(days=2), "Fleet patient")
 
 
 # ---------------------------------------------------------------------------------------- gateway side
