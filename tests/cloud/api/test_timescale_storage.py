@@ -14,15 +14,14 @@ suite with ``RPM_TEST_DATABASE_URL`` at a server with ``shared_preload_libraries
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloud.api.app import create_app
 from cloud.db.migrate import MIGRATIONS_DIR, apply_migrations, discover
@@ -276,20 +277,35 @@ def test_assigning_a_device_later_keeps_compressed_data_compressed(fresh_databas
         assert len(still) == sum(before.values()), "no compressed chunk was decompressed whole"
 
 
+_WINDOW_S = 21 * 24 * 3600
+_ARRIVALS = itertools.count()
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
 def test_any_order_of_arrival_gives_the_trend_of_the_raw_values(
-        own: tuple[TestClient, psycopg.Connection], unique_id: str, auth: TokenFactory) -> None:
+        own: tuple[TestClient, psycopg.Connection], unique_id: str, auth: TokenFactory, data: st.DataObject) -> None:
+    """Hypothesis chooses the values (times over three weeks that hold a DST change in the patient's
+    zone, several at the same instant allowed), the order they arrive in and how they are cut into
+    batches; after every batch the daily trend, and at the end every bucket, equals what the raw values
+    give, with old chunks compressed between batches where the backend compresses."""
     client, conn = own
-    zone = "America/Los_Angeles"  # days of 23 and 25 hours within the range (DST, March and November)
-    patient, device, headers = _seed(conn, unique_id, auth, zone)
-    rng = random.Random(uuid.UUID(int=21).int)
+    zone = "America/Los_Angeles"  # 10 March 2030: a day of 23 hours
+    patient, device, headers = _seed(conn, f"{unique_id}-{next(_ARRIVALS)}", auth, zone)
     start = datetime(2030, 3, 1, tzinfo=UTC)
-    end = start + timedelta(days=21)
-    points = [(start + timedelta(minutes=rng.uniform(0, 21 * 24 * 60)), float(rng.randint(40, 400)))
-              for _ in range(600)]
-    rng.shuffle(points)
+    end = start + timedelta(seconds=_WINDOW_S)
+    raw = data.draw(st.lists(st.tuples(st.integers(0, _WINDOW_S - 1), st.integers(40, 400)), min_size=1,
+                             max_size=150), label="values")
+    points = [(start + timedelta(seconds=at), float(value)) for at, value in raw]
+    order = data.draw(st.permutations(range(len(points))), label="arrival order")
+    cuts = data.draw(st.lists(st.integers(1, 60), min_size=1, max_size=6), label="batch sizes")
+    arriving = [points[i] for i in order]
     arrived: list[tuple[datetime, float]] = []
-    for batch_start in range(0, len(points), 75):  # batches in random time order, a read after each
-        batch = points[batch_start:batch_start + 75]
+    sizes = iter(cuts)
+    while arriving:
+        size = next(sizes, len(arriving))
+        batch, arriving = arriving[:size], arriving[size:]
         ingest(conn, _glucose(device, batch), patient, late=True)
         arrived += batch
         _compress_old_chunks(conn)
