@@ -109,10 +109,22 @@ def load_history(conn: Any, patient_ids: Sequence[str], metrics: Iterable[str], 
     if not patient_ids or not metric_list:
         return {}
     return {
-        (patient_id, metric): Series(np.asarray(times, dtype=float), np.asarray(values, dtype=float), ids)
+        (patient_id, metric): in_time_order(times, values, ids)
         for patient_id, metric, times, values, ids in queries.patient_series(
             conn, list(patient_ids), metric_list, since, until)
     }
+
+
+def in_time_order(times: Sequence[float], values: Sequence[float], ids: Sequence[str]) -> Series:
+    """A series sorted by time, then reading id where two share an instant (so the order never
+    depends on how the database happened to return them)."""
+    t = np.asarray(times, dtype=float)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    if t.size > 1 and bool(np.any(t[1:] == t[:-1])):
+        order = np.lexsort((np.asarray(ids, dtype=str), np.asarray(times, dtype=float)))
+        t = np.asarray(times, dtype=float)[order]
+    return Series(t, np.asarray(values, dtype=float)[order], [ids[i] for i in order])
 
 
 def read_window(conn: Any, window: HistoryWindow | None) -> History:
