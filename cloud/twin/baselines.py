@@ -119,12 +119,16 @@ def in_time_order(times: Sequence[float], values: Sequence[float], ids: Sequence
     """A series sorted by time, then reading id where two share an instant (so the order never
     depends on how the database happened to return them)."""
     t = np.asarray(times, dtype=float)
-    order = np.argsort(t, kind="stable")
-    t = t[order]
-    if t.size > 1 and bool(np.any(t[1:] == t[:-1])):
-        order = np.lexsort((np.asarray(ids, dtype=str), np.asarray(times, dtype=float)))
-        t = np.asarray(times, dtype=float)[order]
-    return Series(t, np.asarray(values, dtype=float)[order], [ids[i] for i in order])
+    v = np.asarray(values, dtype=float)
+    steps = np.diff(t)
+    # The usual cases cost no per-value Python: the index (measured_at DESC) gives each series newest
+    # first, or the plan gives it in order.
+    if bool(np.all(steps > 0)):
+        return Series(t, v, list(ids))
+    if bool(np.all(steps < 0)):
+        return Series(t[::-1], v[::-1], list(ids)[::-1])
+    order = np.lexsort((np.asarray(ids, dtype=str), t))
+    return Series(t[order], v[order], [ids[i] for i in order])
 
 
 def read_window(conn: Any, window: HistoryWindow | None) -> History:

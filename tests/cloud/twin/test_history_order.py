@@ -43,3 +43,12 @@ def test_the_history_read_from_the_database_is_in_time_order(fresh_database_url:
     expected = sorted(((end - timedelta(minutes=5 * (i // 2))).timestamp(), f"r-{i:04d}")
                       for i in range(1000))
     assert list(zip(series.t.tolist(), series.ids, strict=True)) == expected
+
+
+@pytest.mark.unit
+def test_newest_first_as_the_index_gives_it_is_reversed() -> None:
+    series = in_time_order([3.0, 2.0, 1.0], [30.0, 20.0, 10.0], ["c", "b", "a"])
+    assert series.t.tolist() == [1.0, 2.0, 3.0] and list(series.ids) == ["a", "b", "c"]
+    assert series.v.tolist() == [10.0, 20.0, 30.0]
+    ascending = in_time_order([1.0, 2.0], [1.0, 2.0], ["a", "b"])
+    assert ascending.t.tolist() == [1.0, 2.0] and list(ascending.ids) == ["a", "b"]
