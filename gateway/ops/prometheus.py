@@ -63,6 +63,9 @@ class GatewayCollector(Collector):
             yield GaugeMetricFamily("rpm_gateway_uplink_in_flight_readings", "Readings sent, ack awaited",
                                     state.in_flight_readings)
             yield CounterMetricFamily("rpm_gateway_batches_sent", "Batches published", state.batches_sent)
+            yield CounterMetricFamily("rpm_gateway_batches_resent",
+                                      "Batches offered again: no ack in time, or lost with a connection",
+                                      state.batches_resent)
             yield CounterMetricFamily("rpm_gateway_readings_acked", "Readings the cloud acked", state.readings_acked)
             yield CounterMetricFamily("rpm_gateway_uplink_connects", "Successful broker connections", state.connects)
 

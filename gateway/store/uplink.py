@@ -109,6 +109,9 @@ class UplinkState:
     readings_acked: int
     readings_rejected: int
     connects: int
+    batches_resent: int = 0
+    """Batches whose readings were offered again: no ack within their timeout, or in flight on a
+    connection lost without the broker keeping the session."""
 
 
 class Uplink:
@@ -152,6 +155,7 @@ class Uplink:
         self._readings_acked = 0
         self._readings_rejected = 0
         self._connects = 0
+        self._batches_resent = 0
         self._closing = False
         self._sender_error: str | None = None
         self.sender_failures = 0
@@ -172,6 +176,7 @@ class Uplink:
             readings_acked=self._readings_acked,
             readings_rejected=self._readings_rejected,
             connects=self._connects,
+            batches_resent=self._batches_resent,
         )
 
     @property
@@ -390,6 +395,7 @@ class Uplink:
         for batch_id in lost_batches:
             del self._in_flight[batch_id]
         if lost_batches:
+            self._batches_resent += len(lost_batches)
             count = await asyncio.to_thread(self.outbox.release, lost_batches)
             log.info("uplink: %d batch(es), %d reading(s) re-queued after reconnect (session present: %s)",
                      len(lost_batches), count, session_present)
@@ -563,6 +569,7 @@ class Uplink:
             del self._in_flight[batch_id]
             self._mid_batch.pop(flight.mid, None)
         if expired:
+            self._batches_resent += len(expired)
             await asyncio.to_thread(self.outbox.release, expired)
 
     # ------------------------------------------------------------------------------ paho thread

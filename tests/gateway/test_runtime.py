@@ -240,6 +240,7 @@ def test_refused_credentials_show_in_the_status_and_metrics(tmp_path, unique_id)
             body = await asyncio.to_thread(lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
             assert "rpm_gateway_outbox_depth 1.0" in body
             assert "rpm_gateway_uplink_connected 0.0" in body
+            assert "rpm_gateway_batches_resent_total 0.0" in body
 
     try:
         asyncio.run(scenario())

@@ -134,6 +134,7 @@ def test_a_batch_not_acked_in_time_is_sent_again(mqtt_broker, acker, outbox, uni
             await eventually(lambda: len(acker.ids()) == 20, 10, "first delivery")
             assert outbox.depth() == 20  # a broker PUBACK is not an ack: everything stays
             await eventually(lambda: min(acker.seen.values()) >= 2, 10, "re-sent after the ack timeout")
+            assert uplink.state.batches_resent >= 1
             acker.acking = True
             await eventually(lambda: outbox.depth() == 0, 10, "drained once acks come")
 
@@ -203,7 +204,7 @@ def test_while_a_backlog_drains_the_newest_reading_travels_alone_and_the_backlog
             acker.acking = True
             acker.release_held_acks()
             await eventually(lambda: box.depth() == 0, 20, "backlog drained")
-            assert max(acker.seen.values()) == 1
+            assert max(acker.seen.values()) == 1 and uplink.state.batches_resent == 0
 
     try:
         asyncio.run(scenario())
