@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 from tests.kernel.harness import run_in_guest
+from tests.kernel.scenarios import guest_script
 
 pytestmark = pytest.mark.kernel
 
@@ -25,28 +26,6 @@ GLUCOSE_METER = {
 }
 
 
-def serve_and_run(spec: dict[str, object], central: str) -> str:
-    """A guest script: start the peripheral on hci1, wait until it advertises, run ``central`` (with
-    $ADDRESS set to the peripheral's), then stop the peripheral so it writes its report."""
-    return f"""
-set -u
-R=$RPM_RESULTS
-cat > $R/peripheral.json <<'JSON'
-{json.dumps(spec)}
-JSON
-python -m firmware_sims.ble.bluez_peripheral --scenario $R/peripheral.json --adapter hci1 \\
-  --ready $R/ready.json --report $R/report.json --passkey-file $R/passkey > $R/peripheral.log 2>&1 &
-P=$!
-for i in $(seq 100); do [ -s $R/ready.json ] && break; sleep 0.1; done
-ADDRESS=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["address"])' $R/ready.json)
-{central}
-rc=$?
-kill -TERM $P; wait $P
-cp /var/log/bluetoothd.log $R/ 2>/dev/null
-exit $rc
-"""
-
-
 def test_guest_boots_with_two_le_controllers() -> None:
     result = run_in_guest("ls /sys/class/bluetooth; python -c 'import bleak, dbus_fast; print(\"ok\")'", timeout=60)
     result.check()
@@ -54,8 +33,9 @@ def test_guest_boots_with_two_le_controllers() -> None:
 
 
 def test_a_simulated_meter_served_through_bluez_answers_bleak_byte_exact() -> None:
-    central = f"python {shlex.quote('tests/kernel/guest/read_device_information.py')} $ADDRESS > $R/central.json"
-    result = run_in_guest(serve_and_run(GLUCOSE_METER, central), timeout=180)
+    central = (f"python {shlex.quote('tests/kernel/guest/read_device_information.py')} $ADDRESS"
+               " > $R/central.json || rc=1")
+    result = run_in_guest(guest_script(GLUCOSE_METER, central), timeout=180)
     result.check()
     central_view = json.loads((result.results / "central.json").read_text())
     report = json.loads((result.results / "report.json").read_text())

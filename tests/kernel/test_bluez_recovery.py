@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from tests.kernel.harness import run_in_guest
-from tests.kernel.test_bluez_gateway import CENTRAL, GLUCOSE_METER, GUEST_ENV, explain, guest_script, lines, summary
+from tests.kernel.scenarios import CENTRAL, GLUCOSE_METER, Run, run_scenario
 
 pytestmark = pytest.mark.kernel
 
@@ -44,18 +43,22 @@ power true
 )
 
 
+def recovered(script: str) -> tuple[Run, str]:
+    """Run a recovery scenario and check what every one must show: the records from before and after
+    the event, each once, in order, over at least two good sessions. Returns the run and its context."""
+    run = run_scenario(GLUCOSE_METER, script, timeout=300)
+    central = run.summary("central.json")
+    context = run.context + "\n" + (run.result.results / "event.log").read_text()
+    assert [r["sequence"] for r in run.lines("readings.jsonl")] == list(range(1, 9)), context
+    assert central["cursor"] == 8 and central["good_sessions"] >= 2, context
+    print(json.dumps({"central": central, "guest_s": round(run.result.duration_s, 1)}))
+    return run, context
+
+
 @pytest.mark.timeout(420)
 def test_the_gateway_recovers_from_an_adapter_power_cycle() -> None:
-    result = run_in_guest(guest_script(GLUCOSE_METER, POWER_CYCLE), timeout=300, env=GUEST_ENV)
-    result.check()
-    central = summary(result, "central.json")
-    readings = lines(result, "readings.jsonl")
-    context = explain(result) + "\n" + (result.results / "event.log").read_text()
-    # Records from before and after the power cycle, each once, in order: the scan came back on the
-    # adapter powered again, and the bonded meter was read incrementally.
-    assert [r["sequence"] for r in readings] == list(range(1, 9)), context
-    assert central["cursor"] == 8 and central["good_sessions"] >= 2, context
-    print(json.dumps({"central": central, "guest_s": round(result.duration_s, 1)}))
+    # The scan came back on the adapter powered again, and the bonded meter was read incrementally.
+    recovered(POWER_CYCLE)
 
 
 # bluetoothd goes away under both the gateway and the meter (whose GATT application, advertisement and
@@ -96,16 +99,9 @@ wait $C || rc=1
 
 @pytest.mark.timeout(420)
 def test_the_gateway_recovers_from_a_bluetoothd_restart() -> None:
-    result = run_in_guest(guest_script(GLUCOSE_METER, BLUETOOTHD_RESTART), timeout=300, env=GUEST_ENV)
-    result.check()
-    central = summary(result, "central.json")
-    readings = lines(result, "readings.jsonl")
-    context = explain(result) + "\n" + (result.results / "event.log").read_text()
     # The gateway's scan and sessions came back over the new daemon by themselves; the bonded meter
-    # was read from record 6 on, without pairing again: every record once, in order.
-    assert [r["sequence"] for r in readings] == list(range(1, 9)), context
-    assert central["cursor"] == 8 and central["good_sessions"] >= 2, context
-    report = json.loads((result.results / "report.json").read_text())
+    # was read from record 6 on, without pairing again.
+    run, context = recovered(BLUETOOTHD_RESTART)
+    report = run.report
     assert report["requests"][-1] == "0103010600", (report["requests"], context)
     assert report["passkeys"] == [], report
-    print(json.dumps({"central": central, "guest_s": round(result.duration_s, 1)}))

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.harness import run_in_guest
-from tests.kernel.test_bluez_gateway import CENTRAL, GUEST_ENV, explain, guest_script, lines, summary
+from tests.kernel.scenarios import central_session, run_scenario
 
 pytestmark = pytest.mark.kernel
 
@@ -29,20 +28,13 @@ WEIGHT_SCALE = {
     ],
 }
 
-SCALE_STEPS = """
-$CENTRAL --profile ble.weight_scale --state $R/state --readings $R/readings1.jsonl ${CENTRAL_ARGS:-} \\
-  > $R/central1.json 2> $R/central1.log || rc=1
-""".replace("$CENTRAL", CENTRAL)
+SCALE_STEPS = central_session("ble.weight_scale")
 
 
 @pytest.mark.timeout(300)
 def test_a_scale_indicates_its_stored_weighings_through_bluez() -> None:
-    result = run_in_guest(guest_script(WEIGHT_SCALE, SCALE_STEPS), timeout=200, env=GUEST_ENV)
-    result.check()
-    first = summary(result, "central1.json")
-    readings = lines(result, "readings1.jsonl")
-    context = explain(result)
-    report = json.loads((result.results / "report.json").read_text())
+    run = run_scenario(WEIGHT_SCALE, SCALE_STEPS)
+    result, context, first, readings, report = run.result, run.context, run.summary(), run.lines(), run.report
     # Every stored weighing once, in order, exact; an open scale is not paired.
     assert "paired and bonded" not in first["notes"], context
     assert [r["time"] for r in readings] == [r["timestamp"] for r in WEIGHT_SCALE["records"]], context
@@ -67,10 +59,7 @@ HEART_RATE_STRAP = {
 }
 CADENCE_S = 2.0
 
-STRAP_STEPS = f"""
-$CENTRAL --profile ble.heart_rate --state $R/state --readings $R/readings1.jsonl --cadence {CADENCE_S} \\
-  ${{CENTRAL_ARGS:-}} > $R/central1.json 2> $R/central1.log || rc=1
-""".replace("$CENTRAL", CENTRAL)
+STRAP_STEPS = central_session("ble.heart_rate", args=f"--cadence {CADENCE_S}")
 
 
 def rate_of(frame_hex: str) -> int:
@@ -91,12 +80,10 @@ def rr_of(frame_hex: str) -> list[int]:
 
 @pytest.mark.timeout(300)
 def test_a_strap_streams_live_windows_through_bluez() -> None:
-    result = run_in_guest(guest_script(HEART_RATE_STRAP, STRAP_STEPS), timeout=200, env=GUEST_ENV)
-    result.check()
-    first = summary(result, "central1.json")
-    windows: list[dict[str, Any]] = lines(result, "readings1.jsonl")
-    context = explain(result)
-    sent = json.loads((result.results / "report.json").read_text())["sent_frames"]
+    run = run_scenario(HEART_RATE_STRAP, STRAP_STEPS)
+    result, context, first = run.result, run.context, run.summary()
+    windows: list[dict[str, Any]] = run.lines()
+    sent = run.report["sent_frames"]
     # At least the strap's six seconds; more when the gateway, whose session ended with the link, came back
     # for a second one before the guest stopped (a loaded machine; the strap then streams again).
     assert len(sent) >= HEART_RATE_STRAP["frames"], context
