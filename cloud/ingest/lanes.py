@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
@@ -51,7 +50,6 @@ class Lanes(Generic[T]):
         self._small: OrderedDict[str, deque[T]] = OrderedDict()
         self._large: deque[T] = deque()
         self._count = 0
-        self._bytes = 0
         self.unfinished_tasks = 0
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
@@ -63,18 +61,10 @@ class Lanes(Generic[T]):
         self.put(item, block=False)
 
     def put(self, item: T, block: bool = True, timeout: float | None = None) -> None:
-        size = len(item.payload)
         with self._not_full:
-            if self._count >= self.maxsize:
-                if not block:
-                    raise queue.Full
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while self._count >= self.maxsize:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise queue.Full
-                    self._not_full.wait(remaining)
-            if size <= self.small_max_bytes:
+            if not self._not_full.wait_for(lambda: self._count < self.maxsize, timeout if block else 0):
+                raise queue.Full
+            if len(item.payload) <= self.small_max_bytes:
                 lane = self._small.get(item.topic)
                 if lane is None:
                     lane = self._small[item.topic] = deque()
@@ -82,7 +72,6 @@ class Lanes(Generic[T]):
             else:
                 self._large.append(item)
             self._count += 1
-            self._bytes += size
             self.unfinished_tasks += 1
             self._not_empty.notify()
 
@@ -97,31 +86,21 @@ class Lanes(Generic[T]):
         ``large=False``: only a small one (``queue.Empty`` if none waits).
         """
         with self._not_empty:
-            if not self._available(large):
-                if not block:
-                    raise queue.Empty
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._available(large):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise queue.Empty
-                    self._not_empty.wait(remaining)
-            item = self._take_small() if self._small else self._large.popleft()
-            self._count -= 1
-            self._bytes -= len(item.payload)
-            self._not_full.notify()
-            return item
+            if not self._not_empty.wait_for(lambda: self._available(large), timeout if block else 0):
+                raise queue.Empty
+            return self._taken(self._take_small() if self._small else self._large.popleft())
 
     def get_large_nowait(self) -> T:
         """A large message if one waits, whatever waits in the small lane (``queue.Empty`` if none)."""
         with self._lock:
             if not self._large:
                 raise queue.Empty
-            item = self._large.popleft()
-            self._count -= 1
-            self._bytes -= len(item.payload)
-            self._not_full.notify()
-            return item
+            return self._taken(self._large.popleft())
+
+    def _taken(self, item: T) -> T:
+        self._count -= 1
+        self._not_full.notify()
+        return item
 
     def _available(self, large: bool) -> bool:
         return bool(self._small) or (large and bool(self._large))
@@ -147,14 +126,6 @@ class Lanes(Generic[T]):
 
     def empty(self) -> bool:
         return self.qsize() == 0
-
-    def large_waiting(self) -> bool:
-        with self._lock:
-            return bool(self._large)
-
-    def held_bytes(self) -> int:
-        with self._lock:
-            return self._bytes
 
 
 class AckOrder:

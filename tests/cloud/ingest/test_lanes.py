@@ -78,7 +78,7 @@ def test_the_queue_is_bounded_and_a_blocked_put_goes_through_once_the_writer_tak
         lanes.put_nowait(Msg("c", SMALL))
     with pytest.raises(queue.Full):
         lanes.put(Msg("c", SMALL), timeout=0.05)
-    assert lanes.held_bytes() == len(SMALL) + len(LARGE)
+    assert lanes.qsize() == 2
     unblocked = threading.Event()
 
     def put_later() -> None:
