@@ -154,26 +154,17 @@ class _StoredClock:
 
 
 class _UplinkLogCounter(logging.Handler):
-    """What the uplinks said about re-sending, counted (the uplink exposes batches sent, not re-sent)."""
+    """The uplinks' warnings, counted, with the first few kept (re-sends are in ``Uplink.state``)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.WARNING)
         self.counts: Counter[str] = Counter()
         self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = str(record.msg)
-        if message.startswith("uplink: no ack for batch"):
-            self.counts["ack_timeouts"] += 1
-        elif message.startswith("uplink: the broker did not take batch"):
-            self.counts["not_taken"] += 1
-        elif "re-queued after reconnect" in message:
-            self.counts["requeued_batches"] += int(record.args[0])  # type: ignore[index]
-            self.counts["requeued_readings"] += int(record.args[1])  # type: ignore[index]
-        elif record.levelno >= logging.WARNING:
-            self.counts["warnings"] += 1
-            if len(self.warnings) < LOG_KEPT:
-                self.warnings.append(record.getMessage())
+        self.counts["warnings"] += 1
+        if len(self.warnings) < LOG_KEPT:
+            self.warnings.append(record.getMessage())
 
 
 class _FleetGateway:
@@ -311,6 +302,7 @@ async def _run_share(plan: FleetPlan, process: int, pipe: Connection) -> None:
         "depth_left": sum(g.outbox.depth() for g in gateways.values()),
         "emptied_s_after_stop": round(emptied_at - stopped_at, 2),
         "batches_sent": sum(s.batches_sent for s in states),
+        "batches_resent": sum(s.batches_resent for s in states),
         "readings_acked": sum(s.readings_acked for s in states),
         "readings_rejected": sum(s.readings_rejected for s in states),
         "connects": sum(s.connects for s in states),
@@ -342,7 +334,6 @@ def _gateway_process(plan: FleetPlan, process: int, pipe: Connection) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=logging.WARNING, format=f"fleet[{process}] %(levelname)s %(name)s: %(message)s")
     uplink_log = logging.getLogger("gateway.store.uplink")
-    uplink_log.setLevel(logging.INFO)
     uplink_log.propagate = False
     uplink_log.addHandler(_LOG_COUNTER)
     logging.getLogger("paho").setLevel(logging.ERROR)
@@ -644,13 +635,11 @@ def _delivery_figures(db: Any, plan: FleetPlan, progress: _Progress) -> dict[str
     for final in progress.finals:
         uplink_log.update(final["uplink_log"])
     totals = {key: sum(f[key] for f in progress.finals) for key in
-              ("batches_sent", "readings_acked", "readings_rejected", "connects", "ack_failures", "sender_failures")}
+              ("batches_sent", "batches_resent", "readings_acked", "readings_rejected", "connects", "ack_failures",
+               "sender_failures")}
     return {
         "readings_put": len(expected), "readings_stored": stored, "lost": lost, "doubled": doubled,
         **totals,
-        "batches_resent_after_ack_timeout": uplink_log["ack_timeouts"],
-        "batches_requeued_after_reconnect": uplink_log["requeued_batches"],
-        "batches_resent_not_taken_by_broker": uplink_log["not_taken"],
         "uplink_warnings": uplink_log["warnings"],
         "uplink_warning_samples": [w for f in progress.finals for w in f["uplink_warnings"]][:LOG_KEPT],
         "ingest_replays": _ingest_replays(db),
