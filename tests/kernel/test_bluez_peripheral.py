@@ -9,22 +9,9 @@ import shlex
 import pytest
 
 from tests.kernel.harness import run_in_guest
-from tests.kernel.scenarios import guest_script
+from tests.kernel.scenarios import GLUCOSE_METER, guest_script
 
 pytestmark = pytest.mark.kernel
-
-GLUCOSE_METER = {
-    "type": "glucose",
-    "address": "C0:FF:EE:00:00:02",
-    "name": "SIM-GLUCO meter",
-    "serial": "GL-0002",
-    "security": "encrypt",
-    "records": [
-        {"sequence": i, "base_time": "2026-01-01T08:00:00", "concentration": 0.00095, "unit": "kg/L"}
-        for i in range(1, 6)
-    ],
-}
-
 
 def test_guest_boots_with_two_le_controllers() -> None:
     result = run_in_guest("ls /sys/class/bluetooth; python -c 'import bleak, dbus_fast; print(\"ok\")'", timeout=60)
